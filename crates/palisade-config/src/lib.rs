@@ -1,0 +1,294 @@
+//! Palisade's configuration: typed, layered (built-in defaults < TOML file < `PALISADE_*`
+//! environment < command-line flags) and validated before anything starts. Invalid values are
+//! refused with a message naming the key, never silently replaced by defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything `palisade serve` needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, keys and certificates live.
+    pub data_dir: PathBuf,
+    /// Address to listen on, `HOST:PORT` (port 0 picks a free port).
+    pub listen: String,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub model: ModelConfig,
+    pub chat: ChatConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. When both are absent a self-signed certificate for
+    /// localhost is generated into the data dir (loopback only).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `open`: anyone may register; `closed`: administrators create accounts.
+    pub registration: Registration,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_sliding_days: u64,
+    pub refresh_token_absolute_days: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            registration: Registration::Closed,
+            access_token_ttl_secs: 900,
+            refresh_token_sliding_days: 7,
+            refresh_token_absolute_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Public name of the embedded model.
+    pub name: String,
+    /// A GGUF file to serve instead of the default model.
+    pub file: Option<PathBuf>,
+    /// Model cache shared by data dirs (`PALISADE_MODEL_DIR`); default: the user's cache dir.
+    pub dir: Option<PathBuf>,
+    /// Tokens of context per conversation.
+    pub context_size: u32,
+    /// Conversations decoded together in one batch.
+    pub parallel: u32,
+    /// Requests that may wait for a free slot; beyond it they get 503 + Retry-After.
+    pub queue_size: u32,
+    /// CPU threads for decoding (0 = all cores).
+    pub threads: u32,
+    pub default_max_tokens: u32,
+    pub max_tokens_cap: u32,
+    /// Fetch the default model on start when it is missing.
+    pub auto_pull: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: "smollm2-135m".into(),
+            file: None,
+            dir: None,
+            context_size: 2048,
+            parallel: 8,
+            queue_size: 32,
+            threads: 0,
+            default_max_tokens: 512,
+            max_tokens_cap: 2048,
+            auto_pull: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    pub system_prompt: String,
+    pub max_message_chars: u32,
+    pub history_messages: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            system_prompt: "You are a helpful, concise assistant.".into(),
+            max_message_chars: 16_000,
+            history_messages: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub body_limit_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/palisade` (e.g. `~/.local/share/palisade`).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("palisade")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            listen: "127.0.0.1:8443".into(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            model: ModelConfig::default(),
+            chat: ChatConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Configuration problems, each naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+/// Environment variables read by the binary itself, not part of the config tree.
+const NON_CONFIG_ENV: &[&str] = &["ADMIN_PASSWORD", "CONFIG", "LOG", "API_KEY", "TEST_MODEL"];
+
+impl Config {
+    /// Loads defaults < `file` < `PALISADE_*` env (nested keys with `__`, e.g.
+    /// `PALISADE_MODEL__PARALLEL`; `PALISADE_MODEL_DIR` is `model.dir`) < `cli`, then validates.
+    pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Load(format!("file {} not found", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let env = Env::prefixed("PALISADE_")
+            .ignore(NON_CONFIG_ENV)
+            .map(|k| {
+                if k.as_str().eq_ignore_ascii_case("model_dir") {
+                    "model.dir".into()
+                } else {
+                    k.as_str().replace("__", ".").into()
+                }
+            });
+        fig = fig.merge(env).merge(Serialized::defaults(cli));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            message: format!("{:?} is not HOST:PORT with an IP address", self.listen),
+        })
+    }
+
+    /// Refuses unsafe or impossible settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        let own_cert = self.tls.cert.is_some() || self.tls.key.is_some();
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: "set both `tls.cert` and `tls.key`, or neither".into(),
+            });
+        }
+        if !own_cert && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: "a self-signed certificate is only for loopback; give `tls.cert` and \
+                          `tls.key` to listen on a public address"
+                    .into(),
+            });
+        }
+        let m = &self.model;
+        let checks: [(&'static str, bool, &str); 6] = [
+            ("model.context_size", (256..=131_072).contains(&m.context_size), "256..=131072"),
+            ("model.parallel", (1..=64).contains(&m.parallel), "1..=64"),
+            ("model.queue_size", m.queue_size <= 10_000, "0..=10000"),
+            ("model.max_tokens_cap", m.max_tokens_cap >= 1, ">= 1"),
+            (
+                "model.default_max_tokens",
+                (1..=m.max_tokens_cap).contains(&m.default_max_tokens),
+                "1..=model.max_tokens_cap",
+            ),
+            (
+                "chat.max_message_chars",
+                (1..=1_000_000).contains(&self.chat.max_message_chars),
+                "1..=1000000",
+            ),
+        ];
+        for (key, ok, range) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be in {range}"),
+                });
+            }
+        }
+        if self.http.body_limit_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "http.body_limit_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_validation() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "listen = \"127.0.0.1:9000\"\n[model]\nparallel = 4\n")?;
+            jail.set_env("PALISADE_MODEL__PARALLEL", "2");
+            jail.set_env("PALISADE_ADMIN_PASSWORD", "ignored");
+            let cli = CliOverrides {
+                listen: Some("127.0.0.1:0".into()),
+                ..CliOverrides::default()
+            };
+            let c = Config::load(Some(Path::new("p.toml")), &cli).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "127.0.0.1:0");
+            assert_eq!(c.model.parallel, 2);
+
+            jail.set_env("PALISADE_MODEL__PARALLEL", "0");
+            assert!(Config::load(None, &cli).is_err());
+            jail.set_env("PALISADE_MODEL__PARALLEL", "2");
+            jail.set_env("PALISADE_LISTEN", "0.0.0.0:8443");
+            assert!(Config::load(None, &CliOverrides::default()).is_err());
+            jail.create_file("bad.toml", "nonsense_key = 1\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), &cli).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! The domain error: every failure the pipeline can report, each with a stable code and a
+//! user-facing message kept apart from the detail that only goes to the logs.
+
+use crate::provider::ProviderError;
+
+/// Errors of the domain layer. The HTTP layer maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Bad input: a stable code (e.g. `message_too_long`) and a message for the user.
+    #[error("{message}")]
+    Validation { code: &'static str, message: String },
+    /// Missing, expired or invalid credentials.
+    #[error("authentication required")]
+    Unauthenticated { code: &'static str },
+    /// Authenticated but not allowed.
+    #[error("not allowed")]
+    Forbidden,
+    /// The resource does not exist for this caller (also used for other users' resources).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Unique constraint (e.g. username taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The feature is turned off by configuration (e.g. registration closed).
+    #[error("{0}")]
+    Disabled(String),
+    /// A provider refused or failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Storage failure; detail is logged, never shown.
+    #[error("storage error")]
+    Storage(String),
+    /// Anything else unexpected; detail is logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl CoreError {
+    pub fn validation(code: &'static str, message: impl Into<String>) -> Self {
+        CoreError::Validation {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthenticated() -> Self {
+        CoreError::Unauthenticated {
+            code: "unauthenticated",
+        }
+    }
+
+    pub fn invalid_credentials() -> Self {
+        CoreError::Unauthenticated {
+            code: "invalid_credentials",
+        }
+    }
+
+    pub fn invalid_token() -> Self {
+        CoreError::Unauthenticated {
+            code: "invalid_token",
+        }
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;

@@ -1,0 +1,208 @@
+//! `ApiError`: the one mapping from domain errors to HTTP responses, and JSON/query/path
+//! extractors whose rejections use the same `{"error":{"code","message"}}` shape.
+//!
+//! The user sees a stable code and a safe message; details of internal failures go to the log
+//! with the request id, never to the client.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use palisade_core::provider::ProviderError;
+use palisade_core::CoreError;
+use palisade_types::{ErrorBody, ErrorDetail};
+use serde::de::DeserializeOwned;
+
+/// An error answer: status, stable code, user-facing message, optional Retry-After.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ProviderError::Overloaded { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs.max(1)),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg)
+            },
+            ProviderError::ContextOverflow { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "context_overflow", msg)
+            }
+            ProviderError::UnknownModel => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_model", msg)
+            }
+            ProviderError::InvalidRequest(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg)
+            }
+            ProviderError::Unavailable(detail) => {
+                tracing::warn!(%detail, "model unavailable");
+                ApiError {
+                    retry_after: Some(5),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", msg)
+                }
+            }
+            ProviderError::Internal(detail) => {
+                tracing::error!(%detail, "model failure");
+                ApiError::new(StatusCode::BAD_GATEWAY, "model_error", msg)
+            }
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Validation { code, message } => {
+                let status = if code == "invalid_id" {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                ApiError::new(status, code, message)
+            }
+            CoreError::Unauthenticated { code } => {
+                let msg = match code {
+                    "invalid_credentials" => "wrong username or password",
+                    "invalid_token" => "the token is invalid or expired",
+                    _ => "authentication required",
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, code, msg)
+            }
+            CoreError::Forbidden => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "you may not do this")
+            }
+            CoreError::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+            }
+            CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            CoreError::Disabled(m) => ApiError::new(StatusCode::FORBIDDEN, "disabled", m),
+            CoreError::Provider(p) => p.into(),
+            CoreError::Storage(detail) | CoreError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an internal error occurred; the request id identifies it in the logs",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let (code, msg) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".to_string()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "expected `Content-Type: application/json`".to_string(),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_body", r.body_text()),
+        _ => ("invalid_json", "the request body is not valid JSON".to_string()),
+    };
+    ApiError::new(status, code, msg)
+}
+
+/// `Json<T>` whose rejections answer in our error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+/// `Query<T>` with our error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|r: QueryRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+            })
+    }
+}
+
+/// `Path<T>` with our error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|r: PathRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+            })
+    }
+}

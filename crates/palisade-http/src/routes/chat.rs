@@ -1,0 +1,277 @@
+//! `/api/chat/*`: send a message (JSON or Server-Sent Events) and manage conversations.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::Stream;
+use palisade_core::chat::{ChatEvent, ChatInput, ChatRun};
+use palisade_core::entities::{millis_to_rfc3339, SessionSort, StoredMessage};
+use palisade_core::ids::{MessageId, SessionId};
+use palisade_types::{
+    ChatMessageRequest, ChatStreamEvent, MessageMetadata, MessagePage, MessageResponse,
+    SessionList, SessionSummary, UpdateSessionRequest,
+};
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::AppState;
+
+fn message_json(m: StoredMessage) -> MessageResponse {
+    MessageResponse {
+        id: m.id.to_string(),
+        session_id: m.session_id.to_string(),
+        role: m.role.as_str().into(),
+        content: m.content,
+        metadata: m.meta.map(|g| MessageMetadata {
+            model: g.model,
+            tokens_used: g.prompt_tokens + g.completion_tokens,
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.completion_tokens,
+            response_time_ms: g.latency_ms,
+            finish_reason: g.finish_reason,
+            partial: g.partial,
+            truncated_turns: g.truncated_turns,
+        }),
+        created_at: millis_to_rfc3339(m.created_at),
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `POST /api/chat/message`.
+pub async fn send_message(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatMessageRequest>,
+) -> Result<Response, ApiError> {
+    let stream = req.stream.unwrap_or(false);
+    let input = ChatInput {
+        message: req.message,
+        session_id: req.session_id,
+        model: req.model,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        seed: req.seed,
+        max_tokens: req.max_tokens,
+        stop: req.stop,
+        request_id: request_id(&headers),
+    };
+    let run = s.chat.start(&who, input).await?;
+    if stream {
+        Ok(Sse::new(sse_events(run))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response())
+    } else {
+        collect(run).await.map(|m| Json(message_json(m)).into_response())
+    }
+}
+
+/// Waits for the whole answer. If the client goes away, dropping `run` cancels generation and
+/// the partial answer is stored by the pipeline.
+async fn collect(mut run: ChatRun) -> Result<StoredMessage, ApiError> {
+    while let Some(ev) = run.events.recv().await {
+        match ev {
+            ChatEvent::Token(_) => {}
+            ChatEvent::Finished(m) => return Ok(m),
+            ChatEvent::Failed { error, .. } => return Err(error.into()),
+        }
+    }
+    Err(ApiError::from(palisade_core::CoreError::Internal(
+        "chat ended without result".into(),
+    )))
+}
+
+fn sse(ev: &ChatStreamEvent) -> Result<Event, Infallible> {
+    Ok(Event::default().data(serde_json::to_string(ev).unwrap_or_else(|_| "{}".into())))
+}
+
+fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream_events(move |tx| async move {
+        let start = ChatStreamEvent::Start {
+            session_id: run.session_id.to_string(),
+            user_message_id: run.user_message_id.to_string(),
+        };
+        if tx.send(sse(&start)).await.is_err() {
+            return;
+        }
+        while let Some(ev) = run.events.recv().await {
+            let (out, last) = match ev {
+                ChatEvent::Token(t) => (ChatStreamEvent::Token { content: t }, false),
+                ChatEvent::Finished(m) => {
+                    let id = m.id.to_string();
+                    let meta = message_json(m).metadata;
+                    match meta {
+                        Some(metadata) => (
+                            ChatStreamEvent::End {
+                                message_id: id,
+                                metadata,
+                            },
+                            true,
+                        ),
+                        None => continue,
+                    }
+                }
+                ChatEvent::Failed { error, .. } => {
+                    let e = ApiError::from(error);
+                    (
+                        ChatStreamEvent::Error {
+                            code: e.code.into(),
+                            message: e.message,
+                        },
+                        true,
+                    )
+                }
+            };
+            if tx.send(sse(&out)).await.is_err() || last {
+                return;
+            }
+        }
+    })
+}
+
+/// A small channel-backed stream: the producer runs as part of the response body, so when the
+/// client disconnects the body (and with it the producer and the `ChatRun`) is dropped.
+fn async_stream_events<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let producer = f(tx);
+    let guard = AbortOnDrop(tokio::spawn(producer));
+    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|item| (item, (rx, guard)))
+    })
+}
+
+/// Aborts the producer task when the response body is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionsQuery {
+    limit: Option<u32>,
+    offset: Option<u32>,
+    sort: Option<String>,
+}
+
+/// `GET /api/chat/sessions`.
+pub async fn list_sessions(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    ApiQuery(q): ApiQuery<SessionsQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let sort = match q.sort.as_deref() {
+        None => SessionSort::UpdatedDesc,
+        Some(v) => SessionSort::parse(v).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_sort",
+                "sort must be created_at_desc, created_at_asc or updated_at_desc",
+            )
+        })?,
+    };
+    let (rows, total) = s.chat.list_sessions(&who, sort, limit, offset).await?;
+    Ok(Json(SessionList {
+        sessions: rows
+            .into_iter()
+            .map(|o| SessionSummary {
+                id: o.session.id.to_string(),
+                title: o.session.title,
+                message_count: o.message_count,
+                created_at: millis_to_rfc3339(o.session.created_at),
+                updated_at: millis_to_rfc3339(o.session.updated_at),
+                last_message_preview: o.last_message_preview,
+            })
+            .collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    limit: Option<u32>,
+    before_id: Option<String>,
+}
+
+/// `GET /api/chat/sessions/{id}/messages`.
+pub async fn list_messages(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let session: SessionId = id.parse()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+            "limit must be between 1 and 200",
+        ));
+    }
+    let before = q
+        .before_id
+        .as_deref()
+        .map(str::parse::<MessageId>)
+        .transpose()?;
+    let (msgs, has_more) = s.chat.messages(&who, session, before, limit).await?;
+    Ok(Json(MessagePage {
+        session_id: session.to_string(),
+        messages: msgs.into_iter().map(message_json).collect(),
+        has_more,
+    }))
+}
+
+/// `PATCH /api/chat/sessions/{id}`.
+pub async fn rename_session(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateSessionRequest>,
+) -> Result<StatusCode, ApiError> {
+    let session: SessionId = id.parse()?;
+    s.chat.rename(&who, session, &req.title).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/chat/sessions/{id}`.
+pub async fn delete_session(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let session: SessionId = id.parse()?;
+    s.chat.delete(&who, session).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,5 @@
+//! Route handlers, grouped by area. Handlers are thin: parse, call a service, shape the answer.
+
+pub mod auth;
+pub mod chat;
+pub mod health;

@@ -1,0 +1,92 @@
+//! Storage adapters for Palisade's repositories (sqlx). SQLite (WAL) is the embedded default;
+//! migrations are embedded in the binary and run on open.
+
+mod chat;
+mod rows;
+mod tokens;
+mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use palisade_core::entities::now_millis;
+use palisade_core::ids::DEFAULT_TENANT;
+use palisade_core::{CoreError, CoreResult};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+/// The store: one connection pool implementing every repository port.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
+    CoreError::Storage(e.to_string())
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database file and runs the migrations.
+    pub async fn open_sqlite(path: &Path) -> CoreResult<Store> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        Self::init(pool).await
+    }
+
+    /// A private in-memory database (for tests and `--embedded` runs).
+    pub async fn open_in_memory() -> CoreResult<Store> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(db_err)?
+            .foreign_keys(true);
+        // One connection: every connection of `:memory:` would be its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        Self::init(pool).await
+    }
+
+    async fn init(pool: SqlitePool) -> CoreResult<Store> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
+        let store = Store { pool };
+        store.ensure_default_tenant().await?;
+        Ok(store)
+    }
+
+    async fn ensure_default_tenant(&self) -> CoreResult<()> {
+        sqlx::query("INSERT OR IGNORE INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(DEFAULT_TENANT.to_string())
+            .bind("default")
+            .bind(now_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

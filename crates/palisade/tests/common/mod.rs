@@ -1,0 +1,186 @@
+//! Black-box test harness: spawns the real `palisade` binary on port 0 with a temporary data
+//! dir and the real model, and talks to it over HTTPS trusting its generated certificate.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const ADMIN_PASSWORD: &str = "admin-test-password-1";
+
+pub struct Server {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: Client,
+    pub stdout: Vec<String>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_palisade")
+}
+
+/// The model directory shared by tests (`PALISADE_MODEL_DIR`, as `scripts/test` sets it).
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("PALISADE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            dirs_home().join(".cache/palisade/models")
+        })
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+impl Server {
+    /// Starts a server; `env` adds/overrides `PALISADE_*` settings.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let model = model_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            model.is_file(),
+            "the model is missing at {}; run `palisade model pull` (scripts/test does)",
+            model.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("PALISADE_MODEL_DIR", model_dir())
+            .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("PALISADE_MODEL__PARALLEL", "4")
+            .env("PALISADE_MODEL__AUTO_PULL", "false")
+            .env("PALISADE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn palisade");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = Vec::new();
+        let base = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("server did not print its address in time");
+            let found = line
+                .split_once("listening on ")
+                .map(|(_, url)| url.trim().to_string());
+            lines.push(line);
+            if let Some(url) = found {
+                break url;
+            }
+        };
+        assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+        let cert = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+        let client = Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        Server {
+            child,
+            dir,
+            base,
+            client,
+            stdout: lines,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let r = self
+            .client
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "login of {username}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the status and the error shape, returning the error code.
+pub async fn error_code(r: Response, status: StatusCode) -> String {
+    assert_eq!(r.status(), status, "unexpected status");
+    let v: Value = r.json().await.expect("error body is JSON");
+    let code = v["error"]["code"].as_str().expect("error.code").to_string();
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    code
+}
+
+/// Reads an SSE response into its parsed `data:` events.
+pub async fn sse_events(r: Response) -> Vec<Value> {
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let text = r.text().await.unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
