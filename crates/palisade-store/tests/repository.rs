@@ -1,0 +1,163 @@
+//! The repository suite, run on a real SQLite database (file in a temp dir, WAL mode).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use palisade_core::entities::{
+    ChatSession, GenerationMeta, NewUser, SessionSort, StoredMessage, UserRole,
+};
+use palisade_core::ids::{MessageId, SessionId, TenantId, TokenFamilyId, DEFAULT_TENANT};
+use palisade_core::ports::{
+    ChatRepository, ConsumeOutcome, RefreshTokenRecord, RefreshTokenRepository, UserRepository,
+};
+use palisade_core::provider::Role;
+use palisade_core::CoreError;
+use palisade_store::Store;
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    (dir, s)
+}
+
+async fn user(s: &Store, name: &str) -> palisade_core::entities::User {
+    s.create_user(NewUser {
+        tenant_id: DEFAULT_TENANT,
+        username: name.into(),
+        email: None,
+        password_hash: "$argon2id$x".into(),
+        role: UserRole::User,
+    })
+    .await
+    .unwrap()
+}
+
+fn msg(session: SessionId, role: Role, content: &str, at: i64) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::new(),
+        tenant_id: DEFAULT_TENANT,
+        session_id: session,
+        role,
+        content: content.into(),
+        meta: (role == Role::Assistant).then(|| GenerationMeta {
+            model: "m".into(),
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            latency_ms: 5,
+            finish_reason: "stop".into(),
+            partial: false,
+            truncated_turns: 0,
+        }),
+        created_at: at,
+    }
+}
+
+#[tokio::test]
+async fn users_unique_and_scoped() {
+    let (_d, s) = store().await;
+    let a = user(&s, "alice").await;
+    let dup = s
+        .create_user(NewUser {
+            tenant_id: DEFAULT_TENANT,
+            username: "alice".into(),
+            email: None,
+            password_hash: "h".into(),
+            role: UserRole::User,
+        })
+        .await;
+    assert!(matches!(dup, Err(CoreError::Conflict(_))));
+    assert_eq!(s.find_by_username(DEFAULT_TENANT, "alice").await.unwrap().unwrap().id, a.id);
+    // Another tenant sees nothing.
+    assert!(s.find_by_id(TenantId::new(), a.id).await.unwrap().is_none());
+    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 100).await.unwrap();
+    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 50).await.unwrap();
+    assert_eq!(s.find_by_id(DEFAULT_TENANT, a.id).await.unwrap().unwrap().tokens_valid_after, 100);
+    assert_eq!(s.count_users().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn sessions_messages_paging_and_ownership() {
+    let (_d, s) = store().await;
+    let a = user(&s, "alice").await;
+    let b = user(&s, "bob").await;
+    let sess = ChatSession {
+        id: SessionId::new(),
+        tenant_id: DEFAULT_TENANT,
+        user_id: a.id,
+        title: "t".into(),
+        created_at: 1,
+        updated_at: 1,
+    };
+    s.create_session(&sess).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let role = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        let m = msg(sess.id, role, &format!("m{i}"), 10 + i);
+        ids.push(m.id);
+        s.append_message(&m).await.unwrap();
+    }
+    let (page, more) = s.list_messages(DEFAULT_TENANT, sess.id, None, 2).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m3", "m4"]);
+    assert!(more);
+    assert_eq!(page[0].meta.as_ref().unwrap().completion_tokens, 4);
+    let (page, more) = s.list_messages(DEFAULT_TENANT, sess.id, Some(ids[3]), 10).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(!more);
+    let (list, total) = s
+        .list_sessions(DEFAULT_TENANT, a.id, SessionSort::UpdatedDesc, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(list[0].message_count, 5);
+    assert_eq!(list[0].last_message_preview.as_deref(), Some("m4"));
+    assert_eq!(list[0].session.updated_at, 14);
+    // Bob can't see, rename or delete it.
+    assert!(s.get_session(DEFAULT_TENANT, b.id, sess.id).await.unwrap().is_none());
+    assert!(!s.rename_session(DEFAULT_TENANT, b.id, sess.id, "x", 20).await.unwrap());
+    assert!(!s.delete_session(DEFAULT_TENANT, b.id, sess.id).await.unwrap());
+    assert_eq!(s.list_sessions(DEFAULT_TENANT, b.id, SessionSort::CreatedAsc, 10, 0).await.unwrap().1, 0);
+    // Alice deletes: messages go too; appending afterwards fails cleanly.
+    assert!(s.delete_session(DEFAULT_TENANT, a.id, sess.id).await.unwrap());
+    let (page, _) = s.list_messages(DEFAULT_TENANT, sess.id, None, 10).await.unwrap();
+    assert!(page.is_empty());
+    let late = s.append_message(&msg(sess.id, Role::Assistant, "late", 30)).await;
+    assert!(matches!(late, Err(CoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn refresh_rotation_and_reuse_revokes_family() {
+    let (_d, s) = store().await;
+    let a = user(&s, "alice").await;
+    let fam = TokenFamilyId::new();
+    let rec = |hash: &str| RefreshTokenRecord {
+        token_hash: hash.into(),
+        family_id: fam,
+        tenant_id: DEFAULT_TENANT,
+        user_id: a.id,
+        created_at: 0,
+        expires_at: 1_000,
+        family_expires_at: 2_000,
+        used_at: None,
+        revoked: false,
+    };
+    s.insert(rec("h1")).await.unwrap();
+    assert!(matches!(s.consume("h1", 10).await.unwrap(), ConsumeOutcome::Consumed(_)));
+    s.insert(rec("h2")).await.unwrap();
+    // h1 again: reuse → family revoked, so h2 is dead too.
+    assert!(matches!(s.consume("h1", 11).await.unwrap(), ConsumeOutcome::Reused { .. }));
+    assert!(matches!(s.consume("h2", 12).await.unwrap(), ConsumeOutcome::Reused { .. }));
+    assert_eq!(s.consume("nope", 12).await.unwrap(), ConsumeOutcome::Invalid);
+    // Expiry.
+    let fam2 = TokenFamilyId::new();
+    s.insert(RefreshTokenRecord { family_id: fam2, ..rec("h3") }).await.unwrap();
+    assert_eq!(s.consume("h3", 5_000).await.unwrap(), ConsumeOutcome::Invalid);
+    // Logout by token hash.
+    s.insert(RefreshTokenRecord { family_id: TokenFamilyId::new(), ..rec("h4") }).await.unwrap();
+    assert!(s.revoke_family_of("h4").await.unwrap());
+    assert!(!matches!(s.consume("h4", 10).await.unwrap(), ConsumeOutcome::Consumed(_)));
+}
+
+#[tokio::test]
+async fn in_memory_store_works() {
+    let s = Store::open_in_memory().await.unwrap();
+    assert!(s.ping().await);
+    assert_eq!(s.count_users().await.unwrap(), 0);
+}
