@@ -99,14 +99,22 @@ struct Run {
     total: Duration,
 }
 
-async fn stream_once(s: &Server, token: &str, prompt: &str, max_tokens: u32, seed: u32) -> anyhow::Result<Run> {
+async fn stream_once(
+    s: &Server,
+    token: &str,
+    prompt: &str,
+    max_tokens: u32,
+    seed: u32,
+) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let r = s
         .client
         .post(format!("{}/api/chat/message", s.base))
         .bearer_auth(token)
-        .json(&json!({"message": prompt, "stream": true, "max_tokens": max_tokens,
-                      "temperature": 0.8, "seed": seed}))
+        .json(
+            &json!({"message": prompt, "stream": true, "max_tokens": max_tokens,
+                      "temperature": 0.8, "seed": seed}),
+        )
         .send()
         .await?;
     if !r.status().is_success() {
@@ -141,10 +149,22 @@ async fn stream_once(s: &Server, token: &str, prompt: &str, max_tokens: u32, see
 }
 
 /// Runs `n` concurrent streams; returns (aggregate tokens/s, runs).
-async fn concurrent(s: &Server, token: &str, n: usize, max_tokens: u32, round: u32) -> anyhow::Result<(f64, Vec<Run>)> {
+async fn concurrent(
+    s: &Server,
+    token: &str,
+    n: usize,
+    max_tokens: u32,
+    round: u32,
+) -> anyhow::Result<(f64, Vec<Run>)> {
     let t0 = Instant::now();
     let futs = (0..n).map(|i| {
-        stream_once(s, token, PROMPTS[i % PROMPTS.len()], max_tokens, round * 100 + i as u32)
+        stream_once(
+            s,
+            token,
+            PROMPTS[i % PROMPTS.len()],
+            max_tokens,
+            round * 100 + i as u32,
+        )
     });
     let runs = futures::future::try_join_all(futs).await?;
     let wall = t0.elapsed().as_secs_f64();
@@ -170,7 +190,10 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
-    let token = login["access_token"].as_str().context("login failed")?.to_string();
+    let token = login["access_token"]
+        .as_str()
+        .context("login failed")?
+        .to_string();
 
     // Warm-up: page the model in, fill caches.
     stream_once(&s, &token, PROMPTS[0], 32, 1).await?;
@@ -209,9 +232,18 @@ async fn main() -> anyhow::Result<()> {
     println!("| scenario | tokens/s | median TTFT ms |");
     println!("|---|---:|---:|");
     println!("| 1 stream | {s1:.1} | {ttft1:.0} |");
-    println!("| {} streams (aggregate) | {sn:.1} | {ttftn:.0} |", args.streams);
-    println!("ratio {}-stream aggregate / single: {ratio:.2}x (required >= {:.2}x)", args.streams, args.min_ratio);
-    println!("mean tokens per batched stream: {:.0}", tokens_batched.iter().sum::<f64>() / tokens_batched.len().max(1) as f64);
+    println!(
+        "| {} streams (aggregate) | {sn:.1} | {ttftn:.0} |",
+        args.streams
+    );
+    println!(
+        "ratio {}-stream aggregate / single: {ratio:.2}x (required >= {:.2}x)",
+        args.streams, args.min_ratio
+    );
+    println!(
+        "mean tokens per batched stream: {:.0}",
+        tokens_batched.iter().sum::<f64>() / tokens_batched.len().max(1) as f64
+    );
 
     if let Some(out) = &args.out {
         let doc = json!({
@@ -233,7 +265,11 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
     }
     if ratio < args.min_ratio {
-        bail!("aggregate of {} streams is only {ratio:.2}x the single stream (need {:.2}x)", args.streams, args.min_ratio);
+        bail!(
+            "aggregate of {} streams is only {ratio:.2}x the single stream (need {:.2}x)",
+            args.streams,
+            args.min_ratio
+        );
     }
     Ok(())
 }

@@ -79,8 +79,9 @@ impl KeyRing {
 
     /// Builds a key ring from a PKCS#8 Ed25519 key.
     pub fn from_pkcs8(pkcs8: &[u8], issuer: &str, audience: &str) -> CoreResult<KeyRing> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
-            .map_err(|_| CoreError::Internal("the signing key file is not an Ed25519 key".into()))?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| {
+            CoreError::Internal("the signing key file is not an Ed25519 key".into())
+        })?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = hex::encode(&Sha256::digest(&public)[..8]);
         let mut decoding = HashMap::new();
@@ -160,7 +161,10 @@ mod tests {
 
     fn ring() -> KeyRing {
         let dir = tempfile::tempdir().ok();
-        let dir = dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
+        let dir = dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
         match KeyRing::load_or_create(&dir, "palisade", "palisade") {
             Ok(k) => k,
             Err(e) => unreachable!("{e}"),
@@ -201,7 +205,9 @@ mod tests {
         assert!(k.verify(&format!("{none_header}.{}.", parts[1])).is_err());
         // Another key's token.
         let other = ring();
-        assert!(k.verify(&other.sign(&claims(60)).unwrap_or_default()).is_err());
+        assert!(k
+            .verify(&other.sign(&claims(60)).unwrap_or_default())
+            .is_err());
         // Garbage.
         assert!(k.verify("abc.def.ghi").is_err());
     }

@@ -59,9 +59,7 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> CoreResult<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> CoreResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CoreError::Internal(format!("blocking task: {e}")))
@@ -124,8 +122,12 @@ impl AuthService {
             .await
     }
 
-    async fn issue(&self, user: &User, family: TokenFamilyId, family_expires_at: i64)
-        -> CoreResult<IssuedTokens> {
+    async fn issue(
+        &self,
+        user: &User,
+        family: TokenFamilyId,
+        family_expires_at: i64,
+    ) -> CoreResult<IssuedTokens> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             iss: "palisade".into(),
@@ -187,13 +189,21 @@ impl IdentityService for AuthService {
                 return Err(CoreError::validation("invalid_email", "email is not valid"));
             }
         }
-        self.create_user(DEFAULT_TENANT, &reg.username, reg.email, &reg.password, UserRole::User)
-            .await
+        self.create_user(
+            DEFAULT_TENANT,
+            &reg.username,
+            reg.email,
+            &reg.password,
+            UserRole::User,
+        )
+        .await
     }
 
     async fn login(&self, username: &str, password: &str) -> CoreResult<IssuedTokens> {
         let user = if username.len() <= 50 && password.len() <= 1024 {
-            self.users.find_by_username(DEFAULT_TENANT, username).await?
+            self.users
+                .find_by_username(DEFAULT_TENANT, username)
+                .await?
         } else {
             None
         };
@@ -229,7 +239,8 @@ impl IdentityService for AuthService {
                     .await?
                     .filter(|u| u.is_active)
                     .ok_or_else(CoreError::invalid_token)?;
-                self.issue(&user, rec.family_id, rec.family_expires_at).await
+                self.issue(&user, rec.family_id, rec.family_expires_at)
+                    .await
             }
             ConsumeOutcome::Reused { family_id, user_id } => {
                 tracing::warn!(%family_id, %user_id, "refresh token reuse detected; family revoked");

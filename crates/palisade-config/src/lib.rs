@@ -187,17 +187,17 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        let env = Env::prefixed("PALISADE_")
-            .ignore(NON_CONFIG_ENV)
-            .map(|k| {
-                if k.as_str().eq_ignore_ascii_case("model_dir") {
-                    "model.dir".into()
-                } else {
-                    k.as_str().replace("__", ".").into()
-                }
-            });
+        let env = Env::prefixed("PALISADE_").ignore(NON_CONFIG_ENV).map(|k| {
+            if k.as_str().eq_ignore_ascii_case("model_dir") {
+                "model.dir".into()
+            } else {
+                k.as_str().replace("__", ".").into()
+            }
+        });
         fig = fig.merge(env).merge(Serialized::defaults(cli));
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -230,7 +230,11 @@ impl Config {
         }
         let m = &self.model;
         let checks: [(&'static str, bool, &str); 6] = [
-            ("model.context_size", (256..=131_072).contains(&m.context_size), "256..=131072"),
+            (
+                "model.context_size",
+                (256..=131_072).contains(&m.context_size),
+                "256..=131072",
+            ),
             ("model.parallel", (1..=64).contains(&m.parallel), "1..=64"),
             ("model.queue_size", m.queue_size <= 10_000, "0..=10000"),
             ("model.max_tokens_cap", m.max_tokens_cap >= 1, ">= 1"),
@@ -268,9 +272,13 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn layers_and_validation() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("p.toml", "listen = \"127.0.0.1:9000\"\n[model]\nparallel = 4\n")?;
+            jail.create_file(
+                "p.toml",
+                "listen = \"127.0.0.1:9000\"\n[model]\nparallel = 4\n",
+            )?;
             jail.set_env("PALISADE_MODEL__PARALLEL", "2");
             jail.set_env("PALISADE_ADMIN_PASSWORD", "ignored");
             let cli = CliOverrides {

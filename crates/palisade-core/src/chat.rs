@@ -11,8 +11,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::entities::{
-    now_millis, ChatSession, GenerationMeta, Principal, SessionOverview, SessionSort,
-    StoredMessage,
+    now_millis, ChatSession, GenerationMeta, Principal, SessionOverview, SessionSort, StoredMessage,
 };
 use crate::error::{CoreError, CoreResult};
 use crate::ids::{MessageId, SessionId};
@@ -116,7 +115,10 @@ impl ChatService {
     pub async fn start(&self, who: &Principal, input: ChatInput) -> CoreResult<ChatRun> {
         let message = input.message.trim();
         if message.is_empty() {
-            return Err(CoreError::validation("empty_message", "message must not be empty"));
+            return Err(CoreError::validation(
+                "empty_message",
+                "message must not be empty",
+            ));
         }
         let chars = message.chars().count();
         if chars > self.policy.max_message_chars {
@@ -151,7 +153,12 @@ impl ChatService {
         if let Some(session) = &existing {
             let (history, _) = self
                 .repo
-                .list_messages(who.tenant_id, session.id, None, self.policy.history_messages)
+                .list_messages(
+                    who.tenant_id,
+                    session.id,
+                    None,
+                    self.policy.history_messages,
+                )
                 .await?;
             prompt.extend(
                 history
@@ -433,7 +440,9 @@ impl Pump {
                     break;
                 }
                 None => {
-                    failure = Some(ProviderError::Internal("stream ended without result".into()));
+                    failure = Some(ProviderError::Internal(
+                        "stream ended without result".into(),
+                    ));
                     break;
                 }
             }

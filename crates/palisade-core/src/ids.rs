@@ -77,7 +77,8 @@ typed_id!(
 );
 
 /// The id of the tenant created on first start; single-tenant installs use only this one.
-pub const DEFAULT_TENANT: TenantId = TenantId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
+pub const DEFAULT_TENANT: TenantId =
+    TenantId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
 
 #[cfg(test)]
 mod tests {

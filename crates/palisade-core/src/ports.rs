@@ -17,8 +17,12 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn find_by_id(&self, tenant: TenantId, id: UserId) -> CoreResult<Option<User>>;
     async fn count_users(&self) -> CoreResult<u64>;
     /// Ends every access token of the user issued before `at_secs`.
-    async fn set_tokens_valid_after(&self, tenant: TenantId, id: UserId, at_secs: i64)
-        -> CoreResult<()>;
+    async fn set_tokens_valid_after(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        at_secs: i64,
+    ) -> CoreResult<()>;
 }
 
 /// A stored refresh token (only its hash is kept).
@@ -44,7 +48,10 @@ pub enum ConsumeOutcome {
     /// The token was valid and is now marked used; the caller issues the successor.
     Consumed(RefreshTokenRecord),
     /// The token had already been used or revoked: possible theft; the family is now revoked.
-    Reused { family_id: TokenFamilyId, user_id: UserId },
+    Reused {
+        family_id: TokenFamilyId,
+        user_id: UserId,
+    },
     /// Unknown or expired.
     Invalid,
 }
@@ -92,8 +99,12 @@ pub trait ChatRepository: Send + Sync + 'static {
         now: Millis,
     ) -> CoreResult<bool>;
     /// Deletes the session and its messages; false when no such session for this user.
-    async fn delete_session(&self, tenant: TenantId, user: UserId, id: SessionId)
-        -> CoreResult<bool>;
+    async fn delete_session(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: SessionId,
+    ) -> CoreResult<bool>;
     /// Appends a message and bumps the session's `updated_at`.
     async fn append_message(&self, msg: &StoredMessage) -> CoreResult<()>;
     /// Up to `limit` messages older than `before` (or the newest), returned oldest first,
@@ -130,8 +141,11 @@ pub trait IdentityService: Send + Sync + 'static {
     async fn login(&self, username: &str, password: &str) -> CoreResult<IssuedTokens>;
     async fn refresh(&self, refresh_token: &str) -> CoreResult<IssuedTokens>;
     /// Revokes the refresh token's family; with a principal also the current access token.
-    async fn logout(&self, refresh_token: Option<&str>, principal: Option<&Principal>)
-        -> CoreResult<()>;
+    async fn logout(
+        &self,
+        refresh_token: Option<&str>,
+        principal: Option<&Principal>,
+    ) -> CoreResult<()>;
     /// Verifies an access token and loads the principal (checks the user is still active).
     async fn authenticate(&self, access_token: &str) -> CoreResult<Principal>;
     async fn current_user(&self, principal: &Principal) -> CoreResult<User>;

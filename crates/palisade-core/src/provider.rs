@@ -126,7 +126,9 @@ pub enum ProviderError {
     #[error("the model is busy; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u32 },
     /// The prompt cannot fit the context window even after dropping the history.
-    #[error("the message is too long for the model's context window ({tokens} tokens, limit {limit})")]
+    #[error(
+        "the message is too long for the model's context window ({tokens} tokens, limit {limit})"
+    )]
     ContextOverflow { tokens: u32, limit: u32 },
     /// No such model in this provider.
     #[error("unknown model")]

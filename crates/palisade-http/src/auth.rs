@@ -24,9 +24,7 @@ const PUBLIC_ROUTES: &[(Method, &str)] = &[
 ];
 
 pub(crate) fn is_public(method: &Method, path: &str) -> bool {
-    PUBLIC_ROUTES
-        .iter()
-        .any(|(m, p)| m == method && *p == path)
+    PUBLIC_ROUTES.iter().any(|(m, p)| m == method && *p == path)
 }
 
 /// The bearer token of the `Authorization` header, if well-formed.

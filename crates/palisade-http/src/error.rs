@@ -102,9 +102,11 @@ impl From<CoreError> for ApiError {
             CoreError::Forbidden => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", "you may not do this")
             }
-            CoreError::NotFound(what) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
-            }
+            CoreError::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             CoreError::Disabled(m) => ApiError::new(StatusCode::FORBIDDEN, "disabled", m),
             CoreError::Provider(p) => p.into(),
@@ -138,13 +140,19 @@ impl IntoResponse for ApiError {
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let (code, msg) = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is too large".to_string(),
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (
             "unsupported_media_type",
             "expected `Content-Type: application/json`".to_string(),
         ),
         StatusCode::UNPROCESSABLE_ENTITY => ("invalid_body", r.body_text()),
-        _ => ("invalid_json", "the request body is not valid JSON".to_string()),
+        _ => (
+            "invalid_json",
+            "the request body is not valid JSON".to_string(),
+        ),
     };
     ApiError::new(status, code, msg)
 }

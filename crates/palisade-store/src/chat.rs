@@ -172,13 +172,14 @@ impl ChatRepository for Store {
         sid: SessionId,
     ) -> CoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let r = sqlx::query("DELETE FROM chat_sessions WHERE tenant_id = ? AND user_id = ? AND id = ?")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(sid.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let r =
+            sqlx::query("DELETE FROM chat_sessions WHERE tenant_id = ? AND user_id = ? AND id = ?")
+                .bind(tenant.to_string())
+                .bind(user.to_string())
+                .bind(sid.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         if r.rows_affected() == 1 {
             // Explicit, in case foreign keys were off on this connection.
             sqlx::query("DELETE FROM messages WHERE tenant_id = ? AND session_id = ?")

@@ -64,12 +64,30 @@ async fn users_unique_and_scoped() {
         })
         .await;
     assert!(matches!(dup, Err(CoreError::Conflict(_))));
-    assert_eq!(s.find_by_username(DEFAULT_TENANT, "alice").await.unwrap().unwrap().id, a.id);
+    assert_eq!(
+        s.find_by_username(DEFAULT_TENANT, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a.id
+    );
     // Another tenant sees nothing.
     assert!(s.find_by_id(TenantId::new(), a.id).await.unwrap().is_none());
-    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 100).await.unwrap();
-    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 50).await.unwrap();
-    assert_eq!(s.find_by_id(DEFAULT_TENANT, a.id).await.unwrap().unwrap().tokens_valid_after, 100);
+    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 100)
+        .await
+        .unwrap();
+    s.set_tokens_valid_after(DEFAULT_TENANT, a.id, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_by_id(DEFAULT_TENANT, a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens_valid_after,
+        100
+    );
     assert_eq!(s.count_users().await.unwrap(), 1);
 }
 
@@ -89,16 +107,29 @@ async fn sessions_messages_paging_and_ownership() {
     s.create_session(&sess).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let role = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        let role = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
         let m = msg(sess.id, role, &format!("m{i}"), 10 + i);
         ids.push(m.id);
         s.append_message(&m).await.unwrap();
     }
-    let (page, more) = s.list_messages(DEFAULT_TENANT, sess.id, None, 2).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m3", "m4"]);
+    let (page, more) = s
+        .list_messages(DEFAULT_TENANT, sess.id, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["m3", "m4"]
+    );
     assert!(more);
     assert_eq!(page[0].meta.as_ref().unwrap().completion_tokens, 4);
-    let (page, more) = s.list_messages(DEFAULT_TENANT, sess.id, Some(ids[3]), 10).await.unwrap();
+    let (page, more) = s
+        .list_messages(DEFAULT_TENANT, sess.id, Some(ids[3]), 10)
+        .await
+        .unwrap();
     assert_eq!(page.len(), 3);
     assert!(!more);
     let (list, total) = s
@@ -110,15 +141,39 @@ async fn sessions_messages_paging_and_ownership() {
     assert_eq!(list[0].last_message_preview.as_deref(), Some("m4"));
     assert_eq!(list[0].session.updated_at, 14);
     // Bob can't see, rename or delete it.
-    assert!(s.get_session(DEFAULT_TENANT, b.id, sess.id).await.unwrap().is_none());
-    assert!(!s.rename_session(DEFAULT_TENANT, b.id, sess.id, "x", 20).await.unwrap());
-    assert!(!s.delete_session(DEFAULT_TENANT, b.id, sess.id).await.unwrap());
-    assert_eq!(s.list_sessions(DEFAULT_TENANT, b.id, SessionSort::CreatedAsc, 10, 0).await.unwrap().1, 0);
+    assert!(s
+        .get_session(DEFAULT_TENANT, b.id, sess.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!s
+        .rename_session(DEFAULT_TENANT, b.id, sess.id, "x", 20)
+        .await
+        .unwrap());
+    assert!(!s
+        .delete_session(DEFAULT_TENANT, b.id, sess.id)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.list_sessions(DEFAULT_TENANT, b.id, SessionSort::CreatedAsc, 10, 0)
+            .await
+            .unwrap()
+            .1,
+        0
+    );
     // Alice deletes: messages go too; appending afterwards fails cleanly.
-    assert!(s.delete_session(DEFAULT_TENANT, a.id, sess.id).await.unwrap());
-    let (page, _) = s.list_messages(DEFAULT_TENANT, sess.id, None, 10).await.unwrap();
+    assert!(s
+        .delete_session(DEFAULT_TENANT, a.id, sess.id)
+        .await
+        .unwrap());
+    let (page, _) = s
+        .list_messages(DEFAULT_TENANT, sess.id, None, 10)
+        .await
+        .unwrap();
     assert!(page.is_empty());
-    let late = s.append_message(&msg(sess.id, Role::Assistant, "late", 30)).await;
+    let late = s
+        .append_message(&msg(sess.id, Role::Assistant, "late", 30))
+        .await;
     assert!(matches!(late, Err(CoreError::NotFound(_))));
 }
 
@@ -139,20 +194,48 @@ async fn refresh_rotation_and_reuse_revokes_family() {
         revoked: false,
     };
     s.insert(rec("h1")).await.unwrap();
-    assert!(matches!(s.consume("h1", 10).await.unwrap(), ConsumeOutcome::Consumed(_)));
+    assert!(matches!(
+        s.consume("h1", 10).await.unwrap(),
+        ConsumeOutcome::Consumed(_)
+    ));
     s.insert(rec("h2")).await.unwrap();
     // h1 again: reuse → family revoked, so h2 is dead too.
-    assert!(matches!(s.consume("h1", 11).await.unwrap(), ConsumeOutcome::Reused { .. }));
-    assert!(matches!(s.consume("h2", 12).await.unwrap(), ConsumeOutcome::Reused { .. }));
-    assert_eq!(s.consume("nope", 12).await.unwrap(), ConsumeOutcome::Invalid);
+    assert!(matches!(
+        s.consume("h1", 11).await.unwrap(),
+        ConsumeOutcome::Reused { .. }
+    ));
+    assert!(matches!(
+        s.consume("h2", 12).await.unwrap(),
+        ConsumeOutcome::Reused { .. }
+    ));
+    assert_eq!(
+        s.consume("nope", 12).await.unwrap(),
+        ConsumeOutcome::Invalid
+    );
     // Expiry.
     let fam2 = TokenFamilyId::new();
-    s.insert(RefreshTokenRecord { family_id: fam2, ..rec("h3") }).await.unwrap();
-    assert_eq!(s.consume("h3", 5_000).await.unwrap(), ConsumeOutcome::Invalid);
+    s.insert(RefreshTokenRecord {
+        family_id: fam2,
+        ..rec("h3")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.consume("h3", 5_000).await.unwrap(),
+        ConsumeOutcome::Invalid
+    );
     // Logout by token hash.
-    s.insert(RefreshTokenRecord { family_id: TokenFamilyId::new(), ..rec("h4") }).await.unwrap();
+    s.insert(RefreshTokenRecord {
+        family_id: TokenFamilyId::new(),
+        ..rec("h4")
+    })
+    .await
+    .unwrap();
     assert!(s.revoke_family_of("h4").await.unwrap());
-    assert!(!matches!(s.consume("h4", 10).await.unwrap(), ConsumeOutcome::Consumed(_)));
+    assert!(!matches!(
+        s.consume("h4", 10).await.unwrap(),
+        ConsumeOutcome::Consumed(_)
+    ));
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ use palisade_llama::{EngineConfig, LlamaEngine};
 use palisade_store::Store;
 use rand::RngCore;
 
-use crate::cli::{Cli, Command, CommonArgs, ConfigCommand, LogFormat, ModelCommand, RoleArg, UserCommand};
+use crate::cli::{
+    Cli, Command, CommonArgs, ConfigCommand, LogFormat, ModelCommand, RoleArg, UserCommand,
+};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -42,7 +44,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .create_user(DEFAULT_TENANT, &a.username, a.email, &password, role)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("created user {} ({}) with id {}", user.username, role.as_str(), user.id);
+            println!(
+                "created user {} ({}) with id {}",
+                user.username,
+                role.as_str(),
+                user.id
+            );
             Ok(())
         }
         Command::Model(ModelCommand::Pull(a)) => crate::model::pull(a).await,
@@ -81,7 +88,10 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
         anyhow::bail!("pass the password on standard input with --password-stdin");
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password")?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password")?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
     anyhow::ensure!(!pw.is_empty(), "no password given on standard input");
     Ok(pw)
@@ -124,7 +134,12 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Creates the first admin when the database has no user yet.
 async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()> {
-    if store.count_users().await.map_err(|e| anyhow::anyhow!("{e}"))? > 0 {
+    if store
+        .count_users()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        > 0
+    {
         return Ok(());
     }
     let (password, generated) = match std::env::var("PALISADE_ADMIN_PASSWORD") {
@@ -132,7 +147,10 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
         _ => {
             let mut b = [0u8; 18];
             rand::rngs::OsRng.fill_bytes(&mut b);
-            (base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b), true)
+            (
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b),
+                true,
+            )
         }
     };
     auth.create_user(DEFAULT_TENANT, "admin", None, &password, UserRole::Admin)
@@ -140,10 +158,16 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
     let mut out = std::io::stdout().lock();
     if generated {
-        writeln!(out, "created the first admin: username `admin`, one-time password: {password}")?;
+        writeln!(
+            out,
+            "created the first admin: username `admin`, one-time password: {password}"
+        )?;
         writeln!(out, "  (shown only now; store it safely)")?;
     } else {
-        writeln!(out, "created the first admin: username `admin`, password from PALISADE_ADMIN_PASSWORD")?;
+        writeln!(
+            out,
+            "created the first admin: username `admin`, password from PALISADE_ADMIN_PASSWORD"
+        )?;
     }
     out.flush()?;
     Ok(())
@@ -205,7 +229,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let app = palisade_http::router(state);
 
-    let tls = crate::tls::ensure(&cfg.data_dir, cfg.tls.cert.as_deref(), cfg.tls.key.as_deref())?;
+    let tls = crate::tls::ensure(
+        &cfg.data_dir,
+        cfg.tls.cert.as_deref(),
+        cfg.tls.key.as_deref(),
+    )?;
     let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
         .await
         .context("loading the TLS certificate")?;
@@ -225,9 +253,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "palisade {} ready", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "  data dir:  {}", cfg.data_dir.display())?;
-        writeln!(out, "  model:     {} ({})", cfg.model.name, model_path.display())?;
+        writeln!(
+            out,
+            "  model:     {} ({})",
+            cfg.model.name,
+            model_path.display()
+        )?;
         if tls.self_signed {
-            writeln!(out, "  TLS:       self-signed certificate {}", tls.cert.display())?;
+            writeln!(
+                out,
+                "  TLS:       self-signed certificate {}",
+                tls.cert.display()
+            )?;
         }
         writeln!(out, "listening on https://{local}")?;
         out.flush()?;

@@ -86,7 +86,9 @@ pub async fn locate(
         );
         return Ok(f.to_path_buf());
     }
-    let dir = dir.map(Path::to_path_buf).unwrap_or_else(provision::default_model_dir);
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(provision::default_model_dir);
     let path = dir.join(provision::DEFAULT_MODEL_FILE);
     if path.is_file() {
         let p = path.clone();

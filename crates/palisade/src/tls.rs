@@ -15,7 +15,11 @@ pub struct TlsFiles {
 }
 
 /// Returns the configured files, or creates `DIR/tls/{cert,key}.pem` for localhost.
-pub fn ensure(data_dir: &Path, cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<TlsFiles> {
+pub fn ensure(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<TlsFiles> {
     if let (Some(c), Some(k)) = (cert, key) {
         for p in [c, k] {
             anyhow::ensure!(p.is_file(), "TLS file {} not found", p.display());

@@ -13,8 +13,19 @@ const QUESTION: &str = "What is the capital of France?";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_json_sse_list_read_delete() {
     let s = Server::start(&[]);
-    assert!(s.stdout.iter().any(|l| l.contains("created the first admin")));
-    let health: Value = s.client.get(s.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert!(s
+        .stdout
+        .iter()
+        .any(|l| l.contains("created the first admin")));
+    let health: Value = s
+        .client
+        .get(s.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = s.client.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
@@ -26,12 +37,19 @@ async fn chat_json_sse_list_read_delete() {
 
     // JSON answer.
     let r = s
-        .post(&token, "/api/chat/message", json!({"message": QUESTION, "temperature": 0, "max_tokens": 64}))
+        .post(
+            &token,
+            "/api/chat/message",
+            json!({"message": QUESTION, "temperature": 0, "max_tokens": 64}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let answer: Value = r.json().await.unwrap();
     let content = answer["content"].as_str().unwrap();
-    assert!(content.contains("Paris"), "JSON answer without Paris: {content:?}");
+    assert!(
+        content.contains("Paris"),
+        "JSON answer without Paris: {content:?}"
+    );
     assert_eq!(answer["role"], "assistant");
     assert_eq!(answer["metadata"]["model"], "smollm2-135m");
     assert!(answer["metadata"]["tokens_used"].as_u64().unwrap() > 0);
@@ -40,7 +58,11 @@ async fn chat_json_sse_list_read_delete() {
 
     // SSE answer in a new session.
     let r = s
-        .post(&token, "/api/chat/message", json!({"message": QUESTION, "temperature": 0, "max_tokens": 64, "stream": true}))
+        .post(
+            &token,
+            "/api/chat/message",
+            json!({"message": QUESTION, "temperature": 0, "max_tokens": 64, "stream": true}),
+        )
         .await;
     let events = sse_events(r).await;
     assert_eq!(events[0]["type"], "start");
@@ -63,19 +85,34 @@ async fn chat_json_sse_list_read_delete() {
     assert_eq!(r.status(), StatusCode::OK);
     let follow: Value = r.json().await.unwrap();
     assert_eq!(follow["session_id"], sse_session.as_str());
-    assert!(follow["metadata"]["prompt_tokens"].as_u64().unwrap() > 40, "history not sent: {follow}");
+    assert!(
+        follow["metadata"]["prompt_tokens"].as_u64().unwrap() > 40,
+        "history not sent: {follow}"
+    );
 
     // List.
-    let list: Value = s.get(&token, "/api/chat/sessions").await.json().await.unwrap();
+    let list: Value = s
+        .get(&token, "/api/chat/sessions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 2);
     let sessions = list["sessions"].as_array().unwrap();
-    assert_eq!(sessions[0]["id"], sse_session.as_str(), "most recently updated first");
+    assert_eq!(
+        sessions[0]["id"],
+        sse_session.as_str(),
+        "most recently updated first"
+    );
     assert_eq!(sessions[0]["message_count"], 4);
     assert_eq!(sessions[1]["title"], QUESTION);
 
     // Read.
     let page: Value = s
-        .get(&token, &format!("/api/chat/sessions/{sse_session}/messages"))
+        .get(
+            &token,
+            &format!("/api/chat/sessions/{sse_session}/messages"),
+        )
         .await
         .json()
         .await
@@ -89,7 +126,13 @@ async fn chat_json_sse_list_read_delete() {
     assert_eq!(page["has_more"], false);
     // Pagination backwards.
     let older: Value = s
-        .get(&token, &format!("/api/chat/sessions/{sse_session}/messages?limit=2&before_id={}", msgs[2]["id"].as_str().unwrap()))
+        .get(
+            &token,
+            &format!(
+                "/api/chat/sessions/{sse_session}/messages?limit=2&before_id={}",
+                msgs[2]["id"].as_str().unwrap()
+            ),
+        )
         .await
         .json()
         .await
@@ -109,11 +152,23 @@ async fn chat_json_sse_list_read_delete() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // Delete.
-    let r = s.delete(&token, &format!("/api/chat/sessions/{json_session}")).await;
+    let r = s
+        .delete(&token, &format!("/api/chat/sessions/{json_session}"))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = s.get(&token, &format!("/api/chat/sessions/{json_session}/messages")).await;
+    let r = s
+        .get(
+            &token,
+            &format!("/api/chat/sessions/{json_session}/messages"),
+        )
+        .await;
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
-    let list: Value = s.get(&token, "/api/chat/sessions").await.json().await.unwrap();
+    let list: Value = s
+        .get(&token, "/api/chat/sessions")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 1);
     assert_eq!(list["sessions"][0]["title"], "Capitals");
 }
@@ -134,7 +189,10 @@ async fn disconnect_mid_stream_keeps_partial_answer() {
     }
     drop(body);
     let start: Value = serde_json::from_str(
-        seen.lines().find_map(|l| l.strip_prefix("data:")).unwrap().trim(),
+        seen.lines()
+            .find_map(|l| l.strip_prefix("data:"))
+            .unwrap()
+            .trim(),
     )
     .unwrap();
     let session = start["session_id"].as_str().unwrap().to_string();
@@ -163,7 +221,10 @@ async fn disconnect_mid_stream_keeps_partial_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
-    let s = Server::start(&[("PALISADE_MODEL__PARALLEL", "1"), ("PALISADE_MODEL__QUEUE_SIZE", "0")]);
+    let s = Server::start(&[
+        ("PALISADE_MODEL__PARALLEL", "1"),
+        ("PALISADE_MODEL__QUEUE_SIZE", "0"),
+    ]);
     let token = s.admin_token().await;
     let r = s
         .post(&token, "/api/chat/message", json!({"message": "Write a very long story about the sea.", "max_tokens": 1000, "stream": true}))
@@ -173,17 +234,36 @@ async fn full_queue_answers_503_with_retry_after() {
     // Wait until the first request holds the only slot.
     let mut seen = String::new();
     while !seen.contains("\"token\"") {
-        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
     }
-    let r = s.post(&token, "/api/chat/message", json!({"message": "Hello"})).await;
-    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "overloaded");
-    assert!(retry.and_then(|v| v.parse::<u32>().ok()).is_some_and(|v| v >= 1));
+    let r = s
+        .post(&token, "/api/chat/message", json!({"message": "Hello"}))
+        .await;
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "overloaded"
+    );
+    assert!(retry
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|v| v >= 1));
     drop(body);
     // Once the slot frees, requests are served again.
     let mut ok = false;
     for _ in 0..50 {
-        let r = s.post(&token, "/api/chat/message", json!({"message": "Hi", "max_tokens": 4})).await;
+        let r = s
+            .post(
+                &token,
+                "/api/chat/message",
+                json!({"message": "Hi", "max_tokens": 4}),
+            )
+            .await;
         if r.status() == StatusCode::OK {
             ok = true;
             break;

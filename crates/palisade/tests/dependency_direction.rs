@@ -8,11 +8,21 @@ use std::process::Command;
 #[test]
 fn crates_depend_only_inwards() {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for p in meta["packages"].as_array().unwrap() {
@@ -26,7 +36,12 @@ fn crates_depend_only_inwards() {
             .collect();
         deps.insert(name, ds);
     }
-    let adapters = ["palisade-store", "palisade-llama", "palisade-auth", "palisade-config"];
+    let adapters = [
+        "palisade-store",
+        "palisade-llama",
+        "palisade-auth",
+        "palisade-config",
+    ];
     let mut bad = Vec::new();
     for (name, ds) in &deps {
         let inner: Vec<&String> = ds.iter().filter(|d| d.starts_with("palisade-")).collect();

@@ -52,7 +52,9 @@ pub async fn login(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    Ok(tokens_json(s.identity.login(&req.username, &req.password).await?))
+    Ok(tokens_json(
+        s.identity.login(&req.username, &req.password).await?,
+    ))
 }
 
 /// The refresh token from the JSON body, or (spec 003) from `Authorization: Bearer`.
@@ -82,9 +84,8 @@ pub async fn refresh(
     body: axum::body::Bytes,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let req = optional_body(&body)?;
-    let token = refresh_token_of(&headers, &req).ok_or_else(|| {
-        ApiError::from(palisade_core::CoreError::invalid_token())
-    })?;
+    let token = refresh_token_of(&headers, &req)
+        .ok_or_else(|| ApiError::from(palisade_core::CoreError::invalid_token()))?;
     Ok(tokens_json(s.identity.refresh(&token).await?))
 }
 

@@ -76,7 +76,9 @@ pub async fn send_message(
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response())
     } else {
-        collect(run).await.map(|m| Json(message_json(m)).into_response())
+        collect(run)
+            .await
+            .map(|m| Json(message_json(m)).into_response())
     }
 }
 

@@ -29,13 +29,13 @@ pub fn bin() -> &'static str {
 pub fn model_dir() -> PathBuf {
     std::env::var_os("PALISADE_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            dirs_home().join(".cache/palisade/models")
-        })
+        .unwrap_or_else(|| dirs_home().join(".cache/palisade/models"))
 }
 
 fn dirs_home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 impl Server {
@@ -166,7 +166,9 @@ pub async fn error_code(r: Response, status: StatusCode) -> String {
     assert_eq!(r.status(), status, "unexpected status");
     let v: Value = r.json().await.expect("error body is JSON");
     let code = v["error"]["code"].as_str().expect("error.code").to_string();
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     code
 }
 
