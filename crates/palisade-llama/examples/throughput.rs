@@ -108,9 +108,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let rt = if std::env::var_os("TOKIO_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     };
     rt.block_on(run());
 }
@@ -123,10 +129,13 @@ async fn run() {
         .or_else(|| std::env::var_os("PALISADE_TEST_MODEL").map(Into::into))
         .unwrap_or_else(default_model_path);
     let max_tokens: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(128);
-    let cfg = EngineConfig::new(model, DEFAULT_MODEL_NAME);
+    let mut cfg = EngineConfig::new(model, DEFAULT_MODEL_NAME);
+    // PALISADE_NO_CONVERT=1 measures the model's own weights (no Q8_0 re-encoding).
+    cfg.convert_weights = std::env::var_os("PALISADE_NO_CONVERT").is_none();
     println!(
-        "model {} | parallel {} | threads {} | ctx/seq {} | max_tokens {max_tokens}",
+        "model {} | convert_weights {} | parallel {} | threads {} | ctx/seq {} | max_tokens {max_tokens}",
         cfg.model_path.display(),
+        cfg.convert_weights,
         cfg.parallel,
         cfg.threads,
         cfg.context_size

@@ -36,6 +36,12 @@ pub struct EngineConfig {
     pub default_max_tokens: u32,
     /// Hard cap on the answer length, whatever the request asks.
     pub max_output_tokens: u32,
+    /// Re-encode Q4_1/Q5_1 weights as Q8_0 once (cached) so batched decoding uses llama.cpp's
+    /// GEMM kernels: ~1.35x more aggregate throughput with 8 streams, same single-stream speed,
+    /// practically lossless. Default true; other weight types are always loaded as they are.
+    pub convert_weights: bool,
+    /// Where converted weights are cached; default `<model dir>/.palisade-converted`.
+    pub converted_dir: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -51,6 +57,8 @@ impl EngineConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            convert_weights: true,
+            converted_dir: None,
         }
     }
 

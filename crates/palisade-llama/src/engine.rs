@@ -85,12 +85,12 @@ impl LlamaEngine {
         let backend = backend()?;
 
         let load_started = Instant::now();
-        let model =
-            LlamaModel::load_from_file(backend, &cfg.model_path, &LlamaModelParams::default())
-                .map_err(|e| EngineError::ModelLoad {
-                    path: cfg.model_path.clone(),
-                    detail: e.to_string(),
-                })?;
+        let weights = crate::convert::weights_to_load(&cfg);
+        let model = LlamaModel::load_from_file(backend, &weights, &LlamaModelParams::default())
+            .map_err(|e| EngineError::ModelLoad {
+                path: cfg.model_path.clone(),
+                detail: e.to_string(),
+            })?;
         let model = Arc::new(model);
         let formatter =
             PromptFormatter::for_model(&model).map_err(|detail| EngineError::ModelLoad {

@@ -6,6 +6,7 @@
 //! and [`provision`] to install models.
 
 mod config;
+mod convert;
 mod engine;
 mod logging;
 mod prompt;

@@ -233,6 +233,12 @@ impl StagedFile {
             .tmp
             .persist(dest)
             .map_err(|e| io_err(&tmp_path)(e.error))?;
+        // Models are not secret: readable by the service user even when installed by another.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
+        }
         file.sync_all().map_err(io_err(dest))?;
         Ok(dest.to_path_buf())
     }

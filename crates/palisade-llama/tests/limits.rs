@@ -157,3 +157,54 @@ fn missing_model_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn weights_conversion_is_cached_and_optional() {
+    let dir = tempfile::tempdir().unwrap();
+    let converted = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut cfg = config();
+    cfg.parallel = 1;
+    cfg.context_size = 256;
+    cfg.converted_dir = Some(dir.path().to_path_buf());
+    let e = start(cfg.clone());
+    let files = converted(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".q8_0.gguf"), "{files:?}");
+    let a = ask(&e, vec![user("What is the capital of France?")], greedy(24))
+        .await
+        .unwrap();
+    assert!(a.text.contains("Paris"), "{:?}", a.text);
+    e.shutdown();
+    // Reused, not redone.
+    let before = std::fs::metadata(dir.path().join(&files[0]))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let e = start(cfg.clone());
+    e.shutdown();
+    let after = std::fs::metadata(dir.path().join(&files[0]))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(converted(dir.path()), files);
+
+    // Disabled: the model is used as is and nothing is written.
+    let dir2 = tempfile::tempdir().unwrap();
+    cfg.convert_weights = false;
+    cfg.converted_dir = Some(dir2.path().to_path_buf());
+    let e = start(cfg);
+    let a = ask(&e, vec![user("What is the capital of France?")], greedy(24))
+        .await
+        .unwrap();
+    assert!(a.text.contains("Paris"), "{:?}", a.text);
+    assert!(converted(dir2.path()).is_empty());
+}
