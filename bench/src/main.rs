@@ -102,6 +102,7 @@ struct Tally {
 
 /// Streams one answer, counting token events that arrive between `from` and `until`; stops
 /// reading (which cancels generation server-side) at `until`.
+#[allow(clippy::too_many_arguments)]
 async fn stream_once(
     s: &Server,
     token: &str,
