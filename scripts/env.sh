@@ -1,4 +1,5 @@
 # Shared settings of Palisade's scripts: caches live outside the clone so fresh clones reuse them.
-export PALISADE_CACHE="${PALISADE_CACHE:-$HOME/.cache/palisade}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PALISADE_CACHE/target}"
-export PALISADE_MODEL_DIR="${PALISADE_MODEL_DIR:-$PALISADE_CACHE/models}"
+# (Only real configuration keys may use the PALISADE_ prefix: unknown ones are refused at start.)
+palisade_cache="${XDG_CACHE_HOME:-$HOME/.cache}/palisade"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$palisade_cache/target}"
+export PALISADE_MODEL_DIR="${PALISADE_MODEL_DIR:-$palisade_cache/models}"
