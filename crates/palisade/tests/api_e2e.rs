@@ -257,19 +257,16 @@ async fn users_cannot_touch_each_others_sessions() {
     let s = Server::start(&[("PALISADE_AUTH__REGISTRATION", "open")]);
     let admin = s.admin_token().await;
     // A registers through the API; B is created with the CLI.
-    let r = s.client.post(s.url("/api/auth/register"))
-        .json(&json!({"username": "alice", "password": "alice-password-1", "email": "alice@example.com"}))
-        .send().await.unwrap();
+    let r = s.post_public("/api/auth/register", json!({"username": "alice", "password": "alice-password-1", "email": "alice@example.com"})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["role"], "user");
     let r = s
-        .client
-        .post(s.url("/api/auth/register"))
-        .json(&json!({"username": "alice", "password": "another-password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_public(
+            "/api/auth/register",
+            json!({"username": "alice", "password": "another-password"}),
+        )
+        .await;
     assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
     let mut child = Command::new(common::bin())
         .args([
@@ -360,29 +357,26 @@ async fn login_refresh_logout() {
     let s = Server::start(&[]);
     // Registration is closed by default.
     let r = s
-        .client
-        .post(s.url("/api/auth/register"))
-        .json(&json!({"username": "mallory", "password": "mallory-password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_public(
+            "/api/auth/register",
+            json!({"username": "mallory", "password": "mallory-password"}),
+        )
+        .await;
     assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "disabled");
 
     // Wrong password and unknown user answer identically.
     let wrong = s
-        .client
-        .post(s.url("/api/auth/login"))
-        .json(&json!({"username": "admin", "password": "not-the-password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_public(
+            "/api/auth/login",
+            json!({"username": "admin", "password": "not-the-password"}),
+        )
+        .await;
     let unknown = s
-        .client
-        .post(s.url("/api/auth/login"))
-        .json(&json!({"username": "nobody", "password": "not-the-password"}))
-        .send()
-        .await
-        .unwrap();
+        .post_public(
+            "/api/auth/login",
+            json!({"username": "nobody", "password": "not-the-password"}),
+        )
+        .await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.text().await.unwrap(), unknown.text().await.unwrap());
@@ -412,12 +406,8 @@ async fn login_refresh_logout() {
 
     // Refresh with the body form rotates the token.
     let r = s
-        .client
-        .post(s.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh1}))
-        .send()
-        .await
-        .unwrap();
+        .post_public("/api/auth/refresh", json!({"refresh_token": refresh1}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let t2: Value = r.json().await.unwrap();
     let refresh2 = t2["refresh_token"].as_str().unwrap().to_string();
@@ -437,23 +427,15 @@ async fn login_refresh_logout() {
         .to_string();
     // Reusing a rotated token revokes the whole family.
     let r = s
-        .client
-        .post(s.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh1}))
-        .send()
-        .await
-        .unwrap();
+        .post_public("/api/auth/refresh", json!({"refresh_token": refresh1}))
+        .await;
     assert_eq!(
         error_code(r, StatusCode::UNAUTHORIZED).await,
         "invalid_token"
     );
     let r = s
-        .client
-        .post(s.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh3}))
-        .send()
-        .await
-        .unwrap();
+        .post_public("/api/auth/refresh", json!({"refresh_token": refresh3}))
+        .await;
     assert_eq!(
         error_code(r, StatusCode::UNAUTHORIZED).await,
         "invalid_token"
@@ -479,12 +461,8 @@ async fn login_refresh_logout() {
         "invalid_token"
     );
     let r = s
-        .client
-        .post(s.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh}))
-        .send()
-        .await
-        .unwrap();
+        .post_public("/api/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
     assert_eq!(
         error_code(r, StatusCode::UNAUTHORIZED).await,
         "invalid_token"

@@ -144,6 +144,16 @@ impl Server {
             .unwrap()
     }
 
+    /// A POST without credentials (login, register, refresh).
+    pub async fn post_public(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, token: &str, path: &str) -> Response {
         self.client
             .delete(self.url(path))
