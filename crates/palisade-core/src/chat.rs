@@ -17,7 +17,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::ids::{MessageId, SessionId};
 use crate::ports::ChatRepository;
 use crate::provider::{
-    ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, PromptMessage,
+    ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, ModelInfo, PromptMessage,
     ProviderError, Role,
 };
 
@@ -130,8 +130,9 @@ impl ChatService {
                 ),
             ));
         }
-        let model = self.resolve_model(input.model.as_deref())?;
-        let params = self.params(&input, &model)?;
+        let info = self.resolve_model(input.model.as_deref())?;
+        let params = self.params(&input, &info)?;
+        let model = info.name;
 
         let existing = match input.session_id.as_deref() {
             Some(raw) => {
@@ -232,30 +233,23 @@ impl ChatService {
         })
     }
 
-    fn resolve_model(&self, requested: Option<&str>) -> CoreResult<String> {
+    fn resolve_model(&self, requested: Option<&str>) -> CoreResult<ModelInfo> {
         let name = requested.unwrap_or(&self.policy.default_model);
-        if self.provider.models().iter().any(|m| m.name == name) {
-            Ok(name.to_string())
-        } else {
-            Err(CoreError::validation(
+        match self.provider.models().into_iter().find(|m| m.name == name) {
+            Some(info) => Ok(info),
+            None => Err(CoreError::validation(
                 "unknown_model",
                 "the requested model does not exist or is not available to you",
-            ))
+            )),
         }
     }
 
-    fn params(&self, input: &ChatInput, model: &str) -> CoreResult<GenerationParams> {
+    fn params(&self, input: &ChatInput, model: &ModelInfo) -> CoreResult<GenerationParams> {
         let mut p = GenerationParams {
             max_tokens: self.policy.default_max_tokens,
             ..GenerationParams::default()
         };
-        let cap = self
-            .provider
-            .models()
-            .iter()
-            .find(|m| m.name == model)
-            .map(|m| m.max_output_tokens.min(self.policy.max_tokens_cap))
-            .unwrap_or(self.policy.max_tokens_cap);
+        let cap = model.max_output_tokens.min(self.policy.max_tokens_cap);
         if let Some(t) = input.temperature {
             if !(0.0..=2.0).contains(&t) || t.is_nan() {
                 return Err(CoreError::validation(
