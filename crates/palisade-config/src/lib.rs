@@ -2,6 +2,7 @@
 //! environment < command-line flags) and validated before anything starts. Invalid values are
 //! refused with a message naming the key, never silently replaced by defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,17 @@ pub struct AuthConfig {
     pub access_token_ttl_secs: u64,
     pub refresh_token_sliding_days: u64,
     pub refresh_token_absolute_days: u64,
+    /// Login, register and refresh attempts per client IP per minute (spec 003: 5); 0 = off.
+    pub ip_limit_per_minute: u32,
+    /// Roles whose members must use TOTP (e.g. `["admin"]`).
+    pub require_2fa: Vec<String>,
+    /// Lifetime of scoped LLM tokens (spec 004: 60 s).
+    pub scoped_token_ttl_secs: u64,
+    /// Spec 000/004 compatibility routes (`POST /login`, `/chat`, `/auth/login`, ...).
+    pub compat_routes: bool,
+    pub password: PasswordConfig,
+    /// Custom roles: `[auth.roles.analyst] permissions = ["chat:send", "model:x:use"]`.
+    pub roles: BTreeMap<String, RoleConfig>,
 }
 
 impl Default for AuthConfig {
@@ -57,8 +69,48 @@ impl Default for AuthConfig {
             access_token_ttl_secs: 900,
             refresh_token_sliding_days: 7,
             refresh_token_absolute_days: 30,
+            ip_limit_per_minute: 5,
+            require_2fa: Vec::new(),
+            scoped_token_ttl_secs: 60,
+            compat_routes: true,
+            password: PasswordConfig::default(),
+            roles: BTreeMap::new(),
         }
     }
+}
+
+/// Password rules: NIST SP 800-63B-4 by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    /// Minimum length when the password is the only factor.
+    pub min_length: u32,
+    /// Minimum length for accounts with 2FA.
+    pub min_length_with_2fa: u32,
+    /// Minimum zxcvbn strength score, 0-4.
+    pub min_strength: u8,
+    /// Spec 003's upper/lower/digit rule (off by default, as NIST advises).
+    pub require_composition: bool,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        Self {
+            min_length: 15,
+            min_length_with_2fa: 8,
+            min_strength: 3,
+            require_composition: false,
+        }
+    }
+}
+
+/// A custom role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    pub permissions: Vec<String>,
+    pub require_2fa: bool,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,6 +308,27 @@ impl Config {
                     message: format!("must be in {range}"),
                 });
             }
+        }
+        let pw = &self.auth.password;
+        if !(8..=128).contains(&pw.min_length)
+            || !(8..=pw.min_length).contains(&pw.min_length_with_2fa)
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.password",
+                message: "min_length must be 8..=128 and min_length_with_2fa 8..=min_length".into(),
+            });
+        }
+        if pw.min_strength > 4 {
+            return Err(ConfigError::Invalid {
+                key: "auth.password.min_strength",
+                message: "must be 0..=4".into(),
+            });
+        }
+        if !(10..=3600).contains(&self.auth.scoped_token_ttl_secs) {
+            return Err(ConfigError::Invalid {
+                key: "auth.scoped_token_ttl_secs",
+                message: "must be in 10..=3600".into(),
+            });
         }
         if self.http.body_limit_bytes < 1024 {
             return Err(ConfigError::Invalid {

@@ -86,6 +86,16 @@ pub struct ChatRun {
     pub events: mpsc::Receiver<ChatEvent>,
 }
 
+/// The answer of a one-shot generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneShot {
+    pub content: String,
+    pub model: String,
+    pub tokens_used: u32,
+    pub prompt_tokens: u32,
+    pub latency_ms: u64,
+}
+
 /// The chat pipeline.
 pub struct ChatService {
     repo: Arc<dyn ChatRepository>,
@@ -131,6 +141,7 @@ impl ChatService {
             ));
         }
         let info = self.resolve_model(input.model.as_deref())?;
+        Self::authorise(who, &info.name)?;
         let params = self.params(&input, &info)?;
         let model = info.name;
 
@@ -231,6 +242,96 @@ impl ChatService {
             model,
             events: rx,
         })
+    }
+
+    /// `chat:send` and the right to use this model.
+    fn authorise(who: &Principal, model: &str) -> CoreResult<()> {
+        if !who.can(crate::access::CHAT_SEND) {
+            return Err(CoreError::denied(
+                "permission_denied",
+                "your role may not send chat messages",
+            ));
+        }
+        if !who.may_use_model(model) {
+            return Err(CoreError::denied(
+                "model_not_allowed",
+                format!("you may not use the model `{model}`"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One prompt, one answer, nothing stored: spec 004's scoped `generate`.
+    pub async fn generate_once(
+        &self,
+        who: &Principal,
+        prompt: &str,
+        model: &str,
+        max_tokens: u32,
+        request_id: String,
+    ) -> CoreResult<OneShot> {
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return Err(CoreError::validation(
+                "empty_message",
+                "prompt must not be empty",
+            ));
+        }
+        let chars = prompt.chars().count();
+        if chars > self.policy.max_message_chars {
+            return Err(CoreError::validation(
+                "message_too_long",
+                format!(
+                    "prompt has {chars} characters; the limit is {}",
+                    self.policy.max_message_chars
+                ),
+            ));
+        }
+        let info = self.resolve_model(Some(model))?;
+        Self::authorise(who, &info.name)?;
+        let input = ChatInput {
+            max_tokens: Some(i64::from(max_tokens)),
+            ..ChatInput::default()
+        };
+        let params = self.params(&input, &info)?;
+        let started = Instant::now();
+        let mut stream = self
+            .provider
+            .generate(GenerationRequest {
+                model: info.name.clone(),
+                messages: vec![
+                    PromptMessage {
+                        role: Role::System,
+                        content: self.policy.system_prompt.clone(),
+                    },
+                    PromptMessage {
+                        role: Role::User,
+                        content: prompt.to_string(),
+                    },
+                ],
+                params,
+                request_id,
+            })
+            .await?;
+        let mut content = String::new();
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                GenerationEvent::Text(t) => content.push_str(&t),
+                GenerationEvent::Done { usage, .. } => {
+                    return Ok(OneShot {
+                        content,
+                        model: info.name,
+                        tokens_used: usage.completion_tokens,
+                        prompt_tokens: usage.prompt_tokens,
+                        latency_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                    });
+                }
+            }
+        }
+        Err(CoreError::Provider(ProviderError::Internal(
+            "the generation ended without finishing".into(),
+        )))
     }
 
     fn resolve_model(&self, requested: Option<&str>) -> CoreResult<ModelInfo> {

@@ -1,8 +1,7 @@
 //! Domain entities: tenants, users, principals, chat sessions and messages.
 
-use serde::{Deserialize, Serialize};
-
-use crate::ids::{MessageId, SessionId, TenantId, UserId};
+use crate::access::{PermissionSet, RoleName};
+use crate::ids::{ApiKeyId, MessageId, SessionId, TenantId, TokenFamilyId, UserId};
 use crate::provider::Role;
 
 /// Milliseconds since the Unix epoch (UTC); the storage-neutral timestamp.
@@ -20,31 +19,6 @@ pub fn millis_to_rfc3339(ms: Millis) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A built-in role. Custom roles arrive with the identity issue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UserRole {
-    Admin,
-    User,
-}
-
-impl UserRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserRole::Admin => "admin",
-            UserRole::User => "user",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<UserRole> {
-        match s {
-            "admin" => Some(UserRole::Admin),
-            "user" => Some(UserRole::User),
-            _ => None,
-        }
-    }
-}
-
 /// A stored user account.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -54,11 +28,28 @@ pub struct User {
     pub email: Option<String>,
     /// PHC string (Argon2id); never leaves the auth layer.
     pub password_hash: String,
-    pub role: UserRole,
+    pub role: RoleName,
     pub is_active: bool,
     /// Access tokens issued before this instant (seconds) are refused.
     pub tokens_valid_after: i64,
     pub created_at: Millis,
+    pub updated_at: Millis,
+    /// The next login must set a new password (admin reset, generated bootstrap password).
+    pub must_change_password: bool,
+    /// Consecutive failed logins.
+    pub failed_logins: u32,
+    /// Logins are refused until this instant (back-off).
+    pub locked_until: Millis,
+    /// Locked until an administrator unlocks the account.
+    pub hard_locked: bool,
+    /// `local`, `ldap` or `oidc`.
+    pub auth_source: String,
+    /// Base32 TOTP secret (set during enrolment, active once `totp_enabled`).
+    pub totp_secret: Option<String>,
+    pub totp_enabled: bool,
+    /// The last accepted TOTP time step (replay protection).
+    pub totp_last_step: i64,
+    pub last_login_at: Option<Millis>,
 }
 
 /// Fields needed to create a user.
@@ -68,7 +59,9 @@ pub struct NewUser {
     pub username: String,
     pub email: Option<String>,
     pub password_hash: String,
-    pub role: UserRole,
+    pub role: RoleName,
+    pub must_change_password: bool,
+    pub auth_source: String,
 }
 
 /// The authenticated caller of a request, put in the request by the auth middleware.
@@ -77,9 +70,42 @@ pub struct Principal {
     pub user_id: UserId,
     pub tenant_id: TenantId,
     pub username: String,
-    pub role: UserRole,
-    /// The access token's `jti`, for revocation on logout.
+    pub role: RoleName,
+    /// What this request may do: the role's permissions narrowed by the credential's scopes.
+    pub permissions: PermissionSet,
+    pub credential: Credential,
+    /// The access token's `jti` (or the API key's id), for revocation on logout.
     pub token_id: String,
+    /// Only password change is allowed until the password is changed.
+    pub must_change_password: bool,
+    /// The role requires 2FA and the user has not enrolled: only enrolment is allowed.
+    pub needs_2fa_enrolment: bool,
+}
+
+impl Principal {
+    pub fn can(&self, permission: &str) -> bool {
+        self.permissions.allows(permission)
+    }
+
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.permissions.allows_model(model)
+    }
+
+    /// True when the caller manages tenants (the platform administrator).
+    pub fn is_platform_admin(&self) -> bool {
+        self.can(crate::access::TENANTS_MANAGE)
+    }
+}
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A Palisade access token from a login; `session` is its refresh-token family.
+    Session { session: Option<TokenFamilyId> },
+    /// A `pk_` API key.
+    ApiKey { key_id: ApiKeyId },
+    /// A bearer JWT of the configured OpenID provider.
+    External { issuer: String },
 }
 
 /// A conversation.

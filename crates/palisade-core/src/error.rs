@@ -15,6 +15,16 @@ pub enum CoreError {
     /// Authenticated but not allowed.
     #[error("not allowed")]
     Forbidden,
+    /// Not allowed for a stated reason the caller can act on (e.g. `password_change_required`).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
+    /// Too many attempts or requests; try again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
     /// The resource does not exist for this caller (also used for other users' resources).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -52,6 +62,21 @@ impl CoreError {
     pub fn invalid_credentials() -> Self {
         CoreError::Unauthenticated {
             code: "invalid_credentials",
+        }
+    }
+
+    pub fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        CoreError::Denied {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u32) -> Self {
+        CoreError::TooManyRequests {
+            code,
+            message: message.into(),
+            retry_after_secs: retry_after_secs.max(1),
         }
     }
 

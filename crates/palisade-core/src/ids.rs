@@ -76,6 +76,11 @@ typed_id!(
     TokenFamilyId
 );
 
+typed_id!(
+    /// An API key id.
+    ApiKeyId
+);
+
 /// The id of the tenant created on first start; single-tenant installs use only this one.
 pub const DEFAULT_TENANT: TenantId =
     TenantId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));

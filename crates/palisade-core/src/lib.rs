@@ -1,9 +1,12 @@
-//! Palisade's domain: typed IDs, entities, errors, the ports adapters implement, and the chat
-//! pipeline service that ties them together.
+//! Palisade's domain: typed IDs, entities, roles and permissions, errors, the ports adapters
+//! implement, the identity service traits and the chat pipeline service that ties them together.
 
+pub mod access;
+pub mod auth_api;
 pub mod chat;
 pub mod entities;
 pub mod error;
+pub mod identity;
 pub mod ids;
 pub mod ports;
 pub mod provider;

@@ -4,18 +4,36 @@
 use async_trait::async_trait;
 
 use crate::entities::{
-    ChatSession, Millis, NewUser, Principal, SessionOverview, SessionSort, StoredMessage, User,
+    ChatSession, Millis, NewUser, SessionOverview, SessionSort, StoredMessage, User,
 };
 use crate::error::CoreResult;
-use crate::ids::{MessageId, SessionId, TenantId, TokenFamilyId, UserId};
+use crate::identity::{
+    ApiKey, AuthSession, LoginState, SecurityEvent, Tenant, UserQuery, UserUpdate,
+};
+use crate::ids::{ApiKeyId, MessageId, SessionId, TenantId, TokenFamilyId, UserId};
 
-/// Users and tenants.
+/// Users.
 #[async_trait]
 pub trait UserRepository: Send + Sync + 'static {
     async fn create_user(&self, user: NewUser) -> CoreResult<User>;
     async fn find_by_username(&self, tenant: TenantId, username: &str) -> CoreResult<Option<User>>;
     async fn find_by_id(&self, tenant: TenantId, id: UserId) -> CoreResult<Option<User>>;
     async fn count_users(&self) -> CoreResult<u64>;
+    /// Users of one tenant (or of every tenant with `None`), newest first, and the total.
+    async fn list_users(
+        &self,
+        tenant: Option<TenantId>,
+        query: &UserQuery,
+    ) -> CoreResult<(Vec<User>, u64)>;
+    /// Applies the changes; the updated user, or `None` when no such user in this tenant.
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        update: &UserUpdate,
+    ) -> CoreResult<Option<User>>;
+    /// Deletes the user and everything they own; false when no such user.
+    async fn delete_user(&self, tenant: TenantId, id: UserId) -> CoreResult<bool>;
     /// Ends every access token of the user issued before `at_secs`.
     async fn set_tokens_valid_after(
         &self,
@@ -23,6 +41,83 @@ pub trait UserRepository: Send + Sync + 'static {
         id: UserId,
         at_secs: i64,
     ) -> CoreResult<()>;
+    async fn set_login_state(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        state: LoginState,
+    ) -> CoreResult<()>;
+    /// Stores (or clears) the TOTP secret and whether it is active.
+    async fn set_totp(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        secret: Option<&str>,
+        enabled: bool,
+    ) -> CoreResult<()>;
+    /// Records `step` as used when it is newer than the last one; false means a replay.
+    async fn claim_totp_step(&self, tenant: TenantId, id: UserId, step: i64) -> CoreResult<bool>;
+    /// Replaces the user's recovery codes (hashes).
+    async fn set_recovery_codes(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        hashes: &[String],
+    ) -> CoreResult<()>;
+    /// Marks an unused recovery code used; false when unknown or already used.
+    async fn use_recovery_code(&self, tenant: TenantId, id: UserId, hash: &str)
+        -> CoreResult<bool>;
+}
+
+/// Tenants.
+#[async_trait]
+pub trait TenantRepository: Send + Sync + 'static {
+    async fn create_tenant(&self, name: &str) -> CoreResult<Tenant>;
+    async fn get_tenant(&self, id: TenantId) -> CoreResult<Option<Tenant>>;
+    async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>>;
+    async fn list_tenants(&self) -> CoreResult<Vec<Tenant>>;
+    async fn set_tenant_active(&self, id: TenantId, active: bool) -> CoreResult<bool>;
+}
+
+/// API keys.
+#[async_trait]
+pub trait ApiKeyRepository: Send + Sync + 'static {
+    async fn insert_key(&self, key: &ApiKey) -> CoreResult<()>;
+    /// The key with this prefix, whatever its tenant (the key names its tenant).
+    async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>>;
+    async fn list_keys(&self, tenant: TenantId, user: UserId) -> CoreResult<Vec<ApiKey>>;
+    /// Revokes the user's key; false when the user has no such key.
+    async fn revoke_key(&self, tenant: TenantId, user: UserId, id: ApiKeyId) -> CoreResult<bool>;
+    async fn touch_key(&self, id: ApiKeyId, now: Millis) -> CoreResult<()>;
+}
+
+/// Links between identities at an external provider and local users.
+#[async_trait]
+pub trait ExternalIdentityRepository: Send + Sync + 'static {
+    async fn find_link(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> CoreResult<Option<(TenantId, UserId)>>;
+    async fn link(
+        &self,
+        provider: &str,
+        subject: &str,
+        tenant: TenantId,
+        user: UserId,
+    ) -> CoreResult<()>;
+}
+
+/// The security event stream (login, token and admin events); the audit trail reads it.
+#[async_trait]
+pub trait SecurityEventSink: Send + Sync + 'static {
+    async fn record(&self, event: SecurityEvent) -> CoreResult<()>;
+    /// The newest events of a tenant (all tenants with `None`), newest first.
+    async fn recent_events(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> CoreResult<Vec<SecurityEvent>>;
 }
 
 /// A stored refresh token (only its hash is kept).
@@ -56,9 +151,27 @@ pub enum ConsumeOutcome {
     Invalid,
 }
 
-/// Refresh tokens with rotation and family revocation.
+/// Refresh tokens with rotation and family revocation; a family is one login session.
 #[async_trait]
 pub trait RefreshTokenRepository: Send + Sync + 'static {
+    /// Starts a login session (a new family).
+    async fn create_auth_session(&self, session: &AuthSession) -> CoreResult<()>;
+    /// The session if it exists, whatever its state.
+    async fn get_auth_session(&self, id: TokenFamilyId) -> CoreResult<Option<AuthSession>>;
+    /// Live (not revoked, not expired) sessions of a user, newest first.
+    async fn list_auth_sessions(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        now: Millis,
+    ) -> CoreResult<Vec<AuthSession>>;
+    /// Revokes one session of the user; false when the user has no such session.
+    async fn revoke_auth_session(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: TokenFamilyId,
+    ) -> CoreResult<bool>;
     async fn insert(&self, rec: RefreshTokenRecord) -> CoreResult<()>;
     /// Marks the token used if it is live, in one transaction; detects reuse.
     async fn consume(&self, token_hash: &str, now: Millis) -> CoreResult<ConsumeOutcome>;
@@ -116,37 +229,4 @@ pub trait ChatRepository: Send + Sync + 'static {
         before: Option<MessageId>,
         limit: u32,
     ) -> CoreResult<(Vec<StoredMessage>, bool)>;
-}
-
-/// Issued credentials of a login or refresh.
-#[derive(Debug, Clone)]
-pub struct IssuedTokens {
-    pub access_token: String,
-    pub expires_in: u64,
-    pub refresh_token: String,
-}
-
-/// Registration input after the HTTP layer parsed it.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub username: String,
-    pub email: Option<String>,
-    pub password: String,
-}
-
-/// The identity service: everything the HTTP layer needs to authenticate callers.
-#[async_trait]
-pub trait IdentityService: Send + Sync + 'static {
-    async fn register(&self, reg: Registration) -> CoreResult<User>;
-    async fn login(&self, username: &str, password: &str) -> CoreResult<IssuedTokens>;
-    async fn refresh(&self, refresh_token: &str) -> CoreResult<IssuedTokens>;
-    /// Revokes the refresh token's family; with a principal also the current access token.
-    async fn logout(
-        &self,
-        refresh_token: Option<&str>,
-        principal: Option<&Principal>,
-    ) -> CoreResult<()>;
-    /// Verifies an access token and loads the principal (checks the user is still active).
-    async fn authenticate(&self, access_token: &str) -> CoreResult<Principal>;
-    async fn current_user(&self, principal: &Principal) -> CoreResult<User>;
 }

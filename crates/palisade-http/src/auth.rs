@@ -1,11 +1,21 @@
-//! Deny-by-default authentication: one middleware, an explicit list of public routes, and the
-//! `Auth` extractor through which handlers receive the caller.
+//! Deny-by-default authentication: one middleware, an explicit list of public routes, per-IP
+//! limits on the credential routes, and the extractors through which handlers receive the
+//! caller (`Auth`) or a proven permission (`Perm<P>`).
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use palisade_core::access::{Grant, Need};
+use palisade_core::auth_api::ClientInfo;
 use palisade_core::entities::Principal;
 use palisade_core::CoreError;
 
@@ -18,13 +28,51 @@ const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/readyz"),
     (Method::GET, "/.well-known/jwks.json"),
     (Method::POST, "/api/auth/login"),
+    (Method::POST, "/api/auth/login/2fa"),
     (Method::POST, "/api/auth/register"),
     (Method::POST, "/api/auth/refresh"),
     (Method::POST, "/api/auth/logout"),
+    // Authenticated by `X-LLM-Token` inside the handler.
+    (Method::POST, "/api/v1/llm/generate"),
+    // Spec 000 / 004 compatibility logins.
+    (Method::POST, "/login"),
+    (Method::POST, "/auth/login"),
 ];
 
+/// Routes limited per client IP before any credential is checked (spec 003: 5/min).
+const IP_LIMITED_ROUTES: &[&str] = &[
+    "/api/auth/login",
+    "/api/auth/login/2fa",
+    "/api/auth/register",
+    "/api/auth/refresh",
+    "/login",
+    "/auth/login",
+];
+
+/// What an account that must change its password may still do.
+const PASSWORD_CHANGE_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/api/auth/me"),
+    (Method::POST, "/api/auth/password"),
+    (Method::POST, "/api/auth/logout"),
+    (Method::POST, "/api/auth/logout-all"),
+];
+
+/// What an account whose role requires 2FA may do before enrolling.
+const ENROLMENT_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/api/auth/me"),
+    (Method::POST, "/api/auth/password"),
+    (Method::POST, "/api/auth/logout"),
+    (Method::POST, "/api/auth/logout-all"),
+    (Method::POST, "/api/auth/2fa/setup"),
+    (Method::POST, "/api/auth/2fa/enable"),
+];
+
+fn listed(list: &[(Method, &str)], method: &Method, path: &str) -> bool {
+    list.iter().any(|(m, p)| m == method && *p == path)
+}
+
 pub(crate) fn is_public(method: &Method, path: &str) -> bool {
-    PUBLIC_ROUTES.iter().any(|(m, p)| m == method && *p == path)
+    listed(PUBLIC_ROUTES, method, path)
 }
 
 /// The bearer token of the `Authorization` header, if well-formed.
@@ -35,16 +83,89 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The peer address and user agent of a request.
+pub(crate) fn client_info(parts_ext: &axum::http::Extensions, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo {
+        ip: parts_ext
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// Per-IP attempt limiter for the credential routes.
+pub struct IpLimiter {
+    limiter: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>,
+    clock: DefaultClock,
+}
+
+impl IpLimiter {
+    /// `per_minute` attempts per IP with that many in a burst; `None` when 0 (off).
+    pub fn per_minute(per_minute: u32) -> Option<Arc<IpLimiter>> {
+        let n = NonZeroU32::new(per_minute)?;
+        Some(Arc::new(IpLimiter {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+            clock: DefaultClock::default(),
+        }))
+    }
+
+    /// `Err(seconds to wait)` when the IP is over its limit.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u32> {
+        if self.limiter.len() > 100_000 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX)
+        })
+    }
+}
+
 /// Authenticates every non-public request and stores the `Principal` in its extensions.
 pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if is_public(req.method(), req.uri().path()) {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if let Some(limiter) = &state.auth_limiter {
+        if method == Method::POST && IP_LIMITED_ROUTES.contains(&path.as_str()) {
+            if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+                if let Err(wait) = limiter.check(addr.ip()) {
+                    return ApiError::from(CoreError::too_many(
+                        "rate_limited",
+                        format!("too many attempts from your address; try again in {wait} s"),
+                        wait,
+                    ))
+                    .into_response();
+                }
+            }
+        }
+    }
+    if is_public(&method, &path) {
         return next.run(req).await;
     }
     let Some(token) = bearer(req.headers()) else {
         return ApiError::from(CoreError::unauthenticated()).into_response();
     };
-    match state.identity.authenticate(token).await {
+    let client = client_info(req.extensions(), req.headers());
+    match state.identity.authenticate(token, &client).await {
         Ok(principal) => {
+            if principal.must_change_password && !listed(PASSWORD_CHANGE_ROUTES, &method, &path) {
+                return ApiError::from(CoreError::denied(
+                    "password_change_required",
+                    "change your password first (POST /api/auth/password)",
+                ))
+                .into_response();
+            }
+            if principal.needs_2fa_enrolment && !listed(ENROLMENT_ROUTES, &method, &path) {
+                return ApiError::from(CoreError::denied(
+                    "mfa_enrolment_required",
+                    "your role requires two-factor authentication; enrol first \
+                     (POST /api/auth/2fa/setup)",
+                ))
+                .into_response();
+            }
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
@@ -65,5 +186,39 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
             .cloned()
             .map(Auth)
             .ok_or_else(|| CoreError::unauthenticated().into())
+    }
+}
+
+/// Proof that the caller holds permission `P`; privileged services only accept this.
+pub struct Perm<P: Need>(pub Grant<P>);
+
+impl<S: Send + Sync, P: Need> FromRequestParts<S> for Perm<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Auth(p) = Auth::from_request_parts(parts, state).await?;
+        match Grant::<P>::check(&p) {
+            Ok(g) => Ok(Perm(g)),
+            Err(e) => {
+                tracing::info!(
+                    user_id = %p.user_id,
+                    permission = P::PERMISSION,
+                    path = parts.uri.path(),
+                    "permission denied"
+                );
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The request's client facts (IP, user agent).
+pub struct Client(pub ClientInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_info(&parts.extensions, &parts.headers)))
     }
 }

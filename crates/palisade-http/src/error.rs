@@ -95,6 +95,7 @@ impl From<CoreError> for ApiError {
                 let msg = match code {
                     "invalid_credentials" => "wrong username or password",
                     "invalid_token" => "the token is invalid or expired",
+                    "mfa_failed" => "the second-factor code is wrong or was already used",
                     _ => "authentication required",
                 };
                 ApiError::new(StatusCode::UNAUTHORIZED, code, msg)
@@ -102,6 +103,17 @@ impl From<CoreError> for ApiError {
             CoreError::Forbidden => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", "you may not do this")
             }
+            CoreError::Denied { code, message } => {
+                ApiError::new(StatusCode::FORBIDDEN, code, message)
+            }
+            CoreError::TooManyRequests {
+                code,
+                message,
+                retry_after_secs,
+            } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            },
             CoreError::NotFound(what) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{middleware, Router};
+use palisade_core::auth_api::{AccountService, AdminService, IdentityService};
 use palisade_core::chat::ChatService;
-use palisade_core::ports::IdentityService;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -29,11 +29,15 @@ pub trait Readiness: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct AppState {
     pub identity: Arc<dyn IdentityService>,
+    pub account: Arc<dyn AccountService>,
+    pub admin: Arc<dyn AdminService>,
     pub chat: Arc<ChatService>,
     pub readiness: Arc<dyn Readiness>,
-    /// The public JWKS document.
-    pub jwks: Arc<serde_json::Value>,
     pub body_limit_bytes: usize,
+    /// Per-IP limit of the credential routes; `None` when turned off.
+    pub auth_limiter: Option<Arc<auth::IpLimiter>>,
+    /// Mount spec 000/004 compatibility routes.
+    pub compat_routes: bool,
 }
 
 async fn not_found() -> ApiError {
@@ -57,9 +61,74 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(routes::auth::jwks))
         .route("/api/auth/register", post(routes::auth::register))
         .route("/api/auth/login", post(routes::auth::login))
+        .route(
+            "/api/auth/login/2fa",
+            post(routes::auth::login_second_factor),
+        )
         .route("/api/auth/refresh", post(routes::auth::refresh))
         .route("/api/auth/logout", post(routes::auth::logout))
-        .route("/api/auth/me", get(routes::auth::me))
+        .route("/api/auth/logout-all", post(routes::auth::logout_all))
+        .route(
+            "/api/auth/me",
+            get(routes::auth::me).patch(routes::account::update_me),
+        )
+        .route("/api/auth/password", post(routes::account::change_password))
+        .route("/api/auth/2fa/setup", post(routes::account::totp_setup))
+        .route("/api/auth/2fa/enable", post(routes::account::totp_enable))
+        .route("/api/auth/2fa/disable", post(routes::account::totp_disable))
+        .route("/api/auth/sessions", get(routes::account::my_sessions))
+        .route(
+            "/api/auth/sessions/{id}",
+            delete(routes::account::revoke_my_session),
+        )
+        .route(
+            "/api/auth/api-keys",
+            get(routes::account::list_api_keys).post(routes::account::create_api_key),
+        )
+        .route(
+            "/api/auth/api-keys/{id}",
+            delete(routes::account::revoke_api_key),
+        )
+        .route(
+            "/api/auth/scoped-token",
+            post(routes::account::scoped_token),
+        )
+        .route("/api/v1/llm/generate", post(routes::account::generate))
+        .route(
+            "/api/admin/users",
+            get(routes::admin::list_users).post(routes::admin::create_user),
+        )
+        .route(
+            "/api/admin/users/{id}",
+            get(routes::admin::get_user)
+                .patch(routes::admin::update_user)
+                .delete(routes::admin::delete_user),
+        )
+        .route(
+            "/api/admin/users/{id}/reset-password",
+            post(routes::admin::reset_password),
+        )
+        .route(
+            "/api/admin/users/{id}/sessions",
+            get(routes::admin::user_sessions).delete(routes::admin::revoke_user_sessions),
+        )
+        .route(
+            "/api/admin/users/{id}/sessions/{sid}",
+            delete(routes::admin::revoke_user_session),
+        )
+        .route(
+            "/api/admin/tenants",
+            get(routes::admin::list_tenants).post(routes::admin::create_tenant),
+        )
+        .route(
+            "/api/admin/tenants/{id}",
+            patch(routes::admin::update_tenant),
+        )
+        .route("/api/admin/roles", get(routes::admin::list_roles))
+        .route(
+            "/api/admin/security-events",
+            get(routes::admin::security_events),
+        )
         .route("/api/chat/message", post(routes::chat::send_message))
         .route("/api/chat/sessions", get(routes::chat::list_sessions))
         .route(
@@ -72,6 +141,14 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
+    let api = if state.compat_routes {
+        api.route("/login", post(routes::auth::login))
+            .route("/auth/login", post(routes::auth::login))
+            .route("/auth/scoped-token", post(routes::account::scoped_token))
+            .route("/chat", post(routes::compat::chat))
+    } else {
+        api
+    };
 
     let headers = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),

@@ -2,6 +2,7 @@
 //! migrations are embedded in the binary and run on open.
 
 mod chat;
+mod keys;
 mod rows;
 mod tokens;
 mod users;

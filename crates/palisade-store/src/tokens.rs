@@ -2,15 +2,114 @@
 
 use async_trait::async_trait;
 use palisade_core::entities::Millis;
+use palisade_core::identity::AuthSession;
 use palisade_core::ids::{TenantId, TokenFamilyId, UserId};
 use palisade_core::ports::{ConsumeOutcome, RefreshTokenRecord, RefreshTokenRepository};
 use palisade_core::CoreResult;
 
+use sqlx::sqlite::SqliteRow;
+
 use crate::rows::{get, id};
 use crate::{db_err, Store};
 
+const SESSION_COLS: &str =
+    "id, tenant_id, user_id, created_at, last_used_at, expires_at, user_agent, ip, revoked";
+
+fn session_from(row: &SqliteRow) -> CoreResult<AuthSession> {
+    Ok(AuthSession {
+        id: id(row, "id")?,
+        tenant_id: id(row, "tenant_id")?,
+        user_id: id(row, "user_id")?,
+        created_at: get(row, "created_at")?,
+        last_used_at: get(row, "last_used_at")?,
+        expires_at: get(row, "expires_at")?,
+        user_agent: get(row, "user_agent")?,
+        ip: get(row, "ip")?,
+        revoked: get::<i64>(row, "revoked")? != 0,
+    })
+}
+
 #[async_trait]
 impl RefreshTokenRepository for Store {
+    async fn create_auth_session(&self, s: &AuthSession) -> CoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO auth_sessions ({SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(s.id.to_string())
+        .bind(s.tenant_id.to_string())
+        .bind(s.user_id.to_string())
+        .bind(s.created_at)
+        .bind(s.last_used_at)
+        .bind(s.expires_at)
+        .bind(&s.user_agent)
+        .bind(&s.ip)
+        .bind(i64::from(s.revoked))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_auth_session(&self, sid: TokenFamilyId) -> CoreResult<Option<AuthSession>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = ?"
+        ))
+        .bind(sid.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn list_auth_sessions(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        now: Millis,
+    ) -> CoreResult<Vec<AuthSession>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM auth_sessions WHERE tenant_id = ? AND user_id = ? \
+             AND revoked = 0 AND expires_at > ? ORDER BY created_at DESC LIMIT 500"
+        ))
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(session_from).collect()
+    }
+
+    async fn revoke_auth_session(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        sid: TokenFamilyId,
+    ) -> CoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let r = sqlx::query(
+            "UPDATE auth_sessions SET revoked = 1 WHERE id = ? AND tenant_id = ? AND user_id = ?",
+        )
+        .bind(sid.to_string())
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1 \
+             WHERE family_id = ? AND tenant_id = ? AND user_id = ?",
+        )
+        .bind(sid.to_string())
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
     async fn insert(&self, r: RefreshTokenRecord) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, tenant_id, user_id, created_at, \
@@ -61,6 +160,11 @@ impl RefreshTokenRepository for Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+            sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = ?")
+                .bind(rec.family_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             return Ok(ConsumeOutcome::Reused {
                 family_id: rec.family_id,
@@ -79,6 +183,12 @@ impl RefreshTokenRepository for Store {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        sqlx::query("UPDATE auth_sessions SET last_used_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(rec.family_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         if updated.rows_affected() == 1 {
             Ok(ConsumeOutcome::Consumed(RefreshTokenRecord {
@@ -91,33 +201,48 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_family(&self, family: TokenFamilyId) -> CoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?")
             .bind(family.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        Ok(())
+        sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = ?")
+            .bind(family.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn revoke_family_of(&self, token_hash: &str) -> CoreResult<bool> {
-        let r = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE family_id = \
-             (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)",
-        )
-        .bind(token_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() > 0)
+        let family: Option<String> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        match family.and_then(|f| f.parse::<TokenFamilyId>().ok()) {
+            Some(f) => {
+                self.revoke_family(f).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn revoke_user(&self, tenant: TenantId, user: UserId) -> CoreResult<()> {
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE tenant_id = ? AND user_id = ?")
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for table in ["refresh_tokens", "auth_sessions"] {
+            sqlx::query(&format!(
+                "UPDATE {table} SET revoked = 1 WHERE tenant_id = ? AND user_id = ?"
+            ))
             .bind(tenant.to_string())
             .bind(user.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        Ok(())
+        }
+        tx.commit().await.map_err(db_err)
     }
 }

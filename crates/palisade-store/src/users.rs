@@ -1,9 +1,11 @@
-//! The user repository on SQLite.
+//! The user and tenant repositories on SQLite.
 
 use async_trait::async_trait;
-use palisade_core::entities::{now_millis, NewUser, User, UserRole};
+use palisade_core::access::RoleName;
+use palisade_core::entities::{now_millis, NewUser, User};
+use palisade_core::identity::{LoginState, Tenant, UserQuery, UserUpdate};
 use palisade_core::ids::{TenantId, UserId};
-use palisade_core::ports::UserRepository;
+use palisade_core::ports::{TenantRepository, UserRepository};
 use palisade_core::{CoreError, CoreResult};
 use sqlx::sqlite::SqliteRow;
 
@@ -11,7 +13,9 @@ use crate::rows::{get, id};
 use crate::{db_err, Store};
 
 const USER_COLS: &str = "id, tenant_id, username, email, password_hash, role, is_active, \
-                         tokens_valid_after, created_at";
+     tokens_valid_after, created_at, updated_at, must_change_password, failed_logins, \
+     locked_until, hard_locked, auth_source, totp_secret, totp_enabled, totp_last_step, \
+     last_login_at";
 
 fn user_from(row: &SqliteRow) -> CoreResult<User> {
     let role: String = get(row, "role")?;
@@ -21,48 +25,79 @@ fn user_from(row: &SqliteRow) -> CoreResult<User> {
         username: get(row, "username")?,
         email: get(row, "email")?,
         password_hash: get(row, "password_hash")?,
-        role: UserRole::parse(&role)
-            .ok_or_else(|| CoreError::Storage(format!("unknown role {role:?}")))?,
+        role: RoleName::new(&role)
+            .map_err(|_| CoreError::Storage(format!("corrupt role {role:?}")))?,
         is_active: get::<i64>(row, "is_active")? != 0,
         tokens_valid_after: get(row, "tokens_valid_after")?,
         created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+        must_change_password: get::<i64>(row, "must_change_password")? != 0,
+        failed_logins: u32::try_from(get::<i64>(row, "failed_logins")?).unwrap_or(u32::MAX),
+        locked_until: get(row, "locked_until")?,
+        hard_locked: get::<i64>(row, "hard_locked")? != 0,
+        auth_source: get(row, "auth_source")?,
+        totp_secret: get(row, "totp_secret")?,
+        totp_enabled: get::<i64>(row, "totp_enabled")? != 0,
+        totp_last_step: get(row, "totp_last_step")?,
+        last_login_at: get(row, "last_login_at")?,
     })
+}
+
+fn tenant_from(row: &SqliteRow) -> CoreResult<Tenant> {
+    Ok(Tenant {
+        id: id(row, "id")?,
+        name: get(row, "name")?,
+        is_active: get::<i64>(row, "is_active")? != 0,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern used with `ESCAPE '\'`.
+fn like_pattern(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
 }
 
 #[async_trait]
 impl UserRepository for Store {
     async fn create_user(&self, u: NewUser) -> CoreResult<User> {
         let now = now_millis();
-        let user = User {
-            id: UserId::new(),
-            tenant_id: u.tenant_id,
-            username: u.username,
-            email: u.email,
-            password_hash: u.password_hash,
-            role: u.role,
-            is_active: true,
-            tokens_valid_after: 0,
-            created_at: now,
-        };
         let res = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, password_hash, role, is_active, \
-             tokens_valid_after, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?, ?)",
+             tokens_valid_after, created_at, updated_at, must_change_password, auth_source) \
+             VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)",
         )
-        .bind(user.id.to_string())
-        .bind(user.tenant_id.to_string())
-        .bind(&user.username)
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
+        .bind(UserId::new().to_string())
+        .bind(u.tenant_id.to_string())
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(&u.password_hash)
+        .bind(u.role.as_str())
         .bind(now)
         .bind(now)
+        .bind(i64::from(u.must_change_password))
+        .bind(&u.auth_source)
         .execute(&self.pool)
         .await;
         match res {
-            Ok(_) => Ok(user),
+            Ok(_) => self
+                .find_by_username(u.tenant_id, &u.username)
+                .await?
+                .ok_or_else(|| CoreError::Storage("the new user vanished".into())),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(CoreError::Conflict(
                 "a user with this name already exists".into(),
             )),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(CoreError::NotFound("tenant"))
+            }
             Err(e) => Err(db_err(e)),
         }
     }
@@ -99,6 +134,103 @@ impl UserRepository for Store {
         Ok(n.max(0) as u64)
     }
 
+    async fn list_users(
+        &self,
+        tenant: Option<TenantId>,
+        q: &UserQuery,
+    ) -> CoreResult<(Vec<User>, u64)> {
+        let tenant = tenant.map(|t| t.to_string());
+        let pattern = q.search.as_deref().map(like_pattern);
+        let filter = "(? IS NULL OR tenant_id = ?) AND (? IS NULL OR \
+                      username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')";
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLS} FROM users WHERE {filter} \
+             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(&tenant)
+        .bind(&tenant)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(i64::from(q.limit))
+        .bind(i64::from(q.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM users WHERE {filter}"))
+            .bind(&tenant)
+            .bind(&tenant)
+            .bind(&pattern)
+            .bind(&pattern)
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let users = rows.iter().map(user_from).collect::<CoreResult<Vec<_>>>()?;
+        Ok((users, total.max(0) as u64))
+    }
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        uid: UserId,
+        u: &UserUpdate,
+    ) -> CoreResult<Option<User>> {
+        let (set_email, email) = match &u.email {
+            Some(e) => (1i64, e.clone()),
+            None => (0, None),
+        };
+        let r = sqlx::query(
+            "UPDATE users SET \
+               email = CASE WHEN ? THEN ? ELSE email END, \
+               role = COALESCE(?, role), \
+               is_active = COALESCE(?, is_active), \
+               password_hash = COALESCE(?, password_hash), \
+               must_change_password = COALESCE(?, must_change_password), \
+               failed_logins = CASE WHEN ? THEN 0 ELSE failed_logins END, \
+               locked_until = CASE WHEN ? THEN 0 ELSE locked_until END, \
+               hard_locked = CASE WHEN ? THEN 0 ELSE hard_locked END, \
+               updated_at = ? \
+             WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(set_email)
+        .bind(email)
+        .bind(u.role.as_ref().map(|r| r.as_str().to_string()))
+        .bind(u.is_active.map(i64::from))
+        .bind(&u.password_hash)
+        .bind(u.must_change_password.map(i64::from))
+        .bind(u.unlock)
+        .bind(u.unlock)
+        .bind(u.unlock)
+        .bind(now_millis())
+        .bind(tenant.to_string())
+        .bind(uid.to_string())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(r) if r.rows_affected() == 0 => Ok(None),
+            Ok(_) => self.find_by_id(tenant, uid).await,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(CoreError::Conflict("this value is already taken".into()))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn delete_user(&self, tenant: TenantId, uid: UserId) -> CoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Refresh tokens, sessions, keys, links and codes cascade; chats cascade through
+        // sessions; tokens reference the user directly.
+        let r = sqlx::query("DELETE FROM users WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.to_string())
+            .bind(uid.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
     async fn set_tokens_valid_after(
         &self,
         tenant: TenantId,
@@ -117,5 +249,175 @@ impl UserRepository for Store {
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn set_login_state(
+        &self,
+        tenant: TenantId,
+        uid: UserId,
+        s: LoginState,
+    ) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE users SET failed_logins = ?, locked_until = ?, hard_locked = ?, \
+             last_login_at = COALESCE(?, last_login_at) WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(i64::from(s.failed_logins))
+        .bind(s.locked_until)
+        .bind(i64::from(s.hard_locked))
+        .bind(s.last_login_at)
+        .bind(tenant.to_string())
+        .bind(uid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn set_totp(
+        &self,
+        tenant: TenantId,
+        uid: UserId,
+        secret: Option<&str>,
+        enabled: bool,
+    ) -> CoreResult<()> {
+        sqlx::query(
+            "UPDATE users SET totp_secret = ?, totp_enabled = ?, updated_at = ? \
+             WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(secret)
+        .bind(i64::from(enabled))
+        .bind(now_millis())
+        .bind(tenant.to_string())
+        .bind(uid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn claim_totp_step(&self, tenant: TenantId, uid: UserId, step: i64) -> CoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE users SET totp_last_step = ? \
+             WHERE tenant_id = ? AND id = ? AND totp_last_step < ?",
+        )
+        .bind(step)
+        .bind(tenant.to_string())
+        .bind(uid.to_string())
+        .bind(step)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_recovery_codes(
+        &self,
+        tenant: TenantId,
+        uid: UserId,
+        hashes: &[String],
+    ) -> CoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = ? AND user_id = ?")
+            .bind(tenant.to_string())
+            .bind(uid.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        for h in hashes {
+            sqlx::query(
+                "INSERT INTO recovery_codes (tenant_id, user_id, code_hash) VALUES (?, ?, ?)",
+            )
+            .bind(tenant.to_string())
+            .bind(uid.to_string())
+            .bind(h)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        uid: UserId,
+        hash: &str,
+    ) -> CoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE recovery_codes SET used_at = ? \
+             WHERE tenant_id = ? AND user_id = ? AND code_hash = ? AND used_at IS NULL",
+        )
+        .bind(now_millis())
+        .bind(tenant.to_string())
+        .bind(uid.to_string())
+        .bind(hash)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl TenantRepository for Store {
+    async fn create_tenant(&self, name: &str) -> CoreResult<Tenant> {
+        let t = Tenant {
+            id: TenantId::new(),
+            name: name.to_string(),
+            is_active: true,
+            created_at: now_millis(),
+        };
+        let r = sqlx::query(
+            "INSERT INTO tenants (id, name, created_at, is_active) VALUES (?, ?, ?, 1)",
+        )
+        .bind(t.id.to_string())
+        .bind(&t.name)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(t),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(CoreError::Conflict(
+                "a tenant with this name already exists".into(),
+            )),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn get_tenant(&self, tid: TenantId) -> CoreResult<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = ?")
+            .bind(tid.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn list_tenants(&self) -> CoreResult<Vec<Tenant>> {
+        let rows =
+            sqlx::query("SELECT id, name, is_active, created_at FROM tenants ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter().map(tenant_from).collect()
+    }
+
+    async fn set_tenant_active(&self, tid: TenantId, active: bool) -> CoreResult<bool> {
+        let r = sqlx::query("UPDATE tenants SET is_active = ? WHERE id = ?")
+            .bind(i64::from(active))
+            .bind(tid.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
     }
 }

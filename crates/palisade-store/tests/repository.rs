@@ -1,9 +1,8 @@
 //! The repository suite, run on a real SQLite database (file in a temp dir, WAL mode).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use palisade_core::entities::{
-    ChatSession, GenerationMeta, NewUser, SessionSort, StoredMessage, UserRole,
-};
+use palisade_core::access::RoleName;
+use palisade_core::entities::{ChatSession, GenerationMeta, NewUser, SessionSort, StoredMessage};
 use palisade_core::ids::{MessageId, SessionId, TenantId, TokenFamilyId, DEFAULT_TENANT};
 use palisade_core::ports::{
     ChatRepository, ConsumeOutcome, RefreshTokenRecord, RefreshTokenRepository, UserRepository,
@@ -24,7 +23,9 @@ async fn user(s: &Store, name: &str) -> palisade_core::entities::User {
         username: name.into(),
         email: None,
         password_hash: "$argon2id$x".into(),
-        role: UserRole::User,
+        role: RoleName::user(),
+        must_change_password: false,
+        auth_source: "local".into(),
     })
     .await
     .unwrap()
@@ -60,7 +61,9 @@ async fn users_unique_and_scoped() {
             username: "alice".into(),
             email: None,
             password_hash: "h".into(),
-            role: UserRole::User,
+            role: RoleName::user(),
+            must_change_password: false,
+            auth_source: "local".into(),
         })
         .await;
     assert!(matches!(dup, Err(CoreError::Conflict(_))));
@@ -104,7 +107,7 @@ async fn sessions_messages_paging_and_ownership() {
         created_at: 1,
         updated_at: 1,
     };
-    s.create_session(&sess).await.unwrap();
+    ChatRepository::create_session(&s, &sess).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
         let role = if i % 2 == 0 {
@@ -132,20 +135,21 @@ async fn sessions_messages_paging_and_ownership() {
         .unwrap();
     assert_eq!(page.len(), 3);
     assert!(!more);
-    let (list, total) = s
-        .list_sessions(DEFAULT_TENANT, a.id, SessionSort::UpdatedDesc, 10, 0)
-        .await
-        .unwrap();
+    let (list, total) =
+        ChatRepository::list_sessions(&s, DEFAULT_TENANT, a.id, SessionSort::UpdatedDesc, 10, 0)
+            .await
+            .unwrap();
     assert_eq!(total, 1);
     assert_eq!(list[0].message_count, 5);
     assert_eq!(list[0].last_message_preview.as_deref(), Some("m4"));
     assert_eq!(list[0].session.updated_at, 14);
     // Bob can't see, rename or delete it.
-    assert!(s
-        .get_session(DEFAULT_TENANT, b.id, sess.id)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        ChatRepository::get_session(&s, DEFAULT_TENANT, b.id, sess.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(!s
         .rename_session(DEFAULT_TENANT, b.id, sess.id, "x", 20)
         .await
@@ -155,7 +159,7 @@ async fn sessions_messages_paging_and_ownership() {
         .await
         .unwrap());
     assert_eq!(
-        s.list_sessions(DEFAULT_TENANT, b.id, SessionSort::CreatedAsc, 10, 0)
+        ChatRepository::list_sessions(&s, DEFAULT_TENANT, b.id, SessionSort::CreatedAsc, 10, 0)
             .await
             .unwrap()
             .1,

@@ -17,8 +17,11 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// `POST /api/auth/register`.
+pub mod identity;
+
+/// `POST /api/auth/register`. Unknown fields (e.g. `role`, `tenant_id`) are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub username: String,
     #[serde(default)]
@@ -26,11 +29,15 @@ pub struct RegisterRequest {
     pub password: String,
 }
 
-/// `POST /api/auth/login`.
+/// `POST /api/auth/login` (also spec 000's `POST /login` and spec 004's `POST /auth/login`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+    /// The tenant's name; the default tenant when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// `POST /api/auth/refresh` and `POST /api/auth/logout` (the token may instead come as
@@ -48,7 +55,9 @@ pub struct TokenResponse {
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
-    pub refresh_token: String,
+    /// Absent in the browser flow, where it travels in an HttpOnly cookie instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// A user as the API shows it (`GET /api/auth/me`, register).
@@ -61,6 +70,19 @@ pub struct UserResponse {
     pub tenant_id: String,
     pub is_active: bool,
     pub created_at: String,
+    /// True until the user sets a new password (admin reset, first login).
+    #[serde(default)]
+    pub must_change_password: bool,
+    #[serde(default)]
+    pub totp_enabled: bool,
+    /// `local`, `ldap` or `oidc`.
+    #[serde(default)]
+    pub auth_source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_login_at: Option<String>,
+    /// Shown to administrators: the account is locked after failed logins.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 /// `POST /api/chat/message`. Numbers are taken wide so that out-of-range values get a clear

@@ -9,19 +9,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
-use palisade_auth::{AuthService, AuthSettings, KeyRing, RegistrationMode};
+use palisade_auth::{
+    AuthRepos, AuthService, AuthSettings, CreateUser, KeyRing, PasswordPolicy, RegistrationMode,
+    ThrottlePolicy,
+};
 use palisade_config::{CliOverrides, Config, Registration};
+use palisade_core::access::{CustomRole, RoleRegistry};
 use palisade_core::chat::{ChatPolicy, ChatService};
-use palisade_core::entities::UserRole;
 use palisade_core::ids::DEFAULT_TENANT;
 use palisade_core::ports::UserRepository;
+use palisade_http::auth::IpLimiter;
 use palisade_http::{AppState, Readiness};
 use palisade_llama::{EngineConfig, LlamaEngine};
 use palisade_store::Store;
 use rand::RngCore;
 
 use crate::cli::{
-    Cli, Command, CommonArgs, ConfigCommand, LogFormat, ModelCommand, RoleArg, UserCommand,
+    Cli, Command, CommonArgs, ConfigCommand, KeysCommand, LogFormat, ModelCommand, UserCommand,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,20 +39,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             let cfg = load_config(&a.common, None)?;
             let password = read_password(a.password_stdin)?;
-            let role = match a.role {
-                RoleArg::Admin => UserRole::Admin,
-                RoleArg::User => UserRole::User,
-            };
             let (_store, auth) = open_identity(&cfg).await?;
             let user = auth
-                .create_user(DEFAULT_TENANT, &a.username, a.email, &password, role)
+                .create_user(CreateUser {
+                    email: a.email,
+                    ..CreateUser::local(DEFAULT_TENANT, &a.username, &password, &a.role)
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "created user {} ({}) with id {}",
-                user.username,
-                role.as_str(),
-                user.id
+                user.username, user.role, user.id
+            );
+            Ok(())
+        }
+        Command::User(UserCommand::Import(a)) => {
+            init_logging(LogFormat::Text);
+            let cfg = load_config(&a.common, None)?;
+            let (_store, auth) = open_identity(&cfg).await?;
+            crate::import::import_users(&auth, &a.file).await
+        }
+        Command::Keys(KeysCommand::Rotate(a)) => {
+            let cfg = load_config(&a.common, None)?;
+            create_private_dir(&cfg.data_dir)?;
+            let kid =
+                KeyRing::rotate(&cfg.data_dir.join("keys")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "new signing key {kid}; tokens of the previous key stay valid until they expire"
             );
             Ok(())
         }
@@ -106,17 +123,48 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
     let keys = KeyRing::load_or_create(&cfg.data_dir.join("keys"), "palisade", "palisade")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a = &cfg.auth;
     let settings = AuthSettings {
-        access_ttl_secs: cfg.auth.access_token_ttl_secs as i64,
-        refresh_sliding_secs: cfg.auth.refresh_token_sliding_days as i64 * 86_400,
-        refresh_absolute_secs: cfg.auth.refresh_token_absolute_days as i64 * 86_400,
-        registration: match cfg.auth.registration {
+        access_ttl_secs: a.access_token_ttl_secs as i64,
+        refresh_sliding_secs: a.refresh_token_sliding_days as i64 * 86_400,
+        refresh_absolute_secs: a.refresh_token_absolute_days as i64 * 86_400,
+        registration: match a.registration {
             Registration::Open => RegistrationMode::Open,
             Registration::Closed => RegistrationMode::Closed,
         },
+        password: PasswordPolicy {
+            min_length: a.password.min_length as usize,
+            min_length_with_2fa: a.password.min_length_with_2fa as usize,
+            min_strength: a.password.min_strength,
+            require_composition: a.password.require_composition,
+            ..PasswordPolicy::default()
+        },
+        throttle: ThrottlePolicy::default(),
+        scoped_ttl_secs: a.scoped_token_ttl_secs as i64,
+        scoped_max_tokens_cap: cfg.model.max_tokens_cap,
+        totp_issuer: "Palisade".into(),
     };
-    let users: Arc<dyn UserRepository> = Arc::new(store.clone());
-    let auth = AuthService::new(users, Arc::new(store.clone()), keys, settings)
+    let custom: Vec<CustomRole> = a
+        .roles
+        .iter()
+        .map(|(name, r)| CustomRole {
+            name: name.clone(),
+            permissions: r.permissions.clone(),
+            require_2fa: r.require_2fa,
+            description: r.description.clone(),
+        })
+        .collect();
+    let roles = RoleRegistry::new(&custom, &a.require_2fa)
+        .map_err(|e| anyhow::anyhow!("configuration `auth.roles`: {e}"))?;
+    let repos = AuthRepos {
+        users: Arc::new(store.clone()),
+        tenants: Arc::new(store.clone()),
+        tokens: Arc::new(store.clone()),
+        api_keys: Arc::new(store.clone()),
+        links: Arc::new(store.clone()),
+        events: Arc::new(store.clone()),
+    };
+    let auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((store, Arc::new(auth)))
 }
@@ -153,16 +201,24 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
             )
         }
     };
-    auth.create_user(DEFAULT_TENANT, "admin", None, &password, UserRole::Admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
+    auth.create_user(CreateUser {
+        // A generated password is shown once and must be replaced at the first login.
+        must_change_password: generated,
+        skip_policy: generated,
+        ..CreateUser::local(DEFAULT_TENANT, "admin", &password, "admin")
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
     let mut out = std::io::stdout().lock();
     if generated {
         writeln!(
             out,
             "created the first admin: username `admin`, one-time password: {password}"
         )?;
-        writeln!(out, "  (shown only now; store it safely)")?;
+        writeln!(
+            out,
+            "  (shown only now; you will be asked to choose a new one at the first login)"
+        )?;
     } else {
         writeln!(
             out,
@@ -219,14 +275,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ..ChatPolicy::default()
     };
     let chat = ChatService::new(Arc::new(store.clone()), engine.clone(), policy);
-    let jwks = serde_json::json!({ "keys": auth.keys().jwks() });
     let state = AppState {
         identity: auth.clone(),
+        account: auth.clone(),
+        admin: auth.clone(),
         chat: Arc::new(chat),
         readiness: Arc::new(StoreReadiness(store.clone())),
-        jwks: Arc::new(jwks),
         body_limit_bytes: cfg.http.body_limit_bytes as usize,
+        auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
+        compat_routes: cfg.auth.compat_routes,
     };
+    // Pick up signing keys added by `palisade keys rotate`.
+    let keys = auth.keys().clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match keys.reload() {
+                Ok(true) => tracing::info!(kid = %keys.current_kid(), "signing keys reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "reloading signing keys failed"),
+            }
+        }
+    });
     let app = palisade_http::router(state);
 
     let tls = crate::tls::ensure(

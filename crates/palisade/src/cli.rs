@@ -31,6 +31,23 @@ pub enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key; tokens signed by the previous key stay valid until they expire.
+    /// A running server picks the new key up within seconds. Keys retired more than a day ago
+    /// are removed.
+    Rotate(KeysRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -67,23 +84,30 @@ pub enum LogFormat {
 pub enum UserCommand {
     /// Create a user account.
     Create(UserCreateArgs),
+    /// Import users from a YAML file (spec 000's users.yaml: username, password or bcrypt
+    /// hash, role). bcrypt hashes are upgraded to Argon2id at each user's next login.
+    Import(UserImportArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    Admin,
-    User,
+#[derive(Debug, Args)]
+pub struct UserImportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The users.yaml file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct UserCreateArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Login name: 3-50 letters, digits, '_', '.' or '-'.
+    /// Login name: 3-50 letters, digits, '_', '.', '@' or '-'.
     #[arg(long)]
     pub username: String,
-    #[arg(long, value_enum, default_value_t = RoleArg::User)]
-    pub role: RoleArg,
+    /// Role: admin, tenant_admin, auditor, user, or a custom role from the configuration.
+    #[arg(long, default_value = "user")]
+    pub role: String,
     #[arg(long)]
     pub email: Option<String>,
     /// Read the password from standard input (first line) instead of prompting.

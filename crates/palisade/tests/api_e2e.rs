@@ -257,14 +257,14 @@ async fn users_cannot_touch_each_others_sessions() {
     let s = Server::start(&[("PALISADE_AUTH__REGISTRATION", "open")]);
     let admin = s.admin_token().await;
     // A registers through the API; B is created with the CLI.
-    let r = s.post_public("/api/auth/register", json!({"username": "alice", "password": "alice-password-1", "email": "alice@example.com"})).await;
+    let r = s.post_public("/api/auth/register", json!({"username": "alice", "password": "amber-violin-orbit-5521", "email": "alice@example.com"})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["role"], "user");
     let r = s
         .post_public(
             "/api/auth/register",
-            json!({"username": "alice", "password": "another-password"}),
+            json!({"username": "alice", "password": "silver-canyon-thimble-42"}),
         )
         .await;
     assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
@@ -289,15 +289,15 @@ async fn users_cannot_touch_each_others_sessions() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"bob-password-1\n")
+        .write_all(b"copper-meadow-lantern-8734\n")
         .unwrap();
     assert!(child.wait().unwrap().success());
 
-    let a = s.login("alice", "alice-password-1").await["access_token"]
+    let a = s.login("alice", "amber-violin-orbit-5521").await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
-    let b = s.login("bob", "bob-password-1").await["access_token"]
+    let b = s.login("bob", "copper-meadow-lantern-8734").await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -359,7 +359,7 @@ async fn login_refresh_logout() {
     let r = s
         .post_public(
             "/api/auth/register",
-            json!({"username": "mallory", "password": "mallory-password"}),
+            json!({"username": "mallory", "password": "mallory-is-here-1234567"}),
         )
         .await;
     assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "disabled");

@@ -1,18 +1,32 @@
-//! `/api/auth/*`: register, login, refresh, logout, me; and the JWKS.
+//! `/api/auth/*` login-flow routes: register, login (and its 2FA step), refresh, logout,
+//! logout everywhere, and the JWKS.
+//!
+//! Browser flow: a client that sends `X-Palisade-CSRF: 1` at login gets the refresh token in a
+//! `__Host-` cookie (HttpOnly, Secure, SameSite=Strict) instead of the body. Refresh and logout
+//! by cookie require that header again and, when the browser sends `Origin`, an origin equal to
+//! this server's — a cross-site page can neither set the header nor forge the origin.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use palisade_core::auth_api::{IssuedTokens, LoginOutcome, Registration};
 use palisade_core::entities::{millis_to_rfc3339, User};
-use palisade_core::ports::{IssuedTokens, Registration};
+use palisade_core::CoreError;
+use palisade_types::identity::{MfaChallengeResponse, MfaLoginRequest};
 use palisade_types::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse, UserResponse};
 
-use crate::auth::{bearer, Auth};
+use crate::auth::{bearer, Auth, Client};
 use crate::error::{ApiError, ApiJson};
 use crate::AppState;
 
-fn user_json(u: User) -> UserResponse {
+/// The refresh-token cookie (`__Host-`: Secure, Path=/, no Domain).
+pub const REFRESH_COOKIE: &str = "__Host-palisade_refresh";
+/// The anti-CSRF request header of the browser flow.
+pub const CSRF_HEADER: &str = "x-palisade-csrf";
+
+pub(crate) fn user_json(u: User) -> UserResponse {
+    let locked = u.hard_locked || u.locked_until > palisade_core::entities::now_millis();
     UserResponse {
         id: u.id.to_string(),
         username: u.username,
@@ -21,47 +35,108 @@ fn user_json(u: User) -> UserResponse {
         tenant_id: u.tenant_id.to_string(),
         is_active: u.is_active,
         created_at: millis_to_rfc3339(u.created_at),
+        must_change_password: u.must_change_password,
+        totp_enabled: u.totp_enabled,
+        auth_source: u.auth_source,
+        last_login_at: u.last_login_at.map(millis_to_rfc3339),
+        locked,
     }
 }
 
-fn tokens_json(t: IssuedTokens) -> Json<TokenResponse> {
-    Json(TokenResponse {
-        access_token: t.access_token,
-        token_type: "bearer".into(),
-        expires_in: t.expires_in,
-        refresh_token: t.refresh_token,
-    })
+fn wants_cookie(headers: &HeaderMap) -> bool {
+    headers.contains_key(CSRF_HEADER)
 }
 
-pub async fn register(
-    State(s): State<AppState>,
-    ApiJson(req): ApiJson<RegisterRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let user = s
-        .identity
-        .register(Registration {
-            username: req.username,
-            email: req.email,
-            password: req.password,
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(user_json(user))))
-}
-
-pub async fn login(
-    State(s): State<AppState>,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
-    Ok(tokens_json(
-        s.identity.login(&req.username, &req.password).await?,
+fn refresh_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{REFRESH_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
     ))
+    .ok()
 }
 
-/// The refresh token from the JSON body, or (spec 003) from `Authorization: Bearer`.
-fn refresh_token_of(headers: &HeaderMap, body: &RefreshRequest) -> Option<String> {
-    body.refresh_token
-        .clone()
-        .or_else(|| bearer(headers).map(str::to_string))
+fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-palisade_refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+    )
+}
+
+/// Answers with the tokens; in the browser flow the refresh token goes into the cookie.
+pub(crate) fn tokens_response(t: IssuedTokens, cookie: bool) -> Response {
+    if cookie {
+        let set = refresh_cookie(&t.refresh_token, t.refresh_expires_in);
+        let mut res = Json(TokenResponse {
+            access_token: t.access_token,
+            token_type: "bearer".into(),
+            expires_in: t.expires_in,
+            refresh_token: None,
+        })
+        .into_response();
+        if let Some(v) = set {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        res
+    } else {
+        Json(TokenResponse {
+            access_token: t.access_token,
+            token_type: "bearer".into(),
+            expires_in: t.expires_in,
+            refresh_token: Some(t.refresh_token),
+        })
+        .into_response()
+    }
+}
+
+/// The refresh cookie's value, if the request carries one.
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == REFRESH_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// CSRF defence for cookie-authenticated calls: the custom header, and a same-origin `Origin`.
+fn check_csrf(headers: &HeaderMap) -> Result<(), ApiError> {
+    let denied = || {
+        ApiError::from(CoreError::denied(
+            "csrf_failed",
+            "cross-site request refused: send the X-Palisade-CSRF header from this origin",
+        ))
+    };
+    if !headers.contains_key(CSRF_HEADER) {
+        return Err(denied());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let origin = origin.to_str().unwrap_or_default();
+        if host.is_empty() || origin != format!("https://{host}") {
+            return Err(denied());
+        }
+    }
+    Ok(())
+}
+
+/// Where a refresh token comes from: body, `Authorization: Bearer` (spec 003) or the cookie.
+enum Source {
+    Explicit(String),
+    Cookie(String),
+}
+
+fn refresh_source(headers: &HeaderMap, body: &RefreshRequest) -> Option<Source> {
+    if let Some(t) = body.refresh_token.clone() {
+        return Some(Source::Explicit(t));
+    }
+    if let Some(t) = bearer(headers) {
+        return Some(Source::Explicit(t.to_string()));
+    }
+    cookie_token(headers).map(Source::Cookie)
 }
 
 /// Reads an optional JSON body: empty is fine, malformed is an error.
@@ -78,37 +153,131 @@ fn optional_body(body: &[u8]) -> Result<RefreshRequest, ApiError> {
     })
 }
 
+pub async fn register(
+    State(s): State<AppState>,
+    Client(client): Client,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = s
+        .identity
+        .register(
+            Registration {
+                username: req.username,
+                email: req.email,
+                password: req.password,
+                invite: None,
+            },
+            &client,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(user_json(user))))
+}
+
+/// The answer of a password login: tokens, or the 2FA challenge.
+pub(crate) fn login_response(outcome: LoginOutcome, cookie: bool) -> Response {
+    match outcome {
+        LoginOutcome::Tokens(t) => tokens_response(t, cookie),
+        LoginOutcome::MfaRequired {
+            mfa_token,
+            expires_in,
+        } => Json(MfaChallengeResponse {
+            mfa_required: true,
+            mfa_token,
+            expires_in,
+        })
+        .into_response(),
+    }
+}
+
+pub async fn login(
+    State(s): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let outcome = s
+        .identity
+        .login(req.tenant.as_deref(), &req.username, &req.password, &client)
+        .await?;
+    Ok(login_response(outcome, wants_cookie(&headers)))
+}
+
+pub async fn login_second_factor(
+    State(s): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<MfaLoginRequest>,
+) -> Result<Response, ApiError> {
+    let t = s
+        .identity
+        .login_second_factor(&req.mfa_token, &req.code, &client)
+        .await?;
+    Ok(tokens_response(t, wants_cookie(&headers)))
+}
+
 pub async fn refresh(
     State(s): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let req = optional_body(&body)?;
-    let token = refresh_token_of(&headers, &req)
-        .ok_or_else(|| ApiError::from(palisade_core::CoreError::invalid_token()))?;
-    Ok(tokens_json(s.identity.refresh(&token).await?))
+    let (token, cookie) = match refresh_source(&headers, &req) {
+        Some(Source::Explicit(t)) => (t, false),
+        Some(Source::Cookie(t)) => {
+            check_csrf(&headers)?;
+            (t, true)
+        }
+        None => return Err(CoreError::invalid_token().into()),
+    };
+    match s.identity.refresh(&token, &client).await {
+        Ok(t) => Ok(tokens_response(t, cookie)),
+        Err(e) if cookie => {
+            // A dead cookie is cleared so the browser stops sending it.
+            let mut res = ApiError::from(e).into_response();
+            res.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+            Ok(res)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn logout(
     State(s): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let req = optional_body(&body)?;
     // A bearer may be the access token (ends it now) or, spec-003 style, the refresh token.
     let principal = match bearer(&headers) {
-        Some(t) => s.identity.authenticate(t).await.ok(),
+        Some(t) => s.identity.authenticate(t, &client).await.ok(),
         None => None,
     };
+    let cookie = cookie_token(&headers);
+    if cookie.is_some() && req.refresh_token.is_none() && principal.is_none() {
+        check_csrf(&headers)?;
+    }
     let refresh = match (&req.refresh_token, &principal) {
         (Some(t), _) => Some(t.clone()),
-        (None, None) => bearer(&headers).map(str::to_string),
-        (None, Some(_)) => None,
+        (None, None) => bearer(&headers).map(str::to_string).or(cookie.clone()),
+        (None, Some(_)) => cookie.clone(),
     };
     s.identity
         .logout(refresh.as_deref(), principal.as_ref())
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if cookie.is_some() {
+        res.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+    }
+    Ok(res)
+}
+
+pub async fn logout_all(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
+    s.identity.logout_all(&p).await?;
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+    Ok(res)
 }
 
 pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<UserResponse>, ApiError> {
@@ -116,5 +285,5 @@ pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<UserRes
 }
 
 pub async fn jwks(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(s.jwks.as_ref().clone())
+    Json(s.identity.jwks())
 }

@@ -42,7 +42,7 @@ fn message_json(m: StoredMessage) -> MessageResponse {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -84,7 +84,7 @@ pub async fn send_message(
 
 /// Waits for the whole answer. If the client goes away, dropping `run` cancels generation and
 /// the partial answer is stored by the pipeline.
-async fn collect(mut run: ChatRun) -> Result<StoredMessage, ApiError> {
+pub(crate) async fn collect(mut run: ChatRun) -> Result<StoredMessage, ApiError> {
     while let Some(ev) = run.events.recv().await {
         match ev {
             ChatEvent::Token(_) => {}

@@ -1,5 +1,8 @@
 //! Route handlers, grouped by area. Handlers are thin: parse, call a service, shape the answer.
 
+pub mod account;
+pub mod admin;
 pub mod auth;
 pub mod chat;
+pub mod compat;
 pub mod health;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
-pub const ADMIN_PASSWORD: &str = "admin-test-password-1";
+pub const ADMIN_PASSWORD: &str = "quiet-harbor-falcon-2931";
 
 pub struct Server {
     child: Child,
@@ -56,6 +56,8 @@ impl Server {
             .env("PALISADE_MODEL__PARALLEL", "4")
             .env("PALISADE_MODEL__AUTO_PULL", "false")
             .env("PALISADE_LOG", "warn")
+            // Tests log in often from one address; the per-IP limit has its own test.
+            .env("PALISADE_AUTH__IP_LIMIT_PER_MINUTE", "100000")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

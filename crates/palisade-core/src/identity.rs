@@ -1,0 +1,191 @@
+//! Identity records beyond the user: tenants, login sessions (refresh-token families), API keys,
+//! external identities and the security event stream that the audit trail is built from.
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::RoleName;
+use crate::entities::Millis;
+use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId};
+
+/// An organisation; every row belongs to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub is_active: bool,
+    pub created_at: Millis,
+}
+
+/// One login session on one device: a refresh-token family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSession {
+    pub id: TokenFamilyId,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub created_at: Millis,
+    pub last_used_at: Millis,
+    /// The family may not be refreshed past this instant (absolute lifetime).
+    pub expires_at: Millis,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub revoked: bool,
+}
+
+/// A stored API key (the secret itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub name: String,
+    /// The first characters of the key, shown in lists and used for lookup.
+    pub prefix: String,
+    pub key_hash: String,
+    /// Permissions the key may use (never more than its owner's role).
+    pub scopes: Vec<String>,
+    /// Models the key may use; `None` means every model the owner may use.
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<Millis>,
+    pub last_used_at: Option<Millis>,
+    pub created_at: Millis,
+    pub revoked: bool,
+}
+
+/// Changes an administrator (or the user) makes to an account. `None` leaves a field alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    pub email: Option<Option<String>>,
+    pub role: Option<RoleName>,
+    pub is_active: Option<bool>,
+    pub password_hash: Option<String>,
+    pub must_change_password: Option<bool>,
+    /// Clears the back-off and the hard lock.
+    pub unlock: bool,
+}
+
+/// Login throttling state written after each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginState {
+    pub failed_logins: u32,
+    pub locked_until: Millis,
+    pub hard_locked: bool,
+    pub last_login_at: Option<Millis>,
+}
+
+/// Filters and page of the admin user list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Case-insensitive substring of username or email.
+    pub search: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// What happened, for the security event stream (the audit trail's source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityEventKind {
+    LoginSuccess,
+    LoginFailure,
+    LoginLocked,
+    TokenRefresh,
+    RefreshReuse,
+    Logout,
+    LogoutAll,
+    PasswordChange,
+    TotpEnabled,
+    TotpDisabled,
+    TotpFailure,
+    RecoveryCodeUsed,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    ScopedTokenIssued,
+    UserCreated,
+    UserUpdated,
+    UserDeleted,
+    SessionRevoked,
+    TenantCreated,
+    TenantUpdated,
+    PermissionDenied,
+    SigningKeyRotated,
+}
+
+impl SecurityEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoginSuccess => "login_success",
+            Self::LoginFailure => "login_failure",
+            Self::LoginLocked => "login_locked",
+            Self::TokenRefresh => "token_refresh",
+            Self::RefreshReuse => "refresh_reuse",
+            Self::Logout => "logout",
+            Self::LogoutAll => "logout_all",
+            Self::PasswordChange => "password_change",
+            Self::TotpEnabled => "totp_enabled",
+            Self::TotpDisabled => "totp_disabled",
+            Self::TotpFailure => "totp_failure",
+            Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::ApiKeyCreated => "api_key_created",
+            Self::ApiKeyRevoked => "api_key_revoked",
+            Self::ScopedTokenIssued => "scoped_token_issued",
+            Self::UserCreated => "user_created",
+            Self::UserUpdated => "user_updated",
+            Self::UserDeleted => "user_deleted",
+            Self::SessionRevoked => "session_revoked",
+            Self::TenantCreated => "tenant_created",
+            Self::TenantUpdated => "tenant_updated",
+            Self::PermissionDenied => "permission_denied",
+            Self::SigningKeyRotated => "signing_key_rotated",
+        }
+    }
+}
+
+/// One security-relevant act. Never holds a secret or message content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub kind: SecurityEventKind,
+    pub tenant_id: Option<TenantId>,
+    /// The account acted on (or attempted).
+    pub user_id: Option<UserId>,
+    /// Who acted, when not the user themself (an administrator).
+    pub actor_id: Option<UserId>,
+    pub ip: Option<String>,
+    /// Structured facts (changed fields, reasons); no secrets.
+    pub detail: serde_json::Value,
+    pub created_at: Millis,
+}
+
+impl SecurityEvent {
+    pub fn new(kind: SecurityEventKind) -> SecurityEvent {
+        SecurityEvent {
+            kind,
+            tenant_id: None,
+            user_id: None,
+            actor_id: None,
+            ip: None,
+            detail: serde_json::Value::Null,
+            created_at: crate::entities::now_millis(),
+        }
+    }
+
+    pub fn user(mut self, tenant: TenantId, user: UserId) -> Self {
+        self.tenant_id = Some(tenant);
+        self.user_id = Some(user);
+        self
+    }
+
+    pub fn actor(mut self, actor: UserId) -> Self {
+        self.actor_id = Some(actor);
+        self
+    }
+
+    pub fn ip(mut self, ip: Option<String>) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}

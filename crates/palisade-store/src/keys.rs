@@ -1,0 +1,220 @@
+//! API keys, external identity links and the security event stream on SQLite.
+
+use async_trait::async_trait;
+use palisade_core::entities::Millis;
+use palisade_core::identity::{ApiKey, SecurityEvent, SecurityEventKind};
+use palisade_core::ids::{ApiKeyId, TenantId, UserId};
+use palisade_core::ports::{ApiKeyRepository, ExternalIdentityRepository, SecurityEventSink};
+use palisade_core::{CoreError, CoreResult};
+use sqlx::sqlite::SqliteRow;
+
+use crate::rows::{get, id};
+use crate::{db_err, Store};
+
+const KEY_COLS: &str = "id, tenant_id, user_id, name, prefix, key_hash, scopes, models, \
+                        expires_at, last_used_at, created_at, revoked";
+
+fn json_list(row: &SqliteRow, col: &str) -> CoreResult<Option<Vec<String>>> {
+    let raw: Option<String> = get(row, col)?;
+    raw.map(|s| serde_json::from_str(&s).map_err(|_| CoreError::Storage(format!("corrupt {col}"))))
+        .transpose()
+}
+
+fn key_from(row: &SqliteRow) -> CoreResult<ApiKey> {
+    Ok(ApiKey {
+        id: id(row, "id")?,
+        tenant_id: id(row, "tenant_id")?,
+        user_id: id(row, "user_id")?,
+        name: get(row, "name")?,
+        prefix: get(row, "prefix")?,
+        key_hash: get(row, "key_hash")?,
+        scopes: json_list(row, "scopes")?.unwrap_or_default(),
+        models: json_list(row, "models")?,
+        expires_at: get(row, "expires_at")?,
+        last_used_at: get(row, "last_used_at")?,
+        created_at: get(row, "created_at")?,
+        revoked: get::<i64>(row, "revoked")? != 0,
+    })
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> CoreResult<String> {
+    serde_json::to_string(v).map_err(|e| CoreError::Internal(format!("json: {e}")))
+}
+
+#[async_trait]
+impl ApiKeyRepository for Store {
+    async fn insert_key(&self, k: &ApiKey) -> CoreResult<()> {
+        let models = k.models.as_ref().map(|m| to_json(m)).transpose()?;
+        sqlx::query(&format!(
+            "INSERT INTO api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(k.id.to_string())
+        .bind(k.tenant_id.to_string())
+        .bind(k.user_id.to_string())
+        .bind(&k.name)
+        .bind(&k.prefix)
+        .bind(&k.key_hash)
+        .bind(to_json(&k.scopes)?)
+        .bind(models)
+        .bind(k.expires_at)
+        .bind(k.last_used_at)
+        .bind(k.created_at)
+        .bind(i64::from(k.revoked))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE prefix = ?"))
+            .bind(prefix)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn list_keys(&self, tenant: TenantId, user: UserId) -> CoreResult<Vec<ApiKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = ? AND user_id = ? \
+             ORDER BY created_at DESC LIMIT 1000"
+        ))
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn revoke_key(&self, tenant: TenantId, user: UserId, kid: ApiKeyId) -> CoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked = 1 WHERE id = ? AND tenant_id = ? AND user_id = ?",
+        )
+        .bind(kid.to_string())
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn touch_key(&self, kid: ApiKeyId, now: Millis) -> CoreResult<()> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(kid.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ExternalIdentityRepository for Store {
+    async fn find_link(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> CoreResult<Option<(TenantId, UserId)>> {
+        let row = sqlx::query(
+            "SELECT tenant_id, user_id FROM external_identities WHERE provider = ? AND subject = ?",
+        )
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| Ok((id(&r, "tenant_id")?, id(&r, "user_id")?)))
+            .transpose()
+    }
+
+    async fn link(
+        &self,
+        provider: &str,
+        subject: &str,
+        tenant: TenantId,
+        user: UserId,
+    ) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO external_identities (provider, subject, tenant_id, user_id, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(palisade_core::entities::now_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+fn opt_id<T: From<uuid::Uuid>>(row: &SqliteRow, col: &str) -> CoreResult<Option<T>> {
+    let raw: Option<String> = get(row, col)?;
+    raw.map(|s| {
+        s.parse::<uuid::Uuid>()
+            .map(T::from)
+            .map_err(|_| CoreError::Storage(format!("corrupt {col}")))
+    })
+    .transpose()
+}
+
+fn event_from(row: &SqliteRow) -> CoreResult<SecurityEvent> {
+    let kind: String = get(row, "kind")?;
+    let detail: String = get(row, "detail")?;
+    Ok(SecurityEvent {
+        kind: serde_json::from_value::<SecurityEventKind>(serde_json::Value::String(kind))
+            .map_err(|_| CoreError::Storage("corrupt event kind".into()))?,
+        tenant_id: opt_id(row, "tenant_id")?,
+        user_id: opt_id(row, "user_id")?,
+        actor_id: opt_id(row, "actor_id")?,
+        ip: get(row, "ip")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        created_at: get(row, "created_at")?,
+    })
+}
+
+#[async_trait]
+impl SecurityEventSink for Store {
+    async fn record(&self, e: SecurityEvent) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO security_events (kind, tenant_id, user_id, actor_id, ip, detail, \
+             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.kind.as_str())
+        .bind(e.tenant_id.map(|t| t.to_string()))
+        .bind(e.user_id.map(|u| u.to_string()))
+        .bind(e.actor_id.map(|u| u.to_string()))
+        .bind(&e.ip)
+        .bind(e.detail.to_string())
+        .bind(e.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn recent_events(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> CoreResult<Vec<SecurityEvent>> {
+        let tenant = tenant.map(|t| t.to_string());
+        let rows = sqlx::query(
+            "SELECT kind, tenant_id, user_id, actor_id, ip, detail, created_at \
+             FROM security_events WHERE (? IS NULL OR tenant_id = ?) ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(&tenant)
+        .bind(&tenant)
+        .bind(i64::from(limit.min(1000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(event_from).collect()
+    }
+}
