@@ -12,6 +12,8 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
 pub const ADMIN_PASSWORD: &str = "quiet-harbor-falcon-2931";
+/// The password `Server::new_user` leaves its users with.
+pub const USER_PASSWORD: &str = "Velvet-Glacier-Otter-5820";
 
 pub struct Server {
     child: Child,
@@ -163,6 +165,80 @@ impl Server {
             .send()
             .await
             .unwrap()
+    }
+}
+
+impl Server {
+    pub async fn patch(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user through the admin API, then logs in and replaces the administrator-set
+    /// password (as the first login must). Returns (user id, access token, final password).
+    pub async fn new_user(
+        &self,
+        admin: &str,
+        username: &str,
+        role: &str,
+        tenant: Option<&str>,
+    ) -> (String, String, String) {
+        let first = "Lantern-Quarry-Mosaic-4417".to_string();
+        let mut body = json!({"username": username, "password": first, "role": role});
+        if let Some(t) = tenant {
+            body["tenant_id"] = json!(t);
+        }
+        let r = self.post(admin, "/api/admin/users", body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "create {username}");
+        let created: Value = r.json().await.unwrap();
+        assert_eq!(created["user"]["must_change_password"], true);
+        let id = created["user"]["id"].as_str().unwrap().to_string();
+        let tenant_name = match tenant {
+            Some(t) => self.tenant_name(admin, t).await,
+            None => None,
+        };
+        let mut login = json!({"username": username, "password": first});
+        if let Some(n) = &tenant_name {
+            login["tenant"] = json!(n);
+        }
+        let r = self.post_public("/api/auth/login", login).await;
+        assert_eq!(r.status(), StatusCode::OK, "first login of {username}");
+        let t: Value = r.json().await.unwrap();
+        let tmp = t["access_token"].as_str().unwrap().to_string();
+        let password = USER_PASSWORD.to_string();
+        let r = self
+            .post(
+                &tmp,
+                "/api/auth/password",
+                json!({"current_password": first, "new_password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "password change of {username}");
+        let t: Value = r.json().await.unwrap();
+        (
+            id,
+            t["access_token"].as_str().unwrap().to_string(),
+            password,
+        )
+    }
+
+    async fn tenant_name(&self, admin: &str, id: &str) -> Option<String> {
+        let list: Value = self
+            .get(admin, "/api/admin/tenants")
+            .await
+            .json()
+            .await
+            .ok()?;
+        list.as_array()?
+            .iter()
+            .find(|t| t["id"] == id)
+            .and_then(|t| t["name"].as_str())
+            .map(String::from)
     }
 }
 
