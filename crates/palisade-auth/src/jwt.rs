@@ -86,6 +86,12 @@ pub struct ScopedClaims {
     pub scope: Vec<String>,
     pub model: String,
     pub max_tokens: u32,
+    /// The login session that minted it; the token dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The API key that minted it; the token dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub akid: Option<String>,
     pub jti: String,
     pub iat: i64,
     pub nbf: i64,

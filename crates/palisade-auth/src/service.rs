@@ -870,6 +870,11 @@ impl IdentityService for AuthService {
             return Err(CoreError::Forbidden);
         }
         let now = chrono::Utc::now().timestamp();
+        let (sid, akid) = match &p.credential {
+            Credential::Session { session } => (session.map(|s| s.to_string()), None),
+            Credential::ApiKey { key_id } => (None, Some(key_id.to_string())),
+            Credential::External { .. } => (None, None),
+        };
         let claims = ScopedClaims {
             iss: self.keys.issuer().to_string(),
             aud: self.keys.audience(TokenKind::Scoped),
@@ -878,6 +883,8 @@ impl IdentityService for AuthService {
             scope: vec![LLM_GENERATE.to_string()],
             model: model.to_string(),
             max_tokens,
+            sid,
+            akid,
             jti: uuid::Uuid::now_v7().to_string(),
             iat: now,
             nbf: now,
@@ -906,6 +913,30 @@ impl IdentityService for AuthService {
         let user = self.load_active_user(tid, uid).await?;
         if c.iat < user.tokens_valid_after {
             return Err(CoreError::invalid_token());
+        }
+        if let Some(sid) = &c.sid {
+            let sid: TokenFamilyId = sid.parse().map_err(|_| CoreError::invalid_token())?;
+            let live = self
+                .repos
+                .tokens
+                .get_auth_session(sid)
+                .await?
+                .is_some_and(|s| !s.revoked && s.user_id == user.id);
+            if !live {
+                return Err(CoreError::invalid_token());
+            }
+        }
+        if let Some(akid) = &c.akid {
+            let live = self
+                .repos
+                .api_keys
+                .list_keys(user.tenant_id, user.id)
+                .await?
+                .into_iter()
+                .any(|k| k.id.to_string() == *akid && !k.revoked);
+            if !live {
+                return Err(CoreError::invalid_token());
+            }
         }
         let scopes = PermissionSet::of([
             CHAT_SEND.to_string(),

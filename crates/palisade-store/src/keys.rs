@@ -44,7 +44,7 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> CoreResult<String> {
 #[async_trait]
 impl ApiKeyRepository for Store {
     async fn insert_key(&self, k: &ApiKey) -> CoreResult<()> {
-        let models = k.models.as_ref().map(|m| to_json(m)).transpose()?;
+        let models = k.models.as_deref().map(to_json).transpose()?;
         sqlx::query(&format!(
             "INSERT INTO api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))

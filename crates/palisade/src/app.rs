@@ -72,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Pull(a)) => crate::model::pull(a).await,
         Command::Config(ConfigCommand::Validate(a)) => {
             let cfg = load_config(&a.common, None)?;
+            role_registry(&cfg)?;
             println!("configuration is valid");
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(())
@@ -144,18 +145,7 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
         scoped_max_tokens_cap: cfg.model.max_tokens_cap,
         totp_issuer: "Palisade".into(),
     };
-    let custom: Vec<CustomRole> = a
-        .roles
-        .iter()
-        .map(|(name, r)| CustomRole {
-            name: name.clone(),
-            permissions: r.permissions.clone(),
-            require_2fa: r.require_2fa,
-            description: r.description.clone(),
-        })
-        .collect();
-    let roles = RoleRegistry::new(&custom, &a.require_2fa)
-        .map_err(|e| anyhow::anyhow!("configuration `auth.roles`: {e}"))?;
+    let roles = role_registry(cfg)?;
     let repos = AuthRepos {
         users: Arc::new(store.clone()),
         tenants: Arc::new(store.clone()),
@@ -167,6 +157,23 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
     let auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((store, Arc::new(auth)))
+}
+
+/// The built-in roles plus the configured ones; refuses unknown permissions.
+fn role_registry(cfg: &Config) -> anyhow::Result<RoleRegistry> {
+    let custom: Vec<CustomRole> = cfg
+        .auth
+        .roles
+        .iter()
+        .map(|(name, r)| CustomRole {
+            name: name.clone(),
+            permissions: r.permissions.clone(),
+            require_2fa: r.require_2fa,
+            description: r.description.clone(),
+        })
+        .collect();
+    RoleRegistry::new(&custom, &cfg.auth.require_2fa)
+        .map_err(|e| anyhow::anyhow!("configuration key `auth.roles`: {e}"))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
