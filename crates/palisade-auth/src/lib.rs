@@ -4,7 +4,10 @@
 
 pub mod account;
 pub mod admin;
+pub mod external;
 pub mod jwt;
+pub mod ldap;
+pub mod oidc;
 pub mod password;
 pub mod service;
 pub mod throttle;

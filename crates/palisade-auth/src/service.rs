@@ -124,6 +124,8 @@ pub struct AuthService {
     ghosts: GhostAccounts,
     /// `jti`s of logged-out access tokens, with their expiry (seconds).
     denied: Mutex<HashMap<String, i64>>,
+    pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
+    pub(crate) ldap: Option<Arc<crate::ldap::Ldap>>,
 }
 
 impl AuthService {
@@ -141,7 +143,26 @@ impl AuthService {
             settings,
             dummy_hash: hash_password("palisade-timing-equaliser")?,
             denied: Mutex::new(HashMap::new()),
+            oidc: None,
+            ldap: None,
         })
+    }
+
+    /// Accepts the OpenID provider's logins and bearer tokens.
+    pub fn with_oidc(mut self, oidc: crate::oidc::Oidc) -> Self {
+        self.oidc = Some(Arc::new(oidc));
+        self
+    }
+
+    /// Authenticates unknown or LDAP-backed users against the directory.
+    pub fn with_ldap(mut self, ldap: crate::ldap::Ldap) -> Self {
+        self.ldap = Some(Arc::new(ldap));
+        self
+    }
+
+    /// True when single sign-on is configured.
+    pub fn sso_enabled(&self) -> bool {
+        self.oidc.is_some()
     }
 
     pub fn keys(&self) -> &Arc<KeyRing> {
@@ -500,7 +521,7 @@ impl AuthService {
         Ok(p)
     }
 
-    fn mfa_challenge(&self, user: &User) -> CoreResult<LoginOutcome> {
+    pub(crate) fn mfa_challenge(&self, user: &User) -> CoreResult<LoginOutcome> {
         let now = chrono::Utc::now().timestamp();
         let ttl = 300;
         let claims = MfaClaims {
@@ -537,6 +558,10 @@ impl AuthService {
         } else {
             None
         };
+        // Directory users (known as LDAP-backed, or unknown here) bind against the directory.
+        let ldap_candidate = self.ldap.is_some()
+            && tenant == DEFAULT_TENANT
+            && user.as_ref().is_none_or(|u| u.auth_source == "ldap");
         // Throttling answers the same for real and unknown names.
         let refused = match &user {
             Some(u) => refusal(u.locked_until, u.hard_locked, now),
@@ -553,6 +578,18 @@ impl AuthService {
                 .await;
             }
             return Err(Self::refusal_error(r));
+        }
+        if ldap_candidate && plausible {
+            if let Some(outcome) = self.ldap_login(username, password, client).await? {
+                return Ok(outcome);
+            }
+            return Err(match &user {
+                Some(u) => self.count_failure(u, client, K::LoginFailure).await,
+                None => {
+                    self.ghosts.fail(username, now);
+                    CoreError::invalid_credentials()
+                }
+            });
         }
         // Always one Argon2 verification, so unknown users answer in the same time.
         let stored = user
@@ -830,10 +867,32 @@ impl IdentityService for AuthService {
 
     async fn authenticate(&self, bearer: &str, _client: &ClientInfo) -> CoreResult<Principal> {
         if bearer.starts_with(crate::account::API_KEY_PREFIX) {
-            self.authenticate_api_key(bearer).await
-        } else {
-            self.authenticate_access(bearer).await
+            return self.authenticate_api_key(bearer).await;
         }
+        if let Some(oidc) = &self.oidc {
+            // Routing only: the token is then fully verified against the provider's keys.
+            if oidc.is_ours(bearer) {
+                return self.authenticate_external(bearer).await;
+            }
+        }
+        self.authenticate_access(bearer).await
+    }
+
+    fn sso_enabled(&self) -> bool {
+        AuthService::sso_enabled(self)
+    }
+
+    async fn sso_begin(&self) -> CoreResult<String> {
+        AuthService::sso_begin(self).await
+    }
+
+    async fn sso_finish(
+        &self,
+        code: &str,
+        state: &str,
+        client: &ClientInfo,
+    ) -> CoreResult<IssuedTokens> {
+        AuthService::sso_finish(self, code, state, client).await
     }
 
     async fn current_user(&self, who: &Principal) -> CoreResult<User> {

@@ -60,6 +60,124 @@ pub struct AuthConfig {
     pub password: PasswordConfig,
     /// Custom roles: `[auth.roles.analyst] permissions = ["chat:send", "model:x:use"]`.
     pub roles: BTreeMap<String, RoleConfig>,
+    /// Single sign-on and bearer tokens of an OpenID provider (Keycloak, Entra ID, ...).
+    pub oidc: Option<OidcConfig>,
+    /// Bind authentication against an LDAP directory.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// `[auth.oidc]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL (https; plain http only on loopback).
+    pub issuer: String,
+    pub client_id: String,
+    /// A reference, never the secret itself: `env::NAME` or `file::PATH`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `aud` required on the provider's bearer JWTs sent to the API (default: client_id).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// `https://<public host>/api/auth/oidc/callback`, registered at the provider.
+    pub redirect_uri: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// Claim with the user's groups/roles (dotted path, e.g. `realm_access.roles`).
+    #[serde(default = "default_groups_claim")]
+    pub role_claim: String,
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// Provider group → Palisade role.
+    #[serde(default)]
+    pub role_map: BTreeMap<String, String>,
+    /// Role of users in no mapped group; absent refuses them.
+    #[serde(default)]
+    pub default_role: Option<String>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+
+/// `[auth.ldap]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Direct bind DN with `{username}`, e.g. `uid={username},ou=people,dc=example,dc=com`.
+    #[serde(default)]
+    pub user_dn_template: Option<String>,
+    /// Service account for searching users (when there is no template).
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// `env::NAME` or `file::PATH`.
+    #[serde(default)]
+    pub bind_password: Option<String>,
+    #[serde(default)]
+    pub user_base: String,
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    #[serde(default)]
+    pub group_base: String,
+    #[serde(default = "default_group_filter")]
+    pub group_filter: String,
+    #[serde(default = "default_group_attribute")]
+    pub group_attribute: String,
+    #[serde(default = "default_email_attribute")]
+    pub email_attribute: String,
+    #[serde(default)]
+    pub role_map: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_role: Option<String>,
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_user_filter() -> String {
+    "(uid={username})".into()
+}
+
+fn default_group_filter() -> String {
+    "(&(objectClass=groupOfNames)(member={dn}))".into()
+}
+
+fn default_group_attribute() -> String {
+    "cn".into()
+}
+
+fn default_email_attribute() -> String {
+    "mail".into()
+}
+
+fn default_ldap_timeout() -> u64 {
+    5
+}
+
+/// Resolves a secret reference: `env::NAME` reads an environment variable, `file::PATH` a file
+/// (trailing newline removed). Inline secrets are refused so they never sit in config files.
+pub fn resolve_secret(key: &'static str, reference: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { key, message };
+    if let Some(name) = reference.strip_prefix("env::") {
+        std::env::var(name).map_err(|_| invalid(format!("environment variable {name} is not set")))
+    } else if let Some(path) = reference.strip_prefix("file::") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| invalid(format!("cannot read {path}: {e}")))
+    } else {
+        Err(invalid(
+            "give a reference (`env::NAME` or `file::PATH`), not the secret itself".into(),
+        ))
+    }
 }
 
 impl Default for AuthConfig {
@@ -75,6 +193,8 @@ impl Default for AuthConfig {
             compat_routes: true,
             password: PasswordConfig::default(),
             roles: BTreeMap::new(),
+            oidc: None,
+            ldap: None,
         }
     }
 }

@@ -121,6 +121,17 @@ pub trait IdentityService: Send + Sync + 'static {
     async fn verify_scoped_token(&self, token: &str) -> CoreResult<ScopedGrant>;
     /// The public JWKS document.
     fn jwks(&self) -> serde_json::Value;
+    /// True when an OpenID provider is configured.
+    fn sso_enabled(&self) -> bool;
+    /// The provider URL a browser is sent to (authorization code + PKCE).
+    async fn sso_begin(&self) -> CoreResult<String>;
+    /// Redeems the provider's code: a Palisade session for the user.
+    async fn sso_finish(
+        &self,
+        code: &str,
+        state: &str,
+        client: &ClientInfo,
+    ) -> CoreResult<IssuedTokens>;
 }
 
 /// What users do to their own account.

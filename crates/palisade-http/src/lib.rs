@@ -59,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/.well-known/jwks.json", get(routes::auth::jwks))
+        .route("/api/auth/providers", get(routes::auth::providers))
+        .route("/api/auth/oidc/login", get(routes::auth::oidc_login))
+        .route("/api/auth/oidc/callback", get(routes::auth::oidc_callback))
         .route("/api/auth/register", post(routes::auth::register))
         .route("/api/auth/login", post(routes::auth::login))
         .route(

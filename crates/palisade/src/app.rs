@@ -154,8 +154,53 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
         links: Arc::new(store.clone()),
         events: Arc::new(store.clone()),
     };
-    let auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
+    let mut auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(o) = &a.oidc {
+        let secret = o
+            .client_secret
+            .as_deref()
+            .map(|r| palisade_config::resolve_secret("auth.oidc.client_secret", r))
+            .transpose()?;
+        let oidc = palisade_auth::oidc::Oidc::new(palisade_auth::oidc::OidcSettings {
+            issuer: o.issuer.trim_end_matches('/').to_string(),
+            client_id: o.client_id.clone(),
+            client_secret: secret,
+            audience: o.audience.clone().unwrap_or_else(|| o.client_id.clone()),
+            redirect_uri: o.redirect_uri.clone(),
+            scopes: o.scopes.clone(),
+            role_claim: o.role_claim.clone(),
+            username_claim: o.username_claim.clone(),
+            role_map: o.role_map.clone(),
+            default_role: o.default_role.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("configuration `auth.oidc`: {e}"))?;
+        auth = auth.with_oidc(oidc);
+    }
+    if let Some(l) = &a.ldap {
+        let bind_password = l
+            .bind_password
+            .as_deref()
+            .map(|r| palisade_config::resolve_secret("auth.ldap.bind_password", r))
+            .transpose()?;
+        let ldap = palisade_auth::ldap::Ldap::new(palisade_auth::ldap::LdapSettings {
+            url: l.url.clone(),
+            user_dn_template: l.user_dn_template.clone(),
+            bind_dn: l.bind_dn.clone(),
+            bind_password,
+            user_base: l.user_base.clone(),
+            user_filter: l.user_filter.clone(),
+            group_base: l.group_base.clone(),
+            group_filter: l.group_filter.clone(),
+            group_attribute: l.group_attribute.clone(),
+            email_attribute: l.email_attribute.clone(),
+            role_map: l.role_map.clone(),
+            default_role: l.default_role.clone(),
+            timeout_secs: l.timeout_secs,
+        })
+        .map_err(|e| anyhow::anyhow!("configuration `auth.ldap`: {e}"))?;
+        auth = auth.with_ldap(ldap);
+    }
     Ok((store, Arc::new(auth)))
 }
 

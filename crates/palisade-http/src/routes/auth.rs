@@ -284,6 +284,68 @@ pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<UserRes
     Ok(Json(user_json(s.identity.current_user(&p).await?)))
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Which login methods this server offers (for the login screen).
+pub async fn providers(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "password": true,
+        "sso": s.identity.sso_enabled(),
+        "sso_login_url": s.identity.sso_enabled().then_some("/api/auth/oidc/login"),
+    }))
+}
+
+/// Starts single sign-on: redirects the browser to the OpenID provider.
+pub async fn oidc_login(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let url = s.identity.sso_begin().await?;
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let loc = HeaderValue::from_str(&url)
+        .map_err(|_| ApiError::from(CoreError::Internal("bad provider URL".into())))?;
+    res.headers_mut().insert(header::LOCATION, loc);
+    Ok(res)
+}
+
+/// The provider's redirect back: sets the refresh cookie and sends the browser to the app,
+/// which obtains its access token with `POST /api/auth/refresh` (cookie + CSRF header).
+pub async fn oidc_callback(
+    State(s): State<AppState>,
+    Client(client): Client,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    let redirect = |to: &'static str| {
+        let mut res = StatusCode::SEE_OTHER.into_response();
+        res.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static(to));
+        res
+    };
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        tracing::info!(error = ?q.error, "single sign-on was refused by the provider");
+        return Ok(redirect("/?sso_error=refused"));
+    };
+    match s.identity.sso_finish(&code, &state, &client).await {
+        Ok(t) => {
+            let mut res = redirect("/?sso=ok");
+            if let Some(v) = refresh_cookie(&t.refresh_token, t.refresh_expires_in) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            Ok(res)
+        }
+        Err(e) => {
+            let api = ApiError::from(e);
+            tracing::info!(code = api.code, "single sign-on failed");
+            Ok(redirect("/?sso_error=failed"))
+        }
+    }
+}
+
 pub async fn jwks(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(s.identity.jwks())
 }

@@ -169,6 +169,17 @@ impl Server {
 }
 
 impl Server {
+    /// A client trusting this server's certificate that does not follow redirects.
+    pub fn no_redirect_client(&self) -> Client {
+        let cert = std::fs::read(self.dir.path().join("tls/cert.pem")).unwrap();
+        Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
     pub async fn patch(&self, token: &str, path: &str, body: Value) -> Response {
         self.client
             .patch(self.url(path))
