@@ -33,7 +33,7 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-const PASSWORD: &str = "bench-admin-password";
+const PASSWORD: &str = "Bench-Granite-Willow-8842";
 const PROMPTS: &[&str] = &[
     "Write a long, detailed story about a dragon who learns to paint.",
     "Write a long essay about the history of the Roman Empire.",

@@ -40,7 +40,11 @@ async fn one(engine: Arc<LlamaEngine>, topic: &str, max_tokens: u32) -> Run {
             content: format!("Write a long story about {topic}."),
         }],
         params: GenerationParams {
-            temperature: 0.0,
+            // Greedy by default; `BENCH_TEMPERATURE=0.8` measures the sampler chain too.
+            temperature: std::env::var("BENCH_TEMPERATURE")
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0),
             max_tokens,
             ..GenerationParams::default()
         },
