@@ -207,7 +207,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (rounds, window) = if args.quick {
-        (2u32, Duration::from_secs(12))
+        (3u32, Duration::from_secs(12))
     } else {
         (3, Duration::from_secs(25))
     };
