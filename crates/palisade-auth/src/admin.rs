@@ -355,6 +355,51 @@ impl AdminService for AuthService {
         Ok(())
     }
 
+    async fn create_invite(
+        &self,
+        g: &Grant<UsersManage>,
+        tenant: Option<TenantId>,
+        role: &str,
+        expires_in_days: u32,
+    ) -> CoreResult<(String, i64)> {
+        let p = g.principal();
+        let t = Self::scope(p, tenant)?;
+        let role = self.roles.resolve(role)?;
+        if !self.within_power(p, &role) {
+            return Err(CoreError::denied(
+                "role_not_allowed",
+                format!("you cannot grant the role `{role}`"),
+            ));
+        }
+        if !(1..=90).contains(&expires_in_days) {
+            return Err(CoreError::validation(
+                "invalid_expiry",
+                "expires_in_days must be between 1 and 90",
+            ));
+        }
+        let code = temporary_password();
+        let now = now_millis();
+        let expires_at = now + i64::from(expires_in_days) * 86_400_000;
+        self.repos
+            .invites
+            .create_invite(&palisade_core::identity::Invite {
+                code_hash: crate::service::hash_secret(&code),
+                tenant_id: t,
+                role: role.clone(),
+                created_by: Some(p.user_id),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        self.emit(
+            SecurityEvent::new(K::UserUpdated)
+                .actor(p.user_id)
+                .detail(serde_json::json!({ "invite_created": { "tenant_id": t.to_string(), "role": role.as_str() } })),
+        )
+        .await;
+        Ok((code, expires_at))
+    }
+
     async fn list_tenants(&self, _g: &Grant<TenantsManage>) -> CoreResult<Vec<Tenant>> {
         self.repos.tenants.list_tenants().await
     }

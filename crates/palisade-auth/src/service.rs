@@ -34,6 +34,8 @@ use crate::throttle::{refusal, GhostAccounts, Refusal, ThrottlePolicy};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistrationMode {
     Open,
+    /// Only with an invitation code from an administrator.
+    Invite,
     /// Accounts are created by administrators (`palisade user create`, admin API).
     Closed,
 }
@@ -80,6 +82,7 @@ pub struct AuthRepos {
     pub api_keys: Arc<dyn ApiKeyRepository>,
     pub links: Arc<dyn ExternalIdentityRepository>,
     pub events: Arc<dyn SecurityEventSink>,
+    pub invites: Arc<dyn palisade_core::ports::InviteRepository>,
 }
 
 /// SHA-256 of a secret (refresh token, API key, recovery code), hex; only this is stored.
@@ -742,17 +745,55 @@ pub(crate) fn check_email(e: &str) -> CoreResult<()> {
 #[async_trait]
 impl IdentityService for AuthService {
     async fn register(&self, reg: Registration, client: &ClientInfo) -> CoreResult<User> {
-        if self.settings.registration != RegistrationMode::Open {
-            return Err(CoreError::Disabled(
-                "registration is closed; ask an administrator for an account".into(),
-            ));
-        }
-        let user = self
+        let invite = match self.settings.registration {
+            RegistrationMode::Closed => {
+                return Err(CoreError::Disabled(
+                    "registration is closed; ask an administrator for an account".into(),
+                ))
+            }
+            RegistrationMode::Open => None,
+            RegistrationMode::Invite => {
+                let code = reg
+                    .invite
+                    .as_deref()
+                    .filter(|c| !c.is_empty() && c.len() <= 200);
+                let found = match code {
+                    Some(c) => {
+                        self.repos
+                            .invites
+                            .consume_invite(&hash_secret(c), now_millis())
+                            .await?
+                    }
+                    None => None,
+                };
+                Some(found.ok_or_else(|| {
+                    CoreError::denied(
+                        "invalid_invite",
+                        "registration needs a valid, unused invitation code",
+                    )
+                })?)
+            }
+        };
+        let (tenant, role) = match &invite {
+            Some(i) => (i.tenant_id, i.role.as_str().to_string()),
+            None => (DEFAULT_TENANT, "user".to_string()),
+        };
+        let created = self
             .create_user(CreateUser {
                 email: reg.email,
-                ..CreateUser::local(DEFAULT_TENANT, &reg.username, &reg.password, "user")
+                ..CreateUser::local(tenant, &reg.username, &reg.password, &role)
             })
-            .await?;
+            .await;
+        let user = match created {
+            Ok(u) => u,
+            Err(e) => {
+                // A failed registration does not spend the invitation.
+                if let Some(i) = &invite {
+                    self.repos.invites.release_invite(&i.code_hash).await?;
+                }
+                return Err(e);
+            }
+        };
         self.emit(
             SecurityEvent::new(K::UserCreated)
                 .user(user.tenant_id, user.id)

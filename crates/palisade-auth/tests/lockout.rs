@@ -26,6 +26,7 @@ async fn service() -> (Store, AuthService, tempfile::TempDir) {
         api_keys: Arc::new(store.clone()),
         links: Arc::new(store.clone()),
         events: Arc::new(store.clone()),
+        invites: Arc::new(store.clone()),
     };
     let svc = AuthService::new(
         repos,

@@ -38,13 +38,16 @@ pub struct TlsConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Registration {
     Open,
+    /// Only with an invitation code (`POST /api/admin/invites`).
+    Invite,
     Closed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `open`: anyone may register; `closed`: administrators create accounts.
+    /// `open`: anyone may register; `invite`: with an invitation code; `closed`: administrators
+    /// create accounts.
     pub registration: Registration,
     pub access_token_ttl_secs: u64,
     pub refresh_token_sliding_days: u64,

@@ -259,6 +259,14 @@ pub trait AdminService: Send + Sync + 'static {
         tenant: Option<TenantId>,
         id: UserId,
     ) -> CoreResult<()>;
+    /// An invitation code (shown once) for invite-only registration, and its expiry (ms).
+    async fn create_invite(
+        &self,
+        grant: &Grant<UsersManage>,
+        tenant: Option<TenantId>,
+        role: &str,
+        expires_in_days: u32,
+    ) -> CoreResult<(String, i64)>;
     async fn list_tenants(&self, grant: &Grant<TenantsManage>) -> CoreResult<Vec<Tenant>>;
     async fn create_tenant(&self, grant: &Grant<TenantsManage>, name: &str) -> CoreResult<Tenant>;
     async fn set_tenant_active(

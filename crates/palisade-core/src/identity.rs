@@ -51,6 +51,17 @@ pub struct ApiKey {
     pub revoked: bool,
 }
 
+/// An invitation to register (invite-only registration). Only the code's hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    pub code_hash: String,
+    pub tenant_id: TenantId,
+    pub role: RoleName,
+    pub created_by: Option<UserId>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
 /// Changes an administrator (or the user) makes to an account. `None` leaves a field alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserUpdate {

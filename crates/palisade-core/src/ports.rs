@@ -8,7 +8,7 @@ use crate::entities::{
 };
 use crate::error::CoreResult;
 use crate::identity::{
-    ApiKey, AuthSession, LoginState, SecurityEvent, Tenant, UserQuery, UserUpdate,
+    ApiKey, AuthSession, Invite, LoginState, SecurityEvent, Tenant, UserQuery, UserUpdate,
 };
 use crate::ids::{ApiKeyId, MessageId, SessionId, TenantId, TokenFamilyId, UserId};
 
@@ -77,6 +77,16 @@ pub trait TenantRepository: Send + Sync + 'static {
     async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> CoreResult<Vec<Tenant>>;
     async fn set_tenant_active(&self, id: TenantId, active: bool) -> CoreResult<bool>;
+}
+
+/// Invitations.
+#[async_trait]
+pub trait InviteRepository: Send + Sync + 'static {
+    async fn create_invite(&self, invite: &Invite) -> CoreResult<()>;
+    /// Marks an unused, unexpired invitation used and returns it; `None` otherwise.
+    async fn consume_invite(&self, code_hash: &str, now: Millis) -> CoreResult<Option<Invite>>;
+    /// Makes a consumed invitation usable again (the registration failed).
+    async fn release_invite(&self, code_hash: &str) -> CoreResult<()>;
 }
 
 /// API keys.

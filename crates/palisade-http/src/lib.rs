@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
             patch(routes::admin::update_tenant),
         )
         .route("/api/admin/roles", get(routes::admin::list_roles))
+        .route("/api/admin/invites", post(routes::admin::create_invite))
         .route(
             "/api/admin/security-events",
             get(routes::admin::security_events),

@@ -136,7 +136,10 @@ async fn run() {
     let mut cfg = EngineConfig::new(model, DEFAULT_MODEL_NAME);
     // PALISADE_NO_CONVERT=1 measures the model's own weights (no Q8_0 re-encoding).
     cfg.convert_weights = std::env::var_os("PALISADE_NO_CONVERT").is_none();
-    if let Some(t) = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()) {
+    if let Some(t) = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
         cfg.threads = t;
     }
     println!(

@@ -218,3 +218,63 @@ impl SecurityEventSink for Store {
         rows.iter().map(event_from).collect()
     }
 }
+
+#[async_trait]
+impl palisade_core::ports::InviteRepository for Store {
+    async fn create_invite(&self, i: &palisade_core::identity::Invite) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO invites (code_hash, tenant_id, role, created_by, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&i.code_hash)
+        .bind(i.tenant_id.to_string())
+        .bind(i.role.as_str())
+        .bind(i.created_by.map(|u| u.to_string()))
+        .bind(i.created_at)
+        .bind(i.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn consume_invite(
+        &self,
+        code_hash: &str,
+        now: Millis,
+    ) -> CoreResult<Option<palisade_core::identity::Invite>> {
+        let row = sqlx::query(
+            "UPDATE invites SET used_at = ? WHERE code_hash = ? AND used_at IS NULL \
+             AND expires_at > ? \
+             RETURNING code_hash, tenant_id, role, created_by, created_at, expires_at",
+        )
+        .bind(now)
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            let role: String = get(&r, "role")?;
+            Ok(palisade_core::identity::Invite {
+                code_hash: get(&r, "code_hash")?,
+                tenant_id: id(&r, "tenant_id")?,
+                role: palisade_core::access::RoleName::new(&role)
+                    .map_err(|_| CoreError::Storage("corrupt invite role".into()))?,
+                created_by: opt_id(&r, "created_by")?,
+                created_at: get(&r, "created_at")?,
+                expires_at: get(&r, "expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn release_invite(&self, code_hash: &str) -> CoreResult<()> {
+        sqlx::query("UPDATE invites SET used_at = NULL WHERE code_hash = ?")
+            .bind(code_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}

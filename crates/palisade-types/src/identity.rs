@@ -289,3 +289,27 @@ mod double_option {
         Option::<String>::deserialize(d).map(Some)
     }
 }
+
+/// `POST /api/admin/invites`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInviteRequest {
+    #[serde(default = "default_invite_role")]
+    pub role: String,
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+fn default_invite_role() -> String {
+    "user".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteResponse {
+    /// Shown once; give it to the person who will register.
+    pub code: String,
+    pub role: String,
+    pub expires_at: String,
+}

@@ -27,6 +27,9 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub email: Option<String>,
     pub password: String,
+    /// The invitation code, when registration is by invitation.
+    #[serde(default)]
+    pub invite: Option<String>,
 }
 
 /// `POST /api/auth/login` (also spec 000's `POST /login` and spec 004's `POST /auth/login`).

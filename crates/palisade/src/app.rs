@@ -131,6 +131,7 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
         refresh_absolute_secs: a.refresh_token_absolute_days as i64 * 86_400,
         registration: match a.registration {
             Registration::Open => RegistrationMode::Open,
+            Registration::Invite => RegistrationMode::Invite,
             Registration::Closed => RegistrationMode::Closed,
         },
         password: PasswordPolicy {
@@ -153,6 +154,7 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
         api_keys: Arc::new(store.clone()),
         links: Arc::new(store.clone()),
         events: Arc::new(store.clone()),
+        invites: Arc::new(store.clone()),
     };
     let mut auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

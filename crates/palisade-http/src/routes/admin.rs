@@ -229,6 +229,30 @@ pub async fn revoke_user_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub async fn create_invite(
+    State(s): State<AppState>,
+    Perm(g): Perm<UsersManage>,
+    ApiJson(req): ApiJson<palisade_types::identity::CreateInviteRequest>,
+) -> Result<(StatusCode, Json<palisade_types::identity::InviteResponse>), ApiError> {
+    let (code, expires_at) = s
+        .admin
+        .create_invite(
+            &g,
+            tenant_of(req.tenant_id.as_deref())?,
+            &req.role,
+            req.expires_in_days.unwrap_or(7),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(palisade_types::identity::InviteResponse {
+            code,
+            role: req.role,
+            expires_at: millis_to_rfc3339(expires_at),
+        }),
+    ))
+}
+
 pub async fn list_tenants(
     State(s): State<AppState>,
     Perm(g): Perm<TenantsManage>,

@@ -165,7 +165,7 @@ pub async fn register(
                 username: req.username,
                 email: req.email,
                 password: req.password,
-                invite: None,
+                invite: req.invite,
             },
             &client,
         )
