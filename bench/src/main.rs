@@ -13,6 +13,8 @@ use clap::Parser;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+mod gateway;
+
 #[derive(Parser, Debug)]
 #[command(about = "Palisade engine benchmark (through the HTTP API)")]
 struct Args {
@@ -31,6 +33,18 @@ struct Args {
     /// Write the figures here as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    All,
+    /// Engine throughput: 1 stream vs N concurrent streams.
+    Engine,
+    /// Gateway overhead on /v1/chat/completions against a fast stub upstream.
+    Gateway,
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
@@ -59,14 +73,18 @@ impl Drop for Server {
     }
 }
 
-fn start(bin: &PathBuf, streams: usize) -> anyhow::Result<Server> {
+fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("PALISADE_ADMIN_PASSWORD", PASSWORD)
         .env("PALISADE_MODEL__PARALLEL", streams.to_string())
-        .env("PALISADE_LOG", "warn")
+        .env("PALISADE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .context("starting palisade")?;
@@ -206,20 +224,139 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The load client shares the machine with the server: keep it out of the server's way
+    // (servers are started at normal priority). Best effort.
+    let _ = Command::new("renice")
+        .args(["-n", "10", "-p", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let mut doc = serde_json::Map::new();
+    let mut ratio = None;
+    if args.scenario != Scenario::Gateway {
+        let (r, figures) = engine(&args).await?;
+        ratio = Some(r);
+        doc.insert("engine_throughput".into(), figures);
+    }
+    if args.scenario != Scenario::Engine {
+        doc.insert("gateway_overhead".into(), gateway_scenario(&args).await?);
+    }
+    if let Some(out) = &args.out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&Value::Object(doc))?)?;
+    }
+    if let Some(ratio) = ratio {
+        if ratio < args.min_ratio {
+            bail!(
+                "aggregate of {} streams is only {ratio:.2}x the single stream (need {:.2}x)",
+                args.streams,
+                args.min_ratio
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Gateway overhead: direct vs through Palisade at concurrency 1, 16 and 64.
+async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
+    let (rounds, window) = if args.quick {
+        (1u32, Duration::from_secs(3))
+    } else {
+        (3, Duration::from_secs(6))
+    };
+    let warm = Duration::from_millis(500);
+    let stub = gateway::start_stub()?;
+    let cfg = gateway::config_file(stub)?;
+    let cfg_path = cfg.path().to_string_lossy().to_string();
+    let s = start(&args.server, 1, &[("PALISADE_CONFIG", cfg_path.as_str())])?;
+    let login: Value = s
+        .client
+        .post(format!("{}/api/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = login["access_token"].as_str().context("login failed")?;
+    let key = gateway::api_key(&s.client, &s.base, token).await?;
+    let body = json!({"model": "stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16});
+    let direct_url = format!("http://{stub}/v1/chat/completions");
+    let palisade_url = format!("{}/v1/chat/completions", s.base);
+    // Check both answer before measuring.
+    for (url, k) in [(&direct_url, None), (&palisade_url, Some(key.as_str()))] {
+        let mut r = s.client.post(url.as_str()).json(&body);
+        if let Some(k) = k {
+            r = r.bearer_auth(k);
+        }
+        let r = r.send().await?;
+        anyhow::ensure!(r.status().is_success(), "{url} answered {}", r.status());
+    }
+    let mut rows = Vec::new();
+    println!();
+    println!("gateway overhead on POST /v1/chat/completions (stub upstream; Palisade: HTTPS, API-key auth, registry, routing, SSE upstream parsing), closed loop, {}s window, median of {rounds} rounds", window.as_secs());
+    println!("| concurrency | direct p50 ms | direct p99 ms | direct req/s | Palisade p50 ms | Palisade p99 ms | Palisade req/s | added p50 ms | added p99 ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in [1usize, 16, 64] {
+        let mut d = Vec::new();
+        let mut p = Vec::new();
+        for _ in 0..rounds {
+            d.push(
+                gateway::closed_loop(&s.client, &direct_url, None, &body, c, warm, window).await,
+            );
+            p.push(
+                gateway::closed_loop(&s.client, &palisade_url, Some(&key), &body, c, warm, window)
+                    .await,
+            );
+        }
+        let med = |v: &[gateway::Figures], f: fn(&gateway::Figures) -> f64| {
+            median(v.iter().map(f).collect())
+        };
+        let (dp50, dp99, drps) = (
+            med(&d, |f| f.p50_us),
+            med(&d, |f| f.p99_us),
+            med(&d, |f| f.rps),
+        );
+        let (pp50, pp99, prps) = (
+            med(&p, |f| f.p50_us),
+            med(&p, |f| f.p99_us),
+            med(&p, |f| f.rps),
+        );
+        let errors: u64 = d.iter().chain(p.iter()).map(|f| f.errors).sum();
+        println!(
+            "| {c} | {:.2} | {:.2} | {drps:.0} | {:.2} | {:.2} | {prps:.0} | {:.2} | {:.2} |",
+            dp50 / 1e3,
+            dp99 / 1e3,
+            pp50 / 1e3,
+            pp99 / 1e3,
+            (pp50 - dp50) / 1e3,
+            (pp99 - dp99) / 1e3
+        );
+        if errors > 0 {
+            println!("  ({errors} failed requests at concurrency {c})");
+        }
+        rows.push(json!({
+            "concurrency": c,
+            "direct": {"p50_ms": dp50 / 1e3, "p99_ms": dp99 / 1e3, "rps": drps},
+            "palisade": {"p50_ms": pp50 / 1e3, "p99_ms": pp99 / 1e3, "rps": prps},
+            "added_p50_ms": (pp50 - dp50) / 1e3,
+            "added_p99_ms": (pp99 - dp99) / 1e3,
+            "errors": errors,
+        }));
+    }
+    Ok(json!({"window_s": window.as_secs(), "rounds": rounds, "rows": rows}))
+}
+
+/// Engine throughput: one stream vs N concurrent streams; returns the ratio and the figures.
+async fn engine(args: &Args) -> anyhow::Result<(f64, Value)> {
     let (rounds, window) = if args.quick {
         (3u32, Duration::from_secs(12))
     } else {
         (3, Duration::from_secs(25))
     };
     let max_tokens = 256u32;
-    let s = start(&args.server, args.streams)?;
-    // The load client shares the machine with the server: keep it out of the engine's way
-    // (the server was started before, at normal priority). Best effort.
-    let _ = Command::new("renice")
-        .args(["-n", "10", "-p", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let s = start(&args.server, args.streams, &[])?;
     let login: Value = s
         .client
         .post(format!("{}/api/auth/login", s.base))
@@ -287,32 +424,17 @@ async fn main() -> anyhow::Result<()> {
         args.streams, args.min_ratio
     );
 
-    if let Some(out) = &args.out {
-        let doc = json!({
-            "engine_throughput": {
-                "model": "smollm2-135m",
-                "max_tokens": max_tokens,
-                "window_s": window.as_secs(),
-                "rounds": rounds,
-                "single_stream_tokens_per_s": s1,
-                "concurrent_streams": args.streams,
-                "aggregate_tokens_per_s": sn,
-                "ratio": ratio,
-                "ttft_ms_single_median": ttft1,
-                "ttft_ms_concurrent_median": ttftn,
-            }
-        });
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
-    }
-    if ratio < args.min_ratio {
-        bail!(
-            "aggregate of {} streams is only {ratio:.2}x the single stream (need {:.2}x)",
-            args.streams,
-            args.min_ratio
-        );
-    }
-    Ok(())
+    let figures = json!({
+        "model": "smollm2-135m",
+        "max_tokens": max_tokens,
+        "window_s": window.as_secs(),
+        "rounds": rounds,
+        "single_stream_tokens_per_s": s1,
+        "concurrent_streams": args.streams,
+        "aggregate_tokens_per_s": sn,
+        "ratio": ratio,
+        "ttft_ms_single_median": ttft1,
+        "ttft_ms_concurrent_median": ttftn,
+    });
+    Ok((ratio, figures))
 }

@@ -458,6 +458,7 @@ impl AccountService for AuthService {
             last_used_at: None,
             created_at: now_millis(),
             revoked: false,
+            store_conversations: req.store_conversations,
         };
         self.repos.api_keys.insert_key(&key).await?;
         self.emit(

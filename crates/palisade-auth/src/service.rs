@@ -508,7 +508,10 @@ impl AuthService {
         }
         let mut p = self.principal_for(
             &user,
-            Credential::ApiKey { key_id: stored.id },
+            Credential::ApiKey {
+                key_id: stored.id,
+                store_conversations: stored.store_conversations,
+            },
             stored.id.to_string(),
             Some(&PermissionSet::of(scopes)),
         );
@@ -972,7 +975,7 @@ impl IdentityService for AuthService {
         let now = chrono::Utc::now().timestamp();
         let (sid, akid) = match &p.credential {
             Credential::Session { session } => (session.map(|s| s.to_string()), None),
-            Credential::ApiKey { key_id } => (None, Some(key_id.to_string())),
+            Credential::ApiKey { key_id, .. } => (None, Some(key_id.to_string())),
             Credential::External { .. } => (None, None),
         };
         let claims = ScopedClaims {

@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use palisade_types::models::{ModelSpec, ModelTimeouts, ProviderKind, TrustZone};
+
 /// Everything `palisade serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +25,67 @@ pub struct Config {
     pub model: ModelConfig,
     pub chat: ChatConfig,
     pub http: HttpConfig,
+    /// The model registry: `[models.NAME]` tables (see `docs/configuration.md`). The embedded
+    /// model of `[model]` is added as a `local` entry unless a table of its name exists.
+    pub models: BTreeMap<String, ModelSpec>,
+    pub providers: ProvidersConfig,
+    pub cache: CacheConfig,
+}
+
+/// How remote providers are called.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// Consecutive failures that open an upstream's circuit breaker.
+    pub breaker_failures: u32,
+    /// Seconds an open circuit fails fast before one probe request is let through.
+    pub breaker_cooldown_secs: u64,
+    /// First retry delay (doubles per retry, with jitter); retries happen only before the
+    /// first token.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
+            retry_backoff_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// The response cache for deterministic requests (temperature 0 or a fixed seed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub backend: CacheBackend,
+    /// `redis://HOST:PORT/DB` for the `redis` backend.
+    pub redis_url: Option<String>,
+    pub ttl_secs: u64,
+    /// Answers kept by the in-memory backend.
+    pub capacity: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend: CacheBackend::Memory,
+            redis_url: None,
+            ttl_secs: 3600,
+            capacity: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -279,6 +342,8 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChatConfig {
+    /// The model used when a request names none; `model.name` when absent.
+    pub default_model: Option<String>,
     pub system_prompt: String,
     pub max_message_chars: u32,
     pub history_messages: u32,
@@ -287,6 +352,7 @@ pub struct ChatConfig {
 impl Default for ChatConfig {
     fn default() -> Self {
         Self {
+            default_model: None,
             system_prompt: "You are a helpful, concise assistant.".into(),
             max_message_chars: 16_000,
             history_messages: 50,
@@ -326,6 +392,9 @@ impl Default for Config {
             model: ModelConfig::default(),
             chat: ChatConfig::default(),
             http: HttpConfig::default(),
+            models: BTreeMap::new(),
+            providers: ProvidersConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -451,6 +520,37 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.scoped_token_ttl_secs",
                 message: "must be in 10..=3600".into(),
+            });
+        }
+        for (name, spec) in &self.models {
+            if !spec.name.is_empty() && &spec.name != name {
+                return Err(ConfigError::Invalid {
+                    key: "models",
+                    message: format!("`models.{name}` sets a different `name`; leave it out"),
+                });
+            }
+        }
+        if let Some(d) = &self.chat.default_model {
+            if d != &self.model.name && !self.models.contains_key(d) {
+                return Err(ConfigError::Invalid {
+                    key: "chat.default_model",
+                    message: format!("`{d}` is neither `model.name` nor a `[models.…]` entry"),
+                });
+            }
+        }
+        if self.cache.enabled
+            && self.cache.backend == CacheBackend::Redis
+            && self.cache.redis_url.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "cache.redis_url",
+                message: "the redis cache backend needs `cache.redis_url`".into(),
+            });
+        }
+        if self.providers.breaker_failures == 0 || self.providers.breaker_cooldown_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "providers",
+                message: "`breaker_failures` and `breaker_cooldown_secs` must be at least 1".into(),
             });
         }
         if self.http.body_limit_bytes < 1024 {

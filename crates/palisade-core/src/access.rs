@@ -31,6 +31,8 @@ pub const AUDIT_READ: &str = "audit:read";
 pub const API_KEYS_MANAGE: &str = "apikeys:manage";
 /// Call the scoped generation endpoint (scope of scoped LLM tokens).
 pub const LLM_GENERATE: &str = "llm:generate";
+/// Change the model registry (platform-wide).
+pub const MODELS_MANAGE: &str = "models:manage";
 /// Every permission (the platform administrator).
 pub const ALL: &str = "*";
 
@@ -44,6 +46,7 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[
     AUDIT_READ,
     API_KEYS_MANAGE,
     LLM_GENERATE,
+    MODELS_MANAGE,
     ALL,
 ];
 
@@ -360,6 +363,7 @@ need! {
     AuditRead => AUDIT_READ,
     ApiKeysManage => API_KEYS_MANAGE,
     LlmGenerate => LLM_GENERATE,
+    ModelsManage => MODELS_MANAGE,
 }
 
 /// Proof that `principal` holds permission `P`. It can only be made by [`Grant::check`], so a

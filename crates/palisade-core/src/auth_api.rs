@@ -62,6 +62,8 @@ pub struct NewApiKey {
     pub scopes: Vec<String>,
     pub models: Option<Vec<String>>,
     pub expires_in_days: Option<u32>,
+    /// Keep `/v1` conversations made with the key in the owner's history.
+    pub store_conversations: bool,
 }
 
 /// A scoped LLM token (spec 004): 60 seconds, one model, a `max_tokens` cap.

@@ -15,38 +15,54 @@ use crate::entities::{
 };
 use crate::error::{CoreError, CoreResult};
 use crate::ids::{MessageId, SessionId};
+use crate::models::{may_use, ModelRegistry};
 use crate::ports::ChatRepository;
 use crate::provider::{
-    ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, ModelInfo, PromptMessage,
+    ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, PromptMessage,
     ProviderError, Role,
 };
+use palisade_types::models::ModelSpec;
 
-/// Limits and defaults of the chat pipeline (from configuration).
+/// Where the conversation of a run is stored.
+enum Target {
+    Existing(ChatSession),
+    New(String),
+}
+
+/// Limits and defaults of the chat pipeline (from configuration). Per-model limits
+/// (`max_tokens`, context size) live in the model registry.
 #[derive(Debug, Clone)]
 pub struct ChatPolicy {
-    /// The model used when the request names none.
-    pub default_model: String,
     pub system_prompt: String,
     pub max_message_chars: usize,
-    pub default_max_tokens: u32,
-    pub max_tokens_cap: u32,
     /// How many earlier messages of the conversation are offered to the model.
     pub history_messages: u32,
     pub max_stop_sequences: usize,
+    /// Messages in one `/v1` request.
+    pub max_messages: usize,
 }
 
 impl Default for ChatPolicy {
     fn default() -> Self {
         Self {
-            default_model: "smollm2-135m".into(),
             system_prompt: "You are a helpful, concise assistant.".into(),
             max_message_chars: 16_000,
-            default_max_tokens: 512,
-            max_tokens_cap: 2048,
             history_messages: 50,
             max_stop_sequences: 4,
+            max_messages: 256,
         }
     }
+}
+
+/// Sampling parameters as a client sent them; still unchecked.
+#[derive(Debug, Clone, Default)]
+pub struct SamplingInput {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub stop: Option<Vec<String>>,
 }
 
 /// A chat request after the HTTP layer parsed it; numbers are still unchecked.
@@ -64,11 +80,35 @@ pub struct ChatInput {
     pub request_id: String,
 }
 
+impl ChatInput {
+    fn sampling(&self) -> SamplingInput {
+        SamplingInput {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// A whole conversation sent at once (OpenAI's `/v1/chat/completions`).
+#[derive(Debug, Clone, Default)]
+pub struct CompletionInput {
+    pub model: String,
+    pub messages: Vec<PromptMessage>,
+    pub sampling: SamplingInput,
+    /// Keep the conversation in the caller's history (the API key's policy).
+    pub store: bool,
+    pub request_id: String,
+}
+
 /// What a running chat reports to the route that serves it.
 #[derive(Debug)]
 pub enum ChatEvent {
     Token(String),
-    /// The assistant message as stored.
+    /// The assistant message as stored (or, for an unstored completion, as it would be).
     Finished(StoredMessage),
     /// Generation failed after it started; the partial answer (if any) was stored.
     Failed {
@@ -82,7 +122,13 @@ pub enum ChatEvent {
 pub struct ChatRun {
     pub session_id: SessionId,
     pub user_message_id: MessageId,
+    /// The model that answers.
     pub model: String,
+    /// The model asked for, when a fallback answers.
+    pub fallback_from: Option<String>,
+    pub cached: bool,
+    /// False for a completion that is not kept in the history.
+    pub stored: bool,
     pub events: mpsc::Receiver<ChatEvent>,
 }
 
@@ -100,6 +146,7 @@ pub struct OneShot {
 pub struct ChatService {
     repo: Arc<dyn ChatRepository>,
     provider: Arc<dyn ChatProvider>,
+    registry: Arc<ModelRegistry>,
     policy: ChatPolicy,
 }
 
@@ -107,11 +154,13 @@ impl ChatService {
     pub fn new(
         repo: Arc<dyn ChatRepository>,
         provider: Arc<dyn ChatProvider>,
+        registry: Arc<ModelRegistry>,
         policy: ChatPolicy,
     ) -> Self {
         Self {
             repo,
             provider,
+            registry,
             policy,
         }
     }
@@ -120,30 +169,55 @@ impl ChatService {
         &self.provider
     }
 
-    /// Validates, loads history, starts generation and persists the user's message.
-    /// Errors before generation starts (validation, unknown session, queue full) store nothing.
-    pub async fn start(&self, who: &Principal, input: ChatInput) -> CoreResult<ChatRun> {
-        let message = input.message.trim();
-        if message.is_empty() {
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.registry
+    }
+
+    /// The models `who` may use, with the default first.
+    pub fn models_for(&self, who: &Principal) -> Vec<(Arc<ModelSpec>, bool, bool)> {
+        let snap = self.registry.snapshot();
+        let default = snap.default_model().to_string();
+        let mut out: Vec<(Arc<ModelSpec>, bool, bool)> = self
+            .registry
+            .usable_by(who)
+            .into_iter()
+            .map(|s| {
+                let is_default = s.name == default;
+                let available = self.provider.is_available(&s.name);
+                (s, is_default, available)
+            })
+            .collect();
+        out.sort_by_key(|(s, d, _)| (!*d, s.name.clone()));
+        out
+    }
+
+    fn check_message(&self, what: &str, text: &str) -> CoreResult<()> {
+        if text.trim().is_empty() {
             return Err(CoreError::validation(
                 "empty_message",
-                "message must not be empty",
+                format!("{what} must not be empty"),
             ));
         }
-        let chars = message.chars().count();
+        let chars = text.chars().count();
         if chars > self.policy.max_message_chars {
             return Err(CoreError::validation(
                 "message_too_long",
                 format!(
-                    "message has {chars} characters; the limit is {}",
+                    "{what} has {chars} characters; the limit is {}",
                     self.policy.max_message_chars
                 ),
             ));
         }
-        let info = self.resolve_model(input.model.as_deref())?;
-        Self::authorise(who, &info.name)?;
-        let params = self.params(&input, &info)?;
-        let model = info.name;
+        Ok(())
+    }
+
+    /// Validates, loads history, starts generation and persists the user's message.
+    /// Errors before generation starts (validation, unknown session, queue full) store nothing.
+    pub async fn start(&self, who: &Principal, input: ChatInput) -> CoreResult<ChatRun> {
+        self.check_message("message", &input.message)?;
+        let message = input.message.trim();
+        let spec = self.resolve_model(who, input.model.as_deref())?;
+        let params = self.params(&input.sampling(), &spec)?;
 
         let existing = match input.session_id.as_deref() {
             Some(raw) => {
@@ -186,76 +260,176 @@ impl ChatService {
             role: Role::User,
             content: message.to_string(),
         });
+        self.run(
+            who,
+            &spec,
+            prompt,
+            params,
+            input.request_id,
+            Some(existing.map_or_else(|| Target::New(title_from(message)), Target::Existing)),
+            message.to_string(),
+        )
+        .await
+    }
 
+    /// A whole conversation from the client (OpenAI's `/v1`): the server's system prompt comes
+    /// first; client system messages need `chat:system_prompt`. Stored as a new conversation
+    /// only when `input.store` says so.
+    pub async fn complete(&self, who: &Principal, input: CompletionInput) -> CoreResult<ChatRun> {
+        if input.messages.is_empty() {
+            return Err(CoreError::validation(
+                "empty_message",
+                "messages must not be empty",
+            ));
+        }
+        if input.messages.len() > self.policy.max_messages {
+            return Err(CoreError::validation(
+                "too_many_messages",
+                format!("at most {} messages per request", self.policy.max_messages),
+            ));
+        }
+        let spec = self.resolve_model(who, Some(&input.model))?;
+        let params = self.params(&input.sampling, &spec)?;
+        let mut prompt = vec![PromptMessage {
+            role: Role::System,
+            content: self.policy.system_prompt.clone(),
+        }];
+        let mut last_user = None;
+        for m in input.messages {
+            if m.role == Role::System && !who.can(crate::access::CHAT_SYSTEM_PROMPT) {
+                return Err(CoreError::denied(
+                    "system_prompt_not_allowed",
+                    "your role may not send system messages",
+                ));
+            }
+            if m.content.chars().count() > self.policy.max_message_chars {
+                return Err(CoreError::validation(
+                    "message_too_long",
+                    format!(
+                        "a message is longer than {} characters",
+                        self.policy.max_message_chars
+                    ),
+                ));
+            }
+            if m.role == Role::User {
+                last_user = Some(m.content.clone());
+            }
+            prompt.push(m);
+        }
+        let Some(last_user) = last_user.filter(|u| !u.trim().is_empty()) else {
+            return Err(CoreError::validation(
+                "empty_message",
+                "messages must contain a non-empty user message",
+            ));
+        };
+        let target = input
+            .store
+            .then(|| Target::New(title_from(last_user.trim())));
+        self.run(
+            who,
+            &spec,
+            prompt,
+            params,
+            input.request_id,
+            target,
+            last_user,
+        )
+        .await
+    }
+
+    /// Starts generation; once admitted, records the conversation (when `target` is set) and
+    /// spawns the pump that streams and stores the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        who: &Principal,
+        spec: &ModelSpec,
+        prompt: Vec<PromptMessage>,
+        params: GenerationParams,
+        request_id: String,
+        target: Option<Target>,
+        user_text: String,
+    ) -> CoreResult<ChatRun> {
         let started = Instant::now();
-        let stream = self
+        let routed = self
             .provider
-            .generate(GenerationRequest {
-                model: model.clone(),
+            .generate_routed(GenerationRequest {
+                model: spec.name.clone(),
                 messages: prompt,
                 params,
-                request_id: input.request_id.clone(),
+                request_id,
+                cache_scope: Some(who.tenant_id.to_string()),
             })
             .await?;
 
         // Generation is admitted: from here on the conversation is recorded.
         let now = now_millis();
-        let session = match existing {
-            Some(s) => s,
-            None => {
+        let stored = target.is_some();
+        let session_id = match target {
+            Some(Target::Existing(s)) => s.id,
+            Some(Target::New(title)) => {
                 let s = ChatSession {
                     id: SessionId::new(),
                     tenant_id: who.tenant_id,
                     user_id: who.user_id,
-                    title: title_from(message),
+                    title,
                     created_at: now,
                     updated_at: now,
                 };
                 self.repo.create_session(&s).await?;
-                s
+                s.id
             }
+            // An unstored completion: the id is never persisted.
+            None => SessionId::new(),
         };
         let user_msg = StoredMessage {
             id: MessageId::new(),
             tenant_id: who.tenant_id,
-            session_id: session.id,
+            session_id,
             role: Role::User,
-            content: message.to_string(),
+            content: user_text,
             meta: None,
             created_at: now,
         };
-        self.repo.append_message(&user_msg).await?;
+        if stored {
+            self.repo.append_message(&user_msg).await?;
+        }
 
         let (tx, rx) = mpsc::channel(64);
         let pump = Pump {
-            repo: self.repo.clone(),
+            repo: stored.then(|| self.repo.clone()),
             tenant: who.tenant_id,
-            session: session.id,
-            model: model.clone(),
+            session: session_id,
+            model: routed.model.clone(),
+            fallback_from: routed.fallback_from.clone(),
+            cached: routed.cached,
             started,
         };
-        tokio::spawn(pump.run(stream, tx));
+        tokio::spawn(pump.run(routed.stream, tx));
 
         Ok(ChatRun {
-            session_id: session.id,
+            session_id,
             user_message_id: user_msg.id,
-            model,
+            model: routed.model,
+            fallback_from: routed.fallback_from,
+            cached: routed.cached,
+            stored,
             events: rx,
         })
     }
 
     /// `chat:send` and the right to use this model.
-    fn authorise(who: &Principal, model: &str) -> CoreResult<()> {
+    fn authorise(who: &Principal, spec: &ModelSpec) -> CoreResult<()> {
         if !who.can(crate::access::CHAT_SEND) {
             return Err(CoreError::denied(
                 "permission_denied",
                 "your role may not send chat messages",
             ));
         }
-        if !who.may_use_model(model) {
+        if !may_use(who, spec) {
             return Err(CoreError::denied(
                 "model_not_allowed",
-                format!("you may not use the model `{model}`"),
+                format!("you may not use the model `{}`", spec.name),
             ));
         }
         Ok(())
@@ -270,35 +444,19 @@ impl ChatService {
         max_tokens: u32,
         request_id: String,
     ) -> CoreResult<OneShot> {
+        self.check_message("prompt", prompt)?;
         let prompt = prompt.trim();
-        if prompt.is_empty() {
-            return Err(CoreError::validation(
-                "empty_message",
-                "prompt must not be empty",
-            ));
-        }
-        let chars = prompt.chars().count();
-        if chars > self.policy.max_message_chars {
-            return Err(CoreError::validation(
-                "message_too_long",
-                format!(
-                    "prompt has {chars} characters; the limit is {}",
-                    self.policy.max_message_chars
-                ),
-            ));
-        }
-        let info = self.resolve_model(Some(model))?;
-        Self::authorise(who, &info.name)?;
-        let input = ChatInput {
+        let spec = self.resolve_model(who, Some(model))?;
+        let sampling = SamplingInput {
             max_tokens: Some(i64::from(max_tokens)),
-            ..ChatInput::default()
+            ..SamplingInput::default()
         };
-        let params = self.params(&input, &info)?;
+        let params = self.params(&sampling, &spec)?;
         let started = Instant::now();
-        let mut stream = self
+        let routed = self
             .provider
-            .generate(GenerationRequest {
-                model: info.name.clone(),
+            .generate_routed(GenerationRequest {
+                model: spec.name.clone(),
                 messages: vec![
                     PromptMessage {
                         role: Role::System,
@@ -311,8 +469,10 @@ impl ChatService {
                 ],
                 params,
                 request_id,
+                cache_scope: Some(who.tenant_id.to_string()),
             })
             .await?;
+        let mut stream = routed.stream;
         let mut content = String::new();
         while let Some(ev) = stream.next().await {
             match ev? {
@@ -320,7 +480,7 @@ impl ChatService {
                 GenerationEvent::Done { usage, .. } => {
                     return Ok(OneShot {
                         content,
-                        model: info.name,
+                        model: routed.model,
                         tokens_used: usage.completion_tokens,
                         prompt_tokens: usage.prompt_tokens,
                         latency_ms: u64::try_from(started.elapsed().as_millis())
@@ -334,10 +494,19 @@ impl ChatService {
         )))
     }
 
-    fn resolve_model(&self, requested: Option<&str>) -> CoreResult<ModelInfo> {
-        let name = requested.unwrap_or(&self.policy.default_model);
-        match self.provider.models().into_iter().find(|m| m.name == name) {
-            Some(info) => Ok(info),
+    /// The named (or default) model, if it exists and `who` may use it.
+    fn resolve_model(
+        &self,
+        who: &Principal,
+        requested: Option<&str>,
+    ) -> CoreResult<Arc<ModelSpec>> {
+        let snap = self.registry.snapshot();
+        let name = requested.unwrap_or(snap.default_model());
+        match snap.get(name) {
+            Some(spec) => {
+                Self::authorise(who, spec)?;
+                Ok(spec.clone())
+            }
             None => Err(CoreError::validation(
                 "unknown_model",
                 "the requested model does not exist or is not available to you",
@@ -345,12 +514,12 @@ impl ChatService {
         }
     }
 
-    fn params(&self, input: &ChatInput, model: &ModelInfo) -> CoreResult<GenerationParams> {
+    fn params(&self, input: &SamplingInput, model: &ModelSpec) -> CoreResult<GenerationParams> {
         let mut p = GenerationParams {
-            max_tokens: self.policy.default_max_tokens,
+            max_tokens: model.default_max_tokens,
             ..GenerationParams::default()
         };
-        let cap = model.max_output_tokens.min(self.policy.max_tokens_cap);
+        let cap = model.max_tokens;
         if let Some(t) = input.temperature {
             if !(0.0..=2.0).contains(&t) || t.is_nan() {
                 return Err(CoreError::validation(
@@ -489,10 +658,13 @@ fn title_from(message: &str) -> String {
 
 /// Drives one generation to its end, forwarding tokens and storing the answer.
 struct Pump {
-    repo: Arc<dyn ChatRepository>,
+    /// `None` for a completion that is not stored.
+    repo: Option<Arc<dyn ChatRepository>>,
     tenant: crate::ids::TenantId,
     session: SessionId,
     model: String,
+    fallback_from: Option<String>,
+    cached: bool,
     started: Instant,
 }
 
@@ -501,6 +673,8 @@ impl Pump {
         let mut content = String::new();
         let mut meta = GenerationMeta {
             model: self.model.clone(),
+            fallback_from: self.fallback_from.clone(),
+            cached: self.cached,
             ..GenerationMeta::default()
         };
         let mut failure: Option<ProviderError> = None;
@@ -562,12 +736,15 @@ impl Pump {
             meta: Some(meta),
             created_at: now_millis(),
         };
-        let saved = match self.repo.append_message(&stored).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, session = %self.session, "could not store the assistant message");
-                false
-            }
+        let saved = match &self.repo {
+            None => true,
+            Some(repo) => match repo.append_message(&stored).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, session = %self.session, "could not store the assistant message");
+                    false
+                }
+            },
         };
         let event = match failure {
             Some(error) => ChatEvent::Failed {

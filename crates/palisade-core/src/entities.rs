@@ -102,8 +102,11 @@ impl Principal {
 pub enum Credential {
     /// A Palisade access token from a login; `session` is its refresh-token family.
     Session { session: Option<TokenFamilyId> },
-    /// A `pk_` API key.
-    ApiKey { key_id: ApiKeyId },
+    /// A `pk_` API key; `store_conversations` is its `/v1` storage policy.
+    ApiKey {
+        key_id: ApiKeyId,
+        store_conversations: bool,
+    },
     /// A bearer JWT of the configured OpenID provider.
     External { issuer: String },
 }
@@ -138,6 +141,10 @@ pub struct GenerationMeta {
     pub finish_reason: String,
     pub partial: bool,
     pub truncated_turns: u32,
+    /// The model the request named, when a fallback answered.
+    pub fallback_from: Option<String>,
+    /// Replayed from the response cache.
+    pub cached: bool,
 }
 
 /// A stored message.

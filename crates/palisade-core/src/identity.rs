@@ -49,6 +49,8 @@ pub struct ApiKey {
     pub last_used_at: Option<Millis>,
     pub created_at: Millis,
     pub revoked: bool,
+    /// Keep conversations made through `/v1` with this key in the owner's history.
+    pub store_conversations: bool,
 }
 
 /// An invitation to register (invite-only registration). Only the code's hash is stored.

@@ -8,6 +8,7 @@ pub mod entities;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod models;
 pub mod ports;
 pub mod provider;
 

@@ -75,8 +75,11 @@ pub struct GenerationRequest {
     pub model: String,
     pub messages: Vec<PromptMessage>,
     pub params: GenerationParams,
-    /// Correlates engine logs with the HTTP request; never contains content.
+    /// Correlates engine logs with the HTTP request (and is sent upstream as `X-Request-Id`);
+    /// never contains content.
     pub request_id: String,
+    /// Isolation scope of the response cache (the tenant); `None` disables caching.
+    pub cache_scope: Option<String>,
 }
 
 /// Why a generation ended.
@@ -139,6 +142,9 @@ pub enum ProviderError {
     /// The provider is not able to serve (engine stopped, upstream down).
     #[error("the model is unavailable")]
     Unavailable(String),
+    /// The model did not answer in time (first token or whole request).
+    #[error("the model did not answer in time")]
+    Timeout(String),
     /// An internal failure; the detail is for logs only.
     #[error("the model failed to generate an answer")]
     Internal(String),
@@ -147,6 +153,36 @@ pub enum ProviderError {
 /// A stream of generation events. Dropping it cancels the generation.
 pub type GenerationStream =
     Pin<Box<dyn Stream<Item = Result<GenerationEvent, ProviderError>> + Send + 'static>>;
+
+/// A started generation and which model serves it.
+pub struct RoutedStream {
+    /// The model that answers (a fallback when the requested one failed).
+    pub model: String,
+    /// The model the request named, when a fallback answers instead.
+    pub fallback_from: Option<String>,
+    /// True when the answer is replayed from the response cache.
+    pub cached: bool,
+    pub stream: GenerationStream,
+}
+
+impl std::fmt::Debug for RoutedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedStream")
+            .field("model", &self.model)
+            .field("fallback_from", &self.fallback_from)
+            .field("cached", &self.cached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hit and miss counts of the response cache since start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCounters {
+    pub backend: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+}
 
 /// Information about a model a provider serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,4 +205,28 @@ pub trait ChatProvider: Send + Sync + 'static {
 
     /// True when the provider can take requests (model loaded, engine running).
     fn is_ready(&self) -> bool;
+
+    /// Starts a generation and says which model answers. Routers override this to report
+    /// fallbacks and cache hits; a plain provider answers with the model asked for.
+    async fn generate_routed(&self, req: GenerationRequest) -> Result<RoutedStream, ProviderError> {
+        let model = req.model.clone();
+        let stream = self.generate(req).await?;
+        Ok(RoutedStream {
+            model,
+            fallback_from: None,
+            cached: false,
+            stream,
+        })
+    }
+
+    /// Response-cache counters, when a cache is configured.
+    fn cache_counters(&self) -> Option<CacheCounters> {
+        None
+    }
+
+    /// False when `model` cannot serve right now (circuit open, engine stopped).
+    fn is_available(&self, model: &str) -> bool {
+        let _ = model;
+        self.is_ready()
+    }
 }

@@ -38,11 +38,25 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
 
+    /// OpenAI's error class for this status, so OpenAI clients classify every error.
+    pub fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
                 code: self.code.into(),
                 message: self.message.clone(),
+                kind: Some(self.kind().into()),
+                param: None,
             },
         }
     }
@@ -71,6 +85,10 @@ impl From<ProviderError> for ApiError {
                     retry_after: Some(5),
                     ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", msg)
                 }
+            }
+            ProviderError::Timeout(detail) => {
+                tracing::warn!(%detail, "model timeout");
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "model_timeout", msg)
             }
             ProviderError::Internal(detail) => {
                 tracing::error!(%detail, "model failure");

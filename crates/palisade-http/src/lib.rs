@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{middleware, Router};
 use palisade_core::auth_api::{AccountService, AdminService, IdentityService};
 use palisade_core::chat::ChatService;
@@ -133,6 +133,19 @@ pub fn router(state: AppState) -> Router {
             "/api/admin/security-events",
             get(routes::admin::security_events),
         )
+        .route("/api/models", get(routes::models::list))
+        .route("/api/admin/models", get(routes::models::admin_list))
+        .route(
+            "/api/admin/models/{name}",
+            put(routes::models::admin_put).delete(routes::models::admin_delete),
+        )
+        .route("/api/admin/cache", get(routes::models::admin_cache))
+        .route(
+            "/v1/chat/completions",
+            post(routes::openai::chat_completions),
+        )
+        .route("/v1/models", get(routes::openai::list_models))
+        .route("/v1/models/{id}", get(routes::openai::get_model))
         .route("/api/chat/message", post(routes::chat::send_message))
         .route("/api/chat/sessions", get(routes::chat::list_sessions))
         .route(

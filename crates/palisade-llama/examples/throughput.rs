@@ -49,6 +49,7 @@ async fn one(engine: Arc<LlamaEngine>, topic: &str, max_tokens: u32) -> Run {
             ..GenerationParams::default()
         },
         request_id: "bench".into(),
+        cache_scope: None,
     };
     let mut s = engine.generate(req).await.unwrap();
     let mut first = None;

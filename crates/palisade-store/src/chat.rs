@@ -40,6 +40,8 @@ fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
             finish_reason: get::<Option<String>>(row, "finish_reason")?.unwrap_or_default(),
             partial: get::<i64>(row, "partial")? != 0,
             truncated_turns: get::<i64>(row, "truncated_turns")? as u32,
+            fallback_from: get(row, "fallback_from")?,
+            cached: get::<i64>(row, "cached")? != 0,
         }),
         None => None,
     };
@@ -198,8 +200,9 @@ impl ChatRepository for Store {
         let meta = m.meta.as_ref();
         let r = sqlx::query(
             "INSERT INTO messages (id, tenant_id, session_id, role, content, model, prompt_tokens, \
-             completion_tokens, latency_ms, finish_reason, partial, truncated_turns, created_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             completion_tokens, latency_ms, finish_reason, partial, truncated_turns, fallback_from, \
+             cached, created_at) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?)",
         )
         .bind(m.id.to_string())
@@ -214,6 +217,8 @@ impl ChatRepository for Store {
         .bind(meta.map(|x| x.finish_reason.clone()))
         .bind(meta.map(|x| i64::from(x.partial)).unwrap_or(0))
         .bind(meta.map(|x| i64::from(x.truncated_turns)).unwrap_or(0))
+        .bind(meta.and_then(|x| x.fallback_from.clone()))
+        .bind(meta.map(|x| i64::from(x.cached)).unwrap_or(0))
         .bind(m.created_at)
         .bind(m.tenant_id.to_string())
         .bind(m.session_id.to_string())
@@ -243,7 +248,8 @@ impl ChatRepository for Store {
         limit: u32,
     ) -> CoreResult<(Vec<StoredMessage>, bool)> {
         const COLS: &str = "id, tenant_id, session_id, role, content, model, prompt_tokens, \
-                            completion_tokens, latency_ms, finish_reason, partial, truncated_turns, created_at";
+                            completion_tokens, latency_ms, finish_reason, partial, truncated_turns, \
+                            fallback_from, cached, created_at";
         let fetch = i64::from(limit) + 1;
         let rows = match before {
             Some(b) => {

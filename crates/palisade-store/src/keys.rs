@@ -12,7 +12,7 @@ use crate::rows::{get, id};
 use crate::{db_err, Store};
 
 const KEY_COLS: &str = "id, tenant_id, user_id, name, prefix, key_hash, scopes, models, \
-                        expires_at, last_used_at, created_at, revoked";
+                        expires_at, last_used_at, created_at, revoked, store_conversations";
 
 fn json_list(row: &SqliteRow, col: &str) -> CoreResult<Option<Vec<String>>> {
     let raw: Option<String> = get(row, col)?;
@@ -34,6 +34,7 @@ fn key_from(row: &SqliteRow) -> CoreResult<ApiKey> {
         last_used_at: get(row, "last_used_at")?,
         created_at: get(row, "created_at")?,
         revoked: get::<i64>(row, "revoked")? != 0,
+        store_conversations: get::<i64>(row, "store_conversations")? != 0,
     })
 }
 
@@ -46,7 +47,7 @@ impl ApiKeyRepository for Store {
     async fn insert_key(&self, k: &ApiKey) -> CoreResult<()> {
         let models = k.models.as_deref().map(to_json).transpose()?;
         sqlx::query(&format!(
-            "INSERT INTO api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(k.id.to_string())
         .bind(k.tenant_id.to_string())
@@ -60,6 +61,7 @@ impl ApiKeyRepository for Store {
         .bind(k.last_used_at)
         .bind(k.created_at)
         .bind(i64::from(k.revoked))
+        .bind(i64::from(k.store_conversations))
         .execute(&self.pool)
         .await
         .map_err(db_err)?;

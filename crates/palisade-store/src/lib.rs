@@ -3,6 +3,7 @@
 
 mod chat;
 mod keys;
+mod models;
 mod rows;
 mod tokens;
 mod users;

@@ -325,6 +325,7 @@ async fn api_keys_links_and_events() {
         last_used_at: None,
         created_at: 1,
         revoked: false,
+        store_conversations: true,
     };
     s.insert_key(&key).await.unwrap();
     // Prefixes are unique.

@@ -45,7 +45,9 @@ fn msg(session: SessionId, role: Role, content: &str, at: i64) -> StoredMessage 
             latency_ms: 5,
             finish_reason: "stop".into(),
             partial: false,
-            truncated_turns: 0,
+            truncated_turns: 1,
+            fallback_from: Some("primary".into()),
+            cached: true,
         }),
         created_at: at,
     }

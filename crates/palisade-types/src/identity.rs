@@ -102,6 +102,10 @@ pub struct CreateApiKeyRequest {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// Keep conversations made through `/v1` with this key in the owner's history
+    /// (default: not stored, like a stateless API).
+    #[serde(default)]
+    pub store_conversations: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -116,6 +120,8 @@ pub struct ApiKeyResponse {
     pub last_used_at: Option<String>,
     pub created_at: String,
     pub revoked: bool,
+    #[serde(default)]
+    pub store_conversations: bool,
 }
 
 /// The answer of key creation: the only time the secret is shown.

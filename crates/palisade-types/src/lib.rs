@@ -15,9 +15,18 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation; never contains internals.
     pub message: String,
+    /// OpenAI's error class (`invalid_request_error`, `authentication_error`, ...), so that
+    /// OpenAI clients understand every error Palisade answers with.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The request field at fault, when there is one (OpenAI's `param`).
+    #[serde(default)]
+    pub param: Option<String>,
 }
 
 pub mod identity;
+pub mod models;
+pub mod openai;
 
 /// `POST /api/auth/register`. Unknown fields (e.g. `role`, `tenant_id`) are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +137,12 @@ pub struct MessageMetadata {
     /// Oldest turns left out of the prompt to fit the context window.
     #[serde(default)]
     pub truncated_turns: u32,
+    /// The model the request asked for, when a fallback model answered instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
+    /// True when the answer came from the response cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// A stored message as the API shows it.

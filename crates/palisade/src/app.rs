@@ -13,14 +13,20 @@ use palisade_auth::{
     AuthRepos, AuthService, AuthSettings, CreateUser, KeyRing, PasswordPolicy, RegistrationMode,
     ThrottlePolicy,
 };
-use palisade_config::{CliOverrides, Config, Registration};
+use palisade_config::{
+    CacheBackend, CliOverrides, Config, ModelSpec, ProviderKind, Registration, TrustZone,
+};
 use palisade_core::access::{CustomRole, RoleRegistry};
 use palisade_core::chat::{ChatPolicy, ChatService};
 use palisade_core::ids::DEFAULT_TENANT;
+use palisade_core::models::ModelRegistry;
 use palisade_core::ports::UserRepository;
+use palisade_core::provider::ChatProvider;
 use palisade_http::auth::IpLimiter;
 use palisade_http::{AppState, Readiness};
 use palisade_llama::{EngineConfig, LlamaEngine};
+use palisade_llm::cache::ResponseCache;
+use palisade_llm::{Router, RouterSettings};
 use palisade_store::Store;
 use rand::RngCore;
 
@@ -72,7 +78,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Pull(a)) => crate::model::pull(a).await,
         Command::Config(ConfigCommand::Validate(a)) => {
             let cfg = load_config(&a.common, None)?;
-            role_registry(&cfg)?;
+            let roles: std::collections::BTreeSet<String> = role_registry(&cfg)?
+                .all()
+                .map(|r| r.name.as_str().to_string())
+                .collect();
+            for spec in configured_models(&cfg, None) {
+                palisade_core::models::validate_spec(&spec, &roles)
+                    .map_err(|e| anyhow::anyhow!("configuration `models.{}`: {e}", spec.name))?;
+            }
             println!("configuration is valid");
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(())
@@ -319,16 +332,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("engine start task failed")?
         .map_err(|e| anyhow::anyhow!("starting the engine: {e}"))?;
 
+    let registry = Arc::new(model_registry(&cfg, &store, engine.models().first()).await?);
+    let router = model_router(&cfg, registry.clone(), engine.clone()).await?;
     let policy = ChatPolicy {
-        default_model: cfg.model.name.clone(),
         system_prompt: cfg.chat.system_prompt.clone(),
         max_message_chars: cfg.chat.max_message_chars as usize,
-        default_max_tokens: cfg.model.default_max_tokens,
-        max_tokens_cap: cfg.model.max_tokens_cap,
         history_messages: cfg.chat.history_messages,
         ..ChatPolicy::default()
     };
-    let chat = ChatService::new(Arc::new(store.clone()), engine.clone(), policy);
+    let chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy);
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),
@@ -384,6 +396,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.model.name,
             model_path.display()
         )?;
+        let snap = registry.snapshot();
+        let names: Vec<String> = snap
+            .all()
+            .filter(|(s, _)| s.enabled)
+            .map(|(s, _)| format!("{} ({})", s.name, s.provider.as_str()))
+            .collect();
+        writeln!(
+            out,
+            "  models:    {} [default {}]",
+            names.join(", "),
+            snap.default_model()
+        )?;
+        writeln!(out, "  OpenAI-compatible API: https://{local}/v1")?;
         if tls.self_signed {
             writeln!(
                 out,
@@ -394,13 +419,107 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         writeln!(out, "listening on https://{local}")?;
         out.flush()?;
     }
+    // TCP_NODELAY on every accepted connection: with Nagle's algorithm each small SSE event
+    // could wait for a delayed ACK (~40 ms).
     let served = axum_server::from_tcp_rustls(listener, rustls_cfg)
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await;
     engine.shutdown();
     store.close().await;
     served.context("server error")
+}
+
+/// The configured model entries plus the embedded model (unless a `[models.NAME]` table of its
+/// name replaces it).
+pub(crate) fn configured_models(
+    cfg: &Config,
+    engine: Option<&palisade_core::provider::ModelInfo>,
+) -> Vec<ModelSpec> {
+    let mut specs: Vec<ModelSpec> = cfg
+        .models
+        .iter()
+        .map(|(name, spec)| ModelSpec {
+            name: name.clone(),
+            ..spec.clone()
+        })
+        .collect();
+    if !cfg.models.contains_key(&cfg.model.name) {
+        let context = engine.map_or(cfg.model.context_size, |m| m.context_size);
+        let max_tokens = engine
+            .map_or(cfg.model.max_tokens_cap, |m| m.max_output_tokens)
+            .min(context)
+            .max(1);
+        specs.push(ModelSpec {
+            name: cfg.model.name.clone(),
+            provider: ProviderKind::Local,
+            context_size: context.max(16),
+            max_tokens,
+            default_max_tokens: cfg.model.default_max_tokens.min(max_tokens),
+            trust_zone: TrustZone::Internal,
+            description: "the embedded llama.cpp model".into(),
+            ..ModelSpec::default()
+        });
+    }
+    specs
+}
+
+/// The model registry: configured entries overlaid with the admins' stored changes.
+async fn model_registry(
+    cfg: &Config,
+    store: &Store,
+    engine: Option<&palisade_core::provider::ModelInfo>,
+) -> anyhow::Result<ModelRegistry> {
+    let roles: Vec<String> = role_registry(cfg)?
+        .all()
+        .map(|r| r.name.as_str().to_string())
+        .collect();
+    let default = cfg
+        .chat
+        .default_model
+        .clone()
+        .unwrap_or_else(|| cfg.model.name.clone());
+    ModelRegistry::load(
+        configured_models(cfg, engine),
+        default,
+        roles,
+        Arc::new(store.clone()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The provider router over the embedded engine and the remote upstreams, with the cache.
+async fn model_router(
+    cfg: &Config,
+    registry: Arc<ModelRegistry>,
+    engine: Arc<LlamaEngine>,
+) -> anyhow::Result<Arc<dyn ChatProvider>> {
+    let p = &cfg.providers;
+    let settings = RouterSettings {
+        breaker_failures: p.breaker_failures,
+        breaker_cooldown: Duration::from_secs(p.breaker_cooldown_secs),
+        retry_backoff: Duration::from_millis(p.retry_backoff_ms),
+    };
+    let resolver: palisade_llm::router::SecretResolver = Arc::new(|reference: &str| {
+        palisade_config::resolve_secret("models.*.api_key", reference).map_err(|e| e.to_string())
+    });
+    let local: Arc<dyn ChatProvider> = engine;
+    let mut router = Router::new(registry, Some(local), resolver, settings);
+    let c = &cfg.cache;
+    if c.enabled {
+        let ttl = Duration::from_secs(c.ttl_secs.max(1));
+        let cache = match (c.backend, c.redis_url.as_deref()) {
+            (CacheBackend::Redis, Some(url)) => ResponseCache::redis(url, ttl)
+                .await
+                .map_err(|e| anyhow::anyhow!("configuration `cache.redis_url`: {e}"))?,
+            _ => ResponseCache::memory(c.capacity.max(1), ttl),
+        };
+        tracing::info!(backend = cache.backend_name(), "response cache on");
+        router = router.with_cache(Arc::new(cache));
+    }
+    Ok(Arc::new(router))
 }
 
 async fn shutdown_signal() {

@@ -39,6 +39,7 @@ fn crates_depend_only_inwards() {
     let adapters = [
         "palisade-store",
         "palisade-llama",
+        "palisade-llm",
         "palisade-auth",
         "palisade-config",
     ];
@@ -53,6 +54,16 @@ fn crates_depend_only_inwards() {
         }
         if name == "palisade-http" && adapters.iter().any(|a| ds.contains(*a)) {
             bad.push(format!("palisade-http depends on an adapter: {inner:?}"));
+        }
+        // Adapters stand side by side: none reaches into another.
+        if adapters.contains(&name.as_str()) {
+            let cross: Vec<&&str> = adapters
+                .iter()
+                .filter(|a| **a != name && ds.contains(**a))
+                .collect();
+            if !cross.is_empty() {
+                bad.push(format!("adapter {name} depends on adapters {cross:?}"));
+            }
         }
         if name != "palisade-store" && ds.contains("sqlx") {
             bad.push(format!("{name} names sqlx"));

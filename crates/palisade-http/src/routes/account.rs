@@ -47,6 +47,7 @@ fn key_json(k: ApiKey) -> ApiKeyResponse {
         last_used_at: k.last_used_at.map(millis_to_rfc3339),
         created_at: millis_to_rfc3339(k.created_at),
         revoked: k.revoked,
+        store_conversations: k.store_conversations,
     }
 }
 
@@ -158,6 +159,7 @@ pub async fn create_api_key(
                 scopes: req.scopes,
                 models: req.models,
                 expires_in_days: req.expires_in_days,
+                store_conversations: req.store_conversations,
             },
         )
         .await?;

@@ -37,6 +37,8 @@ fn message_json(m: StoredMessage) -> MessageResponse {
             finish_reason: g.finish_reason,
             partial: g.partial,
             truncated_turns: g.truncated_turns,
+            fallback_from: g.fallback_from,
+            cached: g.cached,
         }),
         created_at: millis_to_rfc3339(m.created_at),
     }
@@ -147,7 +149,7 @@ fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>>
 
 /// A small channel-backed stream: the producer runs as part of the response body, so when the
 /// client disconnects the body (and with it the producer and the `ChatRun`) is dropped.
-fn async_stream_events<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+pub(crate) fn async_stream_events<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Infallible>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -6,3 +6,5 @@ pub mod auth;
 pub mod chat;
 pub mod compat;
 pub mod health;
+pub mod models;
+pub mod openai;

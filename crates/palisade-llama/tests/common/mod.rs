@@ -71,6 +71,7 @@ pub fn request(messages: Vec<PromptMessage>, params: GenerationParams) -> Genera
         messages,
         params,
         request_id: "test".to_string(),
+        cache_scope: None,
     }
 }
 

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod stub;
+
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -43,13 +45,25 @@ fn dirs_home() -> PathBuf {
 impl Server {
     /// Starts a server; `env` adds/overrides `PALISADE_*` settings.
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_in(tempfile::tempdir().unwrap(), env)
+    }
+
+    /// Stops this server and starts a new one on the same data dir.
+    pub fn restart(mut self, env: &[(&str, &str)]) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::start_in(dir, env)
+    }
+
+    /// Starts a server on an existing data dir.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
         let model = model_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
         assert!(
             model.is_file(),
             "the model is missing at {}; run `palisade model pull` (scripts/test does)",
             model.display()
         );
-        let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())

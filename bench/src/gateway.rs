@@ -1,0 +1,177 @@
+//! Gateway overhead: the latency Palisade adds on `POST /v1/chat/completions` in front of a fast
+//! OpenAI-compatible upstream. The same closed-loop client calls the upstream directly and
+//! through Palisade (API-key auth, model registry, routing, the provider's SSE parsing), at
+//! each concurrency, interleaved so machine drift affects both sides alike.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use axum::routing::post;
+use serde_json::{json, Value};
+
+/// The stub upstream: answers every chat completion at once, streamed (SSE) or not.
+async fn completion(body: Bytes) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if req["stream"].as_bool().unwrap_or(false) {
+        let parts = [
+            r#"data: {"id":"b","object":"chat.completion.chunk","created":1,"model":"stub","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}"#,
+            r#"data: {"id":"b","object":"chat.completion.chunk","created":1,"model":"stub","choices":[{"index":0,"delta":{"content":" there."},"finish_reason":null}]}"#,
+            r#"data: {"id":"b","object":"chat.completion.chunk","created":1,"model":"stub","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"data: {"id":"b","object":"chat.completion.chunk","created":1,"model":"stub","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#,
+            "data: [DONE]",
+        ];
+        let text: String = parts.iter().map(|p| format!("{p}\n\n")).collect();
+        let stream =
+            futures::stream::once(async move { Ok::<Bytes, Infallible>(Bytes::from(text)) });
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(stream))
+            .unwrap_or_default();
+    }
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"id":"b","object":"chat.completion","created":1,"model":"stub","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#,
+        ))
+        .unwrap_or_default()
+}
+
+/// Starts the stub on its own thread and runtime; returns its address.
+pub fn start_stub() -> anyhow::Result<std::net::SocketAddr> {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                return;
+            };
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = axum::Router::new().route("/v1/chat/completions", post(completion));
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    Ok(addr)
+}
+
+/// Latency figures of one side at one concurrency.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub rps: f64,
+    pub errors: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64
+}
+
+/// `concurrency` workers send requests back to back for `warm + window`; latencies of
+/// requests finished inside the window count.
+pub async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &Value,
+    concurrency: usize,
+    warm: Duration,
+    window: Duration,
+) -> Figures {
+    let start = Instant::now();
+    let from = start + warm;
+    let until = from + window;
+    let lat = Arc::new(Mutex::new(Vec::<u64>::with_capacity(100_000)));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_string();
+        let key = key.map(String::from);
+        let body = body.clone();
+        let lat = lat.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let t = Instant::now();
+                if t >= until {
+                    break;
+                }
+                let mut req = client.post(&url).json(&body);
+                if let Some(k) = &key {
+                    req = req.bearer_auth(k);
+                }
+                let ok = match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                let done = Instant::now();
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else if t >= from && done <= until {
+                    mine.push(done.duration_since(t).as_micros() as u64);
+                }
+            }
+            if let Ok(mut all) = lat.lock() {
+                all.extend(mine);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut all = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    all.sort_unstable();
+    Figures {
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        rps: all.len() as f64 / window.as_secs_f64(),
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// A config file for the Palisade under test: one remote model on the stub.
+pub fn config_file(stub: std::net::SocketAddr) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new()?;
+    write!(
+        f,
+        "[models.stub]\nprovider = \"openai\"\nbase_url = \"http://{stub}/v1\"\ncontext_size = 4096\n"
+    )?;
+    Ok(f)
+}
+
+/// Creates an API key for the admin (the benchmark's caller).
+pub async fn api_key(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<String> {
+    let v: Value = client
+        .post(format!("{base}/api/auth/api-keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["api_key"]
+        .as_str()
+        .map(String::from)
+        .context("creating the API key failed")
+}

@@ -1,0 +1,98 @@
+//! `GET /api/models` (what the caller may use) and the registry's admin API:
+//! `GET /api/admin/models`, `PUT|DELETE /api/admin/models/{name}`, `GET /api/admin/cache`.
+//! Changes apply at once on this replica and are persisted.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use palisade_core::access::ModelsManage;
+use palisade_core::provider::CacheCounters;
+use palisade_types::models::{AdminModelList, AdminModelView, ModelList, ModelSpec, ModelView};
+
+use crate::auth::{Auth, Perm};
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::AppState;
+
+/// `GET /api/models`: the models the caller may use, the default first.
+pub async fn list(State(s): State<AppState>, Auth(who): Auth) -> Json<ModelList> {
+    let models = s
+        .chat
+        .models_for(&who)
+        .into_iter()
+        .map(|(spec, default, available)| ModelView {
+            name: spec.name.clone(),
+            provider: spec.provider,
+            trust_zone: spec.trust_zone,
+            context_size: spec.context_size,
+            default_max_tokens: spec.default_max_tokens,
+            max_tokens: spec.max_tokens,
+            description: spec.description.clone(),
+            default,
+            available,
+        })
+        .collect();
+    Json(ModelList { models })
+}
+
+fn admin_view(s: &AppState, spec: &ModelSpec, source: &str) -> AdminModelView {
+    AdminModelView {
+        spec: spec.clone(),
+        source: source.into(),
+        available: spec.enabled && s.chat.provider().is_available(&spec.name),
+    }
+}
+
+/// `GET /api/admin/models`: every entry, disabled ones included, with its source.
+pub async fn admin_list(
+    State(s): State<AppState>,
+    Perm(_g): Perm<ModelsManage>,
+) -> Json<AdminModelList> {
+    let snap = s.chat.registry().snapshot();
+    let models = snap
+        .all()
+        .map(|(spec, src)| admin_view(&s, spec, src.as_str()))
+        .collect();
+    Json(AdminModelList { models })
+}
+
+/// `PUT /api/admin/models/{name}`: adds or replaces an entry.
+pub async fn admin_put(
+    State(s): State<AppState>,
+    Perm(g): Perm<ModelsManage>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(spec): ApiJson<ModelSpec>,
+) -> Result<Json<AdminModelView>, ApiError> {
+    if !spec.name.is_empty() && spec.name != name {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_model",
+            "the body's `name` differs from the path; leave it out",
+        ));
+    }
+    let saved = s.chat.registry().put(&g, &name, spec).await?;
+    Ok(Json(admin_view(&s, &saved, "admin")))
+}
+
+/// `DELETE /api/admin/models/{name}`.
+pub async fn admin_delete(
+    State(s): State<AppState>,
+    Perm(g): Perm<ModelsManage>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    s.chat.registry().delete(&g, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/admin/cache`: response-cache hits and misses (404 when the cache is off).
+pub async fn admin_cache(
+    State(s): State<AppState>,
+    Perm(_g): Perm<ModelsManage>,
+) -> Result<Json<CacheCounters>, ApiError> {
+    s.chat.provider().cache_counters().map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "cache_disabled",
+            "the response cache is off (`cache.enabled`)",
+        )
+    })
+}

@@ -1,0 +1,103 @@
+//! What every remote provider implements, and the HTTP plumbing they share.
+
+use std::time::Duration;
+
+use palisade_core::provider::{GenerationParams, GenerationStream, PromptMessage, ProviderError};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+/// One call to an upstream, after routing and context fitting.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// The model id the upstream expects.
+    pub model: String,
+    pub messages: Vec<PromptMessage>,
+    pub params: GenerationParams,
+    /// Sent as `X-Request-Id`.
+    pub request_id: String,
+}
+
+/// A remote model server.
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    /// Sends the request and returns the answer's events. Errors before the answer starts
+    /// (connection refused, an error status) are returned here.
+    async fn start(&self, req: &UpstreamRequest) -> Result<GenerationStream, ProviderError>;
+}
+
+/// An HTTP client for one upstream: TCP_NODELAY (Nagle would add ~40 ms per stream), the
+/// model's connect timeout, pooled keep-alive connections.
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ProviderError::Internal(format!("building the HTTP client: {e}")))
+}
+
+/// A transport failure as a provider error (retryable ones are `Unavailable`/`Timeout`).
+pub fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout(format!("{what}: timed out"))
+    } else if e.is_connect() {
+        ProviderError::Unavailable(format!("{what}: cannot connect"))
+    } else {
+        ProviderError::Unavailable(format!("{what}: transport error ({e})"))
+    }
+}
+
+/// An upstream error status as a provider error. The upstream's body is never passed on: only
+/// its status (and, for logs, its error code when it sends one in JSON).
+pub fn status_error(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ProviderError {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            e.get("code")
+                .or_else(|| e.get("type"))
+                .and_then(|c| c.as_str())
+                .map(|s| s.chars().take(64).collect::<String>())
+        })
+        .unwrap_or_default();
+    let detail = format!("{what}: upstream answered {status} {code}");
+    match status.as_u16() {
+        429 => {
+            let retry_after_secs = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(5)
+                .clamp(1, 3600);
+            tracing::warn!(%detail, "upstream rate limit");
+            ProviderError::Overloaded { retry_after_secs }
+        }
+        400 | 413 | 422 => {
+            tracing::warn!(%detail, "upstream refused the request");
+            ProviderError::InvalidRequest("the model refused the request".into())
+        }
+        // Wrong credentials or a misconfigured model: an operator problem, not worth a retry.
+        401 | 403 | 404 => ProviderError::Internal(detail),
+        408 | 504 => ProviderError::Timeout(detail),
+        _ => ProviderError::Unavailable(detail),
+    }
+}
+
+/// Reads at most `limit` bytes of an error body (for the error code only).
+pub async fn error_body(res: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut res = res;
+    while out.len() < limit {
+        match res.chunk().await {
+            Ok(Some(c)) => out.extend_from_slice(&c[..c.len().min(limit - out.len())]),
+            _ => break,
+        }
+    }
+    out
+}
