@@ -440,9 +440,17 @@ pub(crate) fn configured_models(
     let mut specs: Vec<ModelSpec> = cfg
         .models
         .iter()
-        .map(|(name, spec)| ModelSpec {
-            name: name.clone(),
-            ..spec.clone()
+        .map(|(name, spec)| {
+            let mut spec = ModelSpec {
+                name: name.clone(),
+                ..spec.clone()
+            };
+            // An entry that lowers `max_tokens` without naming `default_max_tokens` gets the
+            // lower figure as its default (an explicit default above the cap is refused).
+            if spec.default_max_tokens == ModelSpec::default().default_max_tokens {
+                spec.default_max_tokens = spec.default_max_tokens.min(spec.max_tokens);
+            }
+            spec
         })
         .collect();
     if !cfg.models.contains_key(&cfg.model.name) {
