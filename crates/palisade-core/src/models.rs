@@ -207,7 +207,7 @@ impl ModelRegistry {
         validate_spec(&spec, &self.known_roles)?;
         let snap = self.snapshot();
         for f in &spec.fallback {
-            if snap.models.get(f).is_none() {
+            if !snap.models.contains_key(f) {
                 return Err(CoreError::validation(
                     "invalid_model",
                     format!("fallback `{f}` is not a model of the registry"),
@@ -229,7 +229,7 @@ impl ModelRegistry {
 
     /// Removes a model (admin API). The default model cannot be removed.
     pub async fn delete(&self, grant: &Grant<ModelsManage>, name: &str) -> CoreResult<()> {
-        if self.snapshot().models.get(name).is_none() {
+        if !self.snapshot().models.contains_key(name) {
             return Err(CoreError::NotFound("model"));
         }
         if name == self.default_model {
