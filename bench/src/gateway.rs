@@ -9,12 +9,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::{Body, Bytes};
-use axum::response::Response;
-use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-/// The stub upstream: answers every chat completion at once, streamed (SSE) or not.
+type Response = hyper::Response<Full<Bytes>>;
+
+fn answer(content_type: &'static str, body: String) -> Response {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// The stub upstream (plain hyper): answers every chat completion at once, streamed (SSE) or not.
 async fn completion(body: Bytes) -> Response {
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if req["stream"].as_bool().unwrap_or(false) {
@@ -26,19 +36,12 @@ async fn completion(body: Bytes) -> Response {
             "data: [DONE]",
         ];
         let text: String = parts.iter().map(|p| format!("{p}\n\n")).collect();
-        let stream =
-            futures::stream::once(async move { Ok::<Bytes, Infallible>(Bytes::from(text)) });
-        return Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap_or_default();
+        return answer("text/event-stream", text);
     }
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(
-            r#"{"id":"b","object":"chat.completion","created":1,"model":"stub","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#,
-        ))
-        .unwrap_or_default()
+    answer(
+        "application/json",
+        r#"{"id":"b","object":"chat.completion","created":1,"model":"stub","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#.to_string(),
+    )
 }
 
 /// Starts the stub on its own thread and runtime; returns its address.
@@ -57,12 +60,25 @@ pub fn start_stub() -> anyhow::Result<std::net::SocketAddr> {
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                 return;
             };
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
+            while let Ok((tcp, _)) = listener.accept().await {
                 let _ = tcp.set_nodelay(true);
-            });
-            let app = axum::Router::new().route("/v1/chat/completions", post(completion));
-            let _ = axum::serve(listener, app).await;
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            Ok::<_, Infallible>(completion(body).await)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
         });
     });
     Ok(addr)

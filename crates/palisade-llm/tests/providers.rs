@@ -8,12 +8,12 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::post;
+use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::HeaderMap;
+use hyper::StatusCode;
 use palisade_core::models::{ModelRegistry, ModelRegistryRepository, StoredModel};
 use palisade_core::provider::{
     ChatProvider, FinishReason, GenerationEvent, GenerationParams, GenerationRequest,
@@ -55,6 +55,29 @@ impl Stub {
     }
 }
 
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type Response = hyper::Response<Body>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn streamed(
+    s: impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static,
+) -> Body {
+    BodyExt::boxed(StreamBody::new(s.map(|r| r.map(Frame::data))))
+}
+
+fn respond(status: StatusCode, content_type: Option<&str>, body: Body) -> Response {
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        r.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, ct.parse().unwrap());
+    }
+    r
+}
+
 fn chunk(content: &str) -> String {
     format!(
         "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"up\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
@@ -72,22 +95,14 @@ fn sse(parts: Vec<String>, then_stall: bool) -> Response {
             .map(|p| Ok::<Bytes, Infallible>(Bytes::from(p))),
     );
     let body = if then_stall {
-        Body::from_stream(items.chain(futures::stream::pending()))
+        streamed(items.chain(futures::stream::pending()))
     } else {
-        Body::from_stream(items)
+        streamed(items)
     };
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body)
-        .unwrap()
+    respond(StatusCode::OK, Some("text/event-stream"), body)
 }
 
-async fn openai(
-    State(stub): State<Arc<Stub>>,
-    Path(mode): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn openai(stub: Arc<Stub>, mode: String, headers: HeaderMap, body: Bytes) -> Response {
     *stub.hits.lock().unwrap().entry(mode.clone()).or_default() += 1;
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     stub.last_body
@@ -110,12 +125,13 @@ async fn openai(
     match mode.as_str() {
         "ok" | "ok2" => {
             if parsed["stream"] == Value::Bool(false) {
-                return Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Body::from(
+                return respond(
+                    StatusCode::OK,
+                    Some("application/json"),
+                    full(
                         r#"{"id":"c1","object":"chat.completion","created":1,"model":"up","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world"},"finish_reason":"length"}],"usage":{"prompt_tokens":11,"completion_tokens":2,"total_tokens":13}}"#,
-                    ))
-                    .unwrap();
+                    ),
+                );
             }
             sse(ok(), false)
         }
@@ -129,30 +145,35 @@ async fn openai(
             ],
             false,
         ),
-        "fail500" => Response::builder()
-            .status(StatusCode::INTERNAL_SERVER_ERROR)
-            .header("content-type", "application/json")
-            .body(Body::from(
+        "fail500" => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("application/json"),
+            full(
                 r#"{"error":{"message":"db password hunter2 leaked in a stack trace","type":"server_error","code":"boom"}}"#,
-            ))
-            .unwrap(),
-        "rate" => Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .header("retry-after", "7")
-            .body(Body::from(r#"{"error":{"message":"slow down","type":"rate_limit"}}"#))
-            .unwrap(),
-        "auth" => Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .body(Body::from(r#"{"error":{"message":"bad key sk-123","type":"invalid_request_error","code":"invalid_api_key"}}"#))
-            .unwrap(),
+            ),
+        ),
+        "rate" => {
+            let mut r = respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                full(r#"{"error":{"message":"slow down","type":"rate_limit"}}"#),
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, "7".parse().unwrap());
+            r
+        }
+        "auth" => respond(
+            StatusCode::UNAUTHORIZED,
+            None,
+            full(
+                r#"{"error":{"message":"bad key sk-123","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+            ),
+        ),
         "stall" => sse(vec![], true),
         "stall-after" => sse(vec![chunk("partial")], true),
         "garbage" => sse(vec!["data: {not json at all\n\n".into()], false),
         "close-mid" => sse(vec![chunk("Hel")], false),
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Body::empty())
-            .unwrap(),
+        _ => respond(StatusCode::NOT_FOUND, None, full(Bytes::new())),
     }
 }
 
@@ -161,12 +182,7 @@ const OLLAMA_LENGTH: &str = include_str!("fixtures/ollama/chat_length.ndjson");
 const OLLAMA_MIDSTREAM: &str = include_str!("fixtures/ollama/chat_midstream_error.ndjson");
 const OLLAMA_NOT_FOUND: &str = include_str!("fixtures/ollama/chat_not_found.json");
 
-async fn ollama(
-    State(stub): State<Arc<Stub>>,
-    Path(mode): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn ollama(stub: Arc<Stub>, mode: String, headers: HeaderMap, body: Bytes) -> Response {
     let key = format!("ollama-{mode}");
     *stub.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
     stub.last_body.lock().unwrap().insert(
@@ -180,33 +196,60 @@ async fn ollama(
             .split_inclusive('\n')
             .map(|l| Ok(Bytes::from(l.to_string())))
             .collect();
-        Response::builder()
-            .header("content-type", "application/x-ndjson")
-            .body(Body::from_stream(futures::stream::iter(lines)))
-            .unwrap()
+        respond(
+            StatusCode::OK,
+            Some("application/x-ndjson"),
+            streamed(futures::stream::iter(lines)),
+        )
     };
     match mode.as_str() {
         "ok" => ndjson(OLLAMA_STREAM),
         "length" => ndjson(OLLAMA_LENGTH),
         "midstream" => ndjson(OLLAMA_MIDSTREAM),
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .header("content-type", "application/json")
-            .body(Body::from(OLLAMA_NOT_FOUND))
-            .unwrap(),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            Some("application/json"),
+            full(OLLAMA_NOT_FOUND),
+        ),
+    }
+}
+
+/// Routes `/{mode}/v1/chat/completions` and `/ollama/{mode}/api/chat`.
+async fn route(stub: Arc<Stub>, req: hyper::Request<hyper::body::Incoming>) -> Response {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["ollama", mode, "api", "chat"] => ollama(stub, mode.to_string(), headers, body).await,
+        [mode, "v1", "chat", "completions"] => openai(stub, mode.to_string(), headers, body).await,
+        _ => respond(StatusCode::NOT_FOUND, None, full(Bytes::new())),
     }
 }
 
 async fn start_stub() -> (String, Arc<Stub>) {
     let stub = Arc::new(Stub::default());
-    let app = axum::Router::new()
-        .route("/{mode}/v1/chat/completions", post(openai))
-        .route("/ollama/{mode}/api/chat", post(ollama))
-        .with_state(stub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let shared = stub.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let stub = shared.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let stub = stub.clone();
+                    async move { Ok::<_, Infallible>(route(stub, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
     });
     (format!("http://{addr}"), stub)
 }
