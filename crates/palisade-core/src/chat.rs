@@ -71,26 +71,8 @@ pub struct ChatInput {
     pub message: String,
     pub session_id: Option<String>,
     pub model: Option<String>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<i64>,
-    pub seed: Option<i64>,
-    pub max_tokens: Option<i64>,
-    pub stop: Option<Vec<String>>,
+    pub sampling: SamplingInput,
     pub request_id: String,
-}
-
-impl ChatInput {
-    fn sampling(&self) -> SamplingInput {
-        SamplingInput {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed,
-            max_tokens: self.max_tokens,
-            stop: self.stop.clone(),
-        }
-    }
 }
 
 /// A whole conversation sent at once (OpenAI's `/v1/chat/completions`).
@@ -217,7 +199,7 @@ impl ChatService {
         self.check_message("message", &input.message)?;
         let message = input.message.trim();
         let spec = self.resolve_model(who, input.model.as_deref())?;
-        let params = self.params(&input.sampling(), &spec)?;
+        let params = self.params(&input.sampling, &spec)?;
 
         let existing = match input.session_id.as_deref() {
             Some(raw) => {

@@ -6,7 +6,7 @@
 //! Readers take a cheap snapshot (`Arc`) per request; writers swap the snapshot and notify
 //! subscribers (the provider router rebuilds its upstream clients).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use palisade_types::models::{ModelSpec, ProviderKind};
@@ -75,9 +75,8 @@ impl RegistrySnapshot {
     pub fn chain(&self, name: &str) -> Vec<Arc<ModelSpec>> {
         let mut out: Vec<Arc<ModelSpec>> = Vec::new();
         let mut seen = BTreeSet::new();
-        let mut queue = vec![name.to_string()];
-        while let Some(n) = queue.first().cloned() {
-            queue.remove(0);
+        let mut queue = VecDeque::from([name.to_string()]);
+        while let Some(n) = queue.pop_front() {
             if !seen.insert(n.clone()) {
                 continue;
             }

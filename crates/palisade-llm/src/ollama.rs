@@ -15,9 +15,7 @@ use serde_json::{json, Value};
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
-use crate::upstream::{
-    error_body, http_client, status_error, transport_error, Upstream, UpstreamRequest,
-};
+use crate::upstream::{http_client, post_json, Upstream, UpstreamRequest};
 
 /// The longest NDJSON line accepted from Ollama.
 const MAX_LINE: usize = 1 << 20;
@@ -90,24 +88,15 @@ struct LineMessage {
 #[async_trait::async_trait]
 impl Upstream for OllamaUpstream {
     async fn start(&self, req: &UpstreamRequest) -> Result<GenerationStream, ProviderError> {
-        let mut call = self
-            .http
-            .post(&self.url)
-            .header("x-request-id", &req.request_id)
-            .json(&Self::body(req));
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        let res = call
-            .send()
-            .await
-            .map_err(|e| transport_error("ollama", &e))?;
-        let status = res.status();
-        if !status.is_success() {
-            let headers = res.headers().clone();
-            let body = error_body(res, 4096).await;
-            return Err(status_error("ollama", status, &headers, &body));
-        }
+        let res = post_json(
+            &self.http,
+            "ollama",
+            &self.url,
+            self.api_key.as_deref(),
+            &req.request_id,
+            &Self::body(req),
+        )
+        .await?;
         let bytes = res.bytes_stream().map(|r| r.map_err(std::io::Error::other));
         let mut lines = FramedRead::new(
             StreamReader::new(bytes),

@@ -14,9 +14,7 @@ use palisade_core::provider::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::upstream::{
-    error_body, http_client, status_error, transport_error, Upstream, UpstreamRequest,
-};
+use crate::upstream::{http_client, post_json, transport_error, Upstream, UpstreamRequest};
 
 /// A client for one OpenAI-compatible server.
 pub struct OpenAiUpstream {
@@ -151,24 +149,15 @@ fn finish(reason: Option<&str>) -> FinishReason {
 #[async_trait::async_trait]
 impl Upstream for OpenAiUpstream {
     async fn start(&self, req: &UpstreamRequest) -> Result<GenerationStream, ProviderError> {
-        let mut call = self
-            .http
-            .post(&self.url)
-            .header("x-request-id", &req.request_id)
-            .json(&self.body(req));
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
-        let res = call
-            .send()
-            .await
-            .map_err(|e| transport_error("openai", &e))?;
-        let status = res.status();
-        if !status.is_success() {
-            let headers = res.headers().clone();
-            let body = error_body(res, 4096).await;
-            return Err(status_error("openai", status, &headers, &body));
-        }
+        let res = post_json(
+            &self.http,
+            "openai",
+            &self.url,
+            self.api_key.as_deref(),
+            &req.request_id,
+            &self.body(req),
+        )
+        .await?;
         if !self.stream {
             let bytes = res
                 .bytes()

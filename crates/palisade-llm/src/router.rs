@@ -52,6 +52,16 @@ impl Default for RouterSettings {
     }
 }
 
+/// A candidate that produced its first event.
+struct Started {
+    first: GenerationEvent,
+    rest: GenerationStream,
+    /// Turns dropped to fit the window, and the prompt's estimated tokens (remote models).
+    truncated: u32,
+    prompt_estimate: u32,
+    breaker: Arc<Breaker>,
+}
+
 /// A built client for one registry entry; rebuilt when the entry changes.
 struct Built {
     spec: Arc<ModelSpec>,
@@ -179,7 +189,7 @@ impl Router {
         &self,
         spec: &Arc<ModelSpec>,
         req: &GenerationRequest,
-    ) -> Result<(GenerationStream, GenerationEvent, u32, u32), ProviderError> {
+    ) -> Result<Started, ProviderError> {
         let mut params = req.params.clone();
         params.max_tokens = params.max_tokens.min(spec.max_tokens);
         let first_token = Duration::from_millis(spec.timeouts.first_token_ms);
@@ -223,9 +233,15 @@ impl Router {
                 )))
             });
             match outcome {
-                Ok((stream, first)) => {
+                Ok((rest, first)) => {
                     breaker.success();
-                    return Ok((stream, first, truncated, prompt_estimate));
+                    return Ok(Started {
+                        rest,
+                        first,
+                        truncated,
+                        prompt_estimate,
+                        breaker,
+                    });
                 }
                 Err(e) => {
                     // Client errors say nothing about the upstream's health.
@@ -292,22 +308,24 @@ impl Router {
     /// The answer stream after the first event: whole-request deadline, a stall limit between
     /// events, usage estimates when the upstream gives none, breaker accounting of mid-stream
     /// failures, and storing the answer in the cache.
-    #[allow(clippy::too_many_arguments)]
     fn supervise(
         &self,
         spec: &Arc<ModelSpec>,
-        first: GenerationEvent,
-        mut rest: GenerationStream,
-        truncated: u32,
-        prompt_estimate: u32,
+        s: Started,
         started: Instant,
         cache_key: Option<String>,
     ) -> GenerationStream {
+        let Started {
+            first,
+            mut rest,
+            truncated,
+            prompt_estimate,
+            breaker,
+        } = s;
         let deadline = tokio::time::Instant::from_std(
             started + Duration::from_millis(spec.timeouts.request_ms),
         );
         let stall = Duration::from_millis(spec.timeouts.first_token_ms);
-        let breaker = self.breaker(spec);
         let cache = self.cache.clone();
         let model = spec.name.clone();
         Box::pin(async_stream::stream! {
@@ -451,20 +469,12 @@ impl ChatProvider for Router {
         let mut last: Option<ProviderError> = None;
         for spec in &chain {
             match self.try_model(spec, &req).await {
-                Ok((rest, first, truncated, prompt_estimate)) => {
+                Ok(s) => {
                     let fallback_from = (spec.name != req.model).then(|| req.model.clone());
                     if let Some(from) = &fallback_from {
                         tracing::info!(requested = %from, answered_by = %spec.name, "fallback model answers");
                     }
-                    let stream = self.supervise(
-                        spec,
-                        first,
-                        rest,
-                        truncated,
-                        prompt_estimate,
-                        started,
-                        cache_key.clone(),
-                    );
+                    let stream = self.supervise(spec, s, started, cache_key.clone());
                     return Ok(RoutedStream {
                         model: spec.name.clone(),
                         fallback_from,

@@ -89,8 +89,32 @@ pub fn status_error(
     }
 }
 
+/// POSTs a JSON request with the request id and the bearer key; an error status becomes a
+/// typed error (see [`status_error`]).
+pub async fn post_json(
+    http: &reqwest::Client,
+    what: &str,
+    url: &str,
+    api_key: Option<&str>,
+    request_id: &str,
+    body: &serde_json::Value,
+) -> Result<reqwest::Response, ProviderError> {
+    let mut call = http.post(url).header("x-request-id", request_id).json(body);
+    if let Some(key) = api_key {
+        call = call.bearer_auth(key);
+    }
+    let res = call.send().await.map_err(|e| transport_error(what, &e))?;
+    let status = res.status();
+    if status.is_success() {
+        return Ok(res);
+    }
+    let headers = res.headers().clone();
+    let body = error_body(res, 4096).await;
+    Err(status_error(what, status, &headers, &body))
+}
+
 /// Reads at most `limit` bytes of an error body (for the error code only).
-pub async fn error_body(res: reqwest::Response, limit: usize) -> Vec<u8> {
+async fn error_body(res: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut res = res;
     while out.len() < limit {

@@ -9,7 +9,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use palisade_core::chat::{ChatEvent, ChatInput, ChatRun};
+use palisade_core::chat::{ChatEvent, ChatInput, ChatRun, SamplingInput};
 use palisade_core::entities::{millis_to_rfc3339, SessionSort, StoredMessage};
 use palisade_core::ids::{MessageId, SessionId};
 use palisade_types::{
@@ -64,12 +64,14 @@ pub async fn send_message(
         message: req.message,
         session_id: req.session_id,
         model: req.model,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        seed: req.seed,
-        max_tokens: req.max_tokens,
-        stop: req.stop,
+        sampling: SamplingInput {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            seed: req.seed,
+            max_tokens: req.max_tokens,
+            stop: req.stop,
+        },
         request_id: request_id(&headers),
     };
     let run = s.chat.start(&who, input).await?;
