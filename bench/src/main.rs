@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 mod gateway;
+mod guard;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade engine benchmark (through the HTTP API)")]
@@ -45,6 +46,8 @@ enum Scenario {
     Engine,
     /// Gateway overhead on /v1/chat/completions against a fast stub upstream.
     Gateway,
+    /// The content guard: scan throughput, input latency, output cost per token.
+    Guard,
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
@@ -233,13 +236,27 @@ async fn main() -> anyhow::Result<()> {
         .status();
     let mut doc = serde_json::Map::new();
     let mut ratio = None;
-    if args.scenario != Scenario::Gateway {
+    let all = args.scenario == Scenario::All;
+    // Time per generated token on the busy server (8 streams), for the output guard's share.
+    let mut token_ms = 1000.0 / 200.0;
+    if all || args.scenario == Scenario::Engine {
         let (r, figures) = engine(&args).await?;
         ratio = Some(r);
+        if let Some(agg) = figures["aggregate_tokens_per_s"]
+            .as_f64()
+            .filter(|a| *a > 0.0)
+        {
+            token_ms = 1000.0 / agg;
+        }
         doc.insert("engine_throughput".into(), figures);
     }
-    if args.scenario != Scenario::Engine {
+    if all || args.scenario == Scenario::Gateway {
         doc.insert("gateway_overhead".into(), gateway_scenario(&args).await?);
+    }
+    if all || args.scenario == Scenario::Guard {
+        let quick = args.quick;
+        let figures = tokio::task::spawn_blocking(move || guard::run(quick, token_ms)).await??;
+        doc.insert("guard".into(), figures);
     }
     if let Some(out) = &args.out {
         if let Some(parent) = out.parent() {

@@ -10,6 +10,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use palisade_types::guard::{
+    GuardAction, GuardSettings, TenantGuardPolicy, ZoneOverrides, ZonePolicy,
+};
 pub use palisade_types::models::{ModelSpec, ModelTimeouts, ProviderKind, TrustZone};
 
 /// Everything `palisade serve` needs.
@@ -30,6 +33,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelSpec>,
     pub providers: ProvidersConfig,
     pub cache: CacheConfig,
+    /// The LLM firewall (see `docs/guard.md`).
+    pub guard: GuardSettings,
 }
 
 /// How remote providers are called.
@@ -395,6 +400,7 @@ impl Default for Config {
             models: BTreeMap::new(),
             providers: ProvidersConfig::default(),
             cache: CacheConfig::default(),
+            guard: GuardSettings::default(),
         }
     }
 }
@@ -551,6 +557,36 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "providers",
                 message: "`breaker_failures` and `breaker_cooldown_secs` must be at least 1".into(),
+            });
+        }
+        let g = &self.guard;
+        let thresholds = std::iter::once(g.injection_threshold)
+            .chain(g.tenants.values().filter_map(|t| t.injection_threshold));
+        for t in thresholds {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(ConfigError::Invalid {
+                    key: "guard.injection_threshold",
+                    message: "must be greater than 0 and at most 1".into(),
+                });
+            }
+        }
+        let zones = [&g.internal, &g.external]
+            .into_iter()
+            .chain(g.tenants.values().flat_map(|t| [&t.internal, &t.external]));
+        for z in zones {
+            if z.toxicity_min_severity
+                .is_some_and(|s| !(1..=3).contains(&s))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "guard.toxicity_min_severity",
+                    message: "must be 1, 2 or 3".into(),
+                });
+            }
+        }
+        if !(16..=4096).contains(&g.output_window) {
+            return Err(ConfigError::Invalid {
+                key: "guard.output_window",
+                message: "must be in 16..=4096".into(),
             });
         }
         if self.http.body_limit_bytes < 1024 {

@@ -14,6 +14,9 @@ use crate::entities::{
     now_millis, ChatSession, GenerationMeta, Principal, SessionOverview, SessionSort, StoredMessage,
 };
 use crate::error::{CoreError, CoreResult};
+use crate::guard::{
+    FindingSummary, Guard, GuardScope, NoGuard, OutputGuard, OutputStep, Pseudonyms,
+};
 use crate::ids::{MessageId, SessionId};
 use crate::models::{may_use, ModelRegistry};
 use crate::ports::ChatRepository;
@@ -97,6 +100,11 @@ pub enum ChatEvent {
         error: ProviderError,
         stored: Option<StoredMessage>,
     },
+    /// The output guard cut the answer; what was shown before is stored, marked partial.
+    Blocked {
+        categories: Vec<String>,
+        stored: Option<StoredMessage>,
+    },
 }
 
 /// A chat that has started: the session it belongs to and its events.
@@ -130,6 +138,42 @@ pub struct ChatService {
     provider: Arc<dyn ChatProvider>,
     registry: Arc<ModelRegistry>,
     policy: ChatPolicy,
+    guard: Arc<dyn Guard>,
+}
+
+/// A conversation after the input guard: what the model sees, and how its answer is checked.
+struct Guarded {
+    prompt: Vec<PromptMessage>,
+    canary: String,
+    output: Box<dyn OutputGuard>,
+    findings: Vec<FindingSummary>,
+    /// The vault to store with the session when the guard added placeholders.
+    vault: Option<Pseudonyms>,
+}
+
+/// A fresh random canary for one request's system prompt.
+fn new_canary() -> String {
+    let raw = uuid::Uuid::new_v4().simple().to_string();
+    format!("PLSD-{}", &raw[..20])
+}
+
+fn log_findings(stage: &str, findings: &[FindingSummary]) {
+    if findings.is_empty() {
+        return;
+    }
+    let list: Vec<String> = findings
+        .iter()
+        .map(|f| {
+            format!(
+                "{}/{}:{:.2}:{}",
+                f.category,
+                f.kind,
+                f.score,
+                f.action.as_str()
+            )
+        })
+        .collect();
+    tracing::info!(stage, findings = %list.join(","), "guard findings");
 }
 
 impl ChatService {
@@ -144,7 +188,57 @@ impl ChatService {
             provider,
             registry,
             policy,
+            guard: Arc::new(NoGuard),
         }
+    }
+
+    /// The LLM firewall every request and answer passes through.
+    pub fn with_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// Runs the input guard over the conversation (without the server's system prompt) and
+    /// prepares the hardened system prompt and the output guard.
+    fn guard_input(
+        &self,
+        who: &Principal,
+        spec: &ModelSpec,
+        turns: Vec<PromptMessage>,
+        vault: Pseudonyms,
+    ) -> CoreResult<Guarded> {
+        let scope = GuardScope {
+            tenant: who.tenant_id,
+            zone: spec.trust_zone,
+            model: spec.name.clone(),
+        };
+        let mut vault = vault;
+        let before = vault.len();
+        let verdict = self.guard.check_input(&scope, turns, &mut vault);
+        log_findings("input", &verdict.findings);
+        if let Some(categories) = verdict.blocked {
+            tracing::warn!(categories = %categories.join(","), user = %who.user_id, "guard blocked a request");
+            return Err(CoreError::GuardBlocked { categories });
+        }
+        let canary = new_canary();
+        let system = self
+            .guard
+            .system_prompt(&scope, &self.policy.system_prompt, &canary);
+        let changed = vault.len() != before;
+        let output = self.guard.output(&scope, vault.clone(), &system, &canary);
+        let mut prompt = Vec::with_capacity(verdict.messages.len() + 1);
+        prompt.push(PromptMessage {
+            role: Role::System,
+            content: system,
+        });
+        prompt.extend(verdict.messages);
+        Ok(Guarded {
+            prompt,
+            canary,
+            output,
+            findings: verdict.findings,
+            vault: changed.then_some(vault),
+        })
     }
 
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
@@ -214,11 +308,12 @@ impl ChatService {
             None => None,
         };
 
-        let mut prompt = vec![PromptMessage {
-            role: Role::System,
-            content: self.policy.system_prompt.clone(),
-        }];
+        let mut prompt = Vec::new();
+        let mut vault = Pseudonyms::default();
         if let Some(session) = &existing {
+            if let Some(v) = self.repo.load_vault(who.tenant_id, session.id).await? {
+                vault = v;
+            }
             let (history, _) = self
                 .repo
                 .list_messages(
@@ -242,10 +337,11 @@ impl ChatService {
             role: Role::User,
             content: message.to_string(),
         });
+        let guarded = self.guard_input(who, &spec, prompt, vault)?;
         self.run(
             who,
             &spec,
-            prompt,
+            guarded,
             params,
             input.request_id,
             Some(existing.map_or_else(|| Target::New(title_from(message)), Target::Existing)),
@@ -272,10 +368,7 @@ impl ChatService {
         }
         let spec = self.resolve_model(who, Some(&input.model))?;
         let params = self.params(&input.sampling, &spec)?;
-        let mut prompt = vec![PromptMessage {
-            role: Role::System,
-            content: self.policy.system_prompt.clone(),
-        }];
+        let mut prompt = Vec::with_capacity(input.messages.len());
         let mut last_user = None;
         for m in input.messages {
             if m.role == Role::System && !who.can(crate::access::CHAT_SYSTEM_PROMPT) {
@@ -307,10 +400,11 @@ impl ChatService {
         let target = input
             .store
             .then(|| Target::New(title_from(last_user.trim())));
+        let guarded = self.guard_input(who, &spec, prompt, Pseudonyms::default())?;
         self.run(
             who,
             &spec,
-            prompt,
+            guarded,
             params,
             input.request_id,
             target,
@@ -326,13 +420,20 @@ impl ChatService {
         &self,
         who: &Principal,
         spec: &ModelSpec,
-        prompt: Vec<PromptMessage>,
+        guarded: Guarded,
         params: GenerationParams,
         request_id: String,
         target: Option<Target>,
         user_text: String,
     ) -> CoreResult<ChatRun> {
         let started = Instant::now();
+        let Guarded {
+            prompt,
+            canary,
+            output,
+            findings,
+            vault,
+        } = guarded;
         let routed = self
             .provider
             .generate_routed(GenerationRequest {
@@ -341,6 +442,7 @@ impl ChatService {
                 params,
                 request_id,
                 cache_scope: Some(who.tenant_id.to_string()),
+                canary: Some(canary),
             })
             .await?;
 
@@ -375,6 +477,11 @@ impl ChatService {
         };
         if stored {
             self.repo.append_message(&user_msg).await?;
+            if let Some(vault) = &vault {
+                self.repo
+                    .save_vault(who.tenant_id, session_id, vault, now)
+                    .await?;
+            }
         }
 
         let (tx, rx) = mpsc::channel(64);
@@ -386,6 +493,8 @@ impl ChatService {
             fallback_from: routed.fallback_from.clone(),
             cached: routed.cached,
             started,
+            output,
+            input_findings: findings,
         };
         tokio::spawn(pump.run(routed.stream, tx));
 
@@ -435,31 +544,46 @@ impl ChatService {
         };
         let params = self.params(&sampling, &spec)?;
         let started = Instant::now();
+        let Guarded {
+            prompt: messages,
+            canary,
+            mut output,
+            ..
+        } = self.guard_input(
+            who,
+            &spec,
+            vec![PromptMessage {
+                role: Role::User,
+                content: prompt.to_string(),
+            }],
+            Pseudonyms::default(),
+        )?;
         let routed = self
             .provider
             .generate_routed(GenerationRequest {
                 model: spec.name.clone(),
-                messages: vec![
-                    PromptMessage {
-                        role: Role::System,
-                        content: self.policy.system_prompt.clone(),
-                    },
-                    PromptMessage {
-                        role: Role::User,
-                        content: prompt.to_string(),
-                    },
-                ],
+                messages,
                 params,
                 request_id,
                 cache_scope: Some(who.tenant_id.to_string()),
+                canary: Some(canary),
             })
             .await?;
         let mut stream = routed.stream;
         let mut content = String::new();
+        let take = |step: OutputStep, content: &mut String| match step {
+            OutputStep::Emit(s) => {
+                content.push_str(&s);
+                Ok(())
+            }
+            OutputStep::Block(categories) => Err(CoreError::GuardBlocked { categories }),
+        };
         while let Some(ev) = stream.next().await {
             match ev? {
-                GenerationEvent::Text(t) => content.push_str(&t),
+                GenerationEvent::Text(t) => take(output.push(&t), &mut content)?,
                 GenerationEvent::Done { usage, .. } => {
+                    take(output.finish(), &mut content)?;
+                    log_findings("output", &output.findings());
                     return Ok(OneShot {
                         content,
                         model: routed.model,
@@ -648,10 +772,16 @@ struct Pump {
     fallback_from: Option<String>,
     cached: bool,
     started: Instant,
+    output: Box<dyn OutputGuard>,
+    input_findings: Vec<FindingSummary>,
 }
 
 impl Pump {
-    async fn run(self, mut stream: crate::provider::GenerationStream, tx: mpsc::Sender<ChatEvent>) {
+    async fn run(
+        mut self,
+        mut stream: crate::provider::GenerationStream,
+        tx: mpsc::Sender<ChatEvent>,
+    ) {
         let mut content = String::new();
         let mut meta = GenerationMeta {
             model: self.model.clone(),
@@ -660,6 +790,7 @@ impl Pump {
             ..GenerationMeta::default()
         };
         let mut failure: Option<ProviderError> = None;
+        let mut blocked: Option<Vec<String>> = None;
         let mut client_gone = false;
         loop {
             let next = tokio::select! {
@@ -668,11 +799,22 @@ impl Pump {
             };
             match next {
                 Some(Ok(GenerationEvent::Text(t))) => {
-                    content.push_str(&t);
                     meta.completion_tokens += 1;
-                    if tx.send(ChatEvent::Token(t)).await.is_err() {
-                        client_gone = true;
-                        break;
+                    match self.output.push(&t) {
+                        OutputStep::Emit(shown) => {
+                            if shown.is_empty() {
+                                continue;
+                            }
+                            content.push_str(&shown);
+                            if tx.send(ChatEvent::Token(shown)).await.is_err() {
+                                client_gone = true;
+                                break;
+                            }
+                        }
+                        OutputStep::Block(categories) => {
+                            blocked = Some(categories);
+                            break;
+                        }
                     }
                 }
                 Some(Ok(GenerationEvent::Done {
@@ -684,6 +826,17 @@ impl Pump {
                     meta.prompt_tokens = usage.prompt_tokens;
                     meta.completion_tokens = usage.completion_tokens;
                     meta.truncated_turns = truncated_turns;
+                    match self.output.finish() {
+                        OutputStep::Emit(shown) => {
+                            if !shown.is_empty() {
+                                content.push_str(&shown);
+                                if tx.send(ChatEvent::Token(shown)).await.is_err() {
+                                    client_gone = true;
+                                }
+                            }
+                        }
+                        OutputStep::Block(categories) => blocked = Some(categories),
+                    }
                     break;
                 }
                 Some(Err(e)) => {
@@ -700,7 +853,15 @@ impl Pump {
         }
         // Dropping the stream cancels the generation in the provider.
         drop(stream);
-        if client_gone {
+        let output_findings = self.output.findings();
+        log_findings("output", &output_findings);
+        meta.guard = std::mem::take(&mut self.input_findings);
+        meta.guard.extend(output_findings);
+        if let Some(categories) = &blocked {
+            tracing::warn!(categories = %categories.join(","), session = %self.session, "guard cut an answer");
+            meta.finish_reason = "guard_blocked".into();
+            meta.partial = true;
+        } else if client_gone {
             meta.finish_reason = "cancelled".into();
             meta.partial = true;
         } else if failure.is_some() {
@@ -728,13 +889,17 @@ impl Pump {
                 }
             },
         };
-        let event = match failure {
-            Some(error) => ChatEvent::Failed {
+        let event = match (failure, blocked) {
+            (_, Some(categories)) => ChatEvent::Blocked {
+                categories,
+                stored: saved.then_some(stored),
+            },
+            (Some(error), None) => ChatEvent::Failed {
                 error,
                 stored: saved.then_some(stored),
             },
-            None if saved => ChatEvent::Finished(stored),
-            None => ChatEvent::Failed {
+            (None, None) if saved => ChatEvent::Finished(stored),
+            (None, None) => ChatEvent::Failed {
                 error: ProviderError::Internal("storage failed".into()),
                 stored: None,
             },

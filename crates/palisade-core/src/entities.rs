@@ -131,7 +131,7 @@ pub struct SessionOverview {
 }
 
 /// Model facts stored with an assistant message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GenerationMeta {
     pub model: String,
     pub prompt_tokens: u32,
@@ -145,10 +145,12 @@ pub struct GenerationMeta {
     pub fallback_from: Option<String>,
     /// Replayed from the response cache.
     pub cached: bool,
+    /// What the guard found in the request and the answer (no matched text).
+    pub guard: Vec<crate::guard::FindingSummary>,
 }
 
 /// A stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
     pub id: MessageId,
     pub tenant_id: TenantId,

@@ -34,6 +34,9 @@ pub enum CoreError {
     /// The feature is turned off by configuration (e.g. registration closed).
     #[error("{0}")]
     Disabled(String),
+    /// The guard refused the request: the finding categories that caused it.
+    #[error("the request was blocked by the content guard ({})", categories.join(", "))]
+    GuardBlocked { categories: Vec<String> },
     /// A provider refused or failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),

@@ -6,6 +6,7 @@ pub mod auth_api;
 pub mod chat;
 pub mod entities;
 pub mod error;
+pub mod guard;
 pub mod identity;
 pub mod ids;
 pub mod models;

@@ -239,4 +239,18 @@ pub trait ChatRepository: Send + Sync + 'static {
         before: Option<MessageId>,
         limit: u32,
     ) -> CoreResult<(Vec<StoredMessage>, bool)>;
+    /// The guard's pseudonym vault of a session (placeholders and the values they stand for).
+    async fn load_vault(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+    ) -> CoreResult<Option<crate::guard::Pseudonyms>>;
+    /// Stores the vault; nothing happens when the session does not exist (any more).
+    async fn save_vault(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        vault: &crate::guard::Pseudonyms,
+        now: Millis,
+    ) -> CoreResult<()>;
 }

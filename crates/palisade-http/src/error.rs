@@ -22,6 +22,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u32>,
+    /// For `guard_blocked`: the finding categories that caused it.
+    pub categories: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -31,6 +33,20 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            categories: None,
+        }
+    }
+
+    /// 422 `guard_blocked` with the categories and a plain-words reason.
+    pub fn guard_blocked(categories: Vec<String>) -> Self {
+        let reasons: Vec<&str> = categories.iter().map(|c| guard_reason(c)).collect();
+        Self {
+            categories: Some(categories),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "guard_blocked",
+                format!("blocked by the content guard: {}", reasons.join("; ")),
+            )
         }
     }
 
@@ -57,8 +73,22 @@ impl ApiError {
                 message: self.message.clone(),
                 kind: Some(self.kind().into()),
                 param: None,
+                categories: self.categories.clone(),
             },
         }
+    }
+}
+
+/// What a guard category means, in words a user understands.
+pub fn guard_reason(category: &str) -> &'static str {
+    match category {
+        "injection" => "the message looks like an attempt to override the assistant's instructions",
+        "secret" => "the message contains a credential or secret (an API key, token, password or private key)",
+        "pii" => "the message contains personal data that may not be sent to this model",
+        "toxicity" => "the message contains abusive, threatening or harmful language",
+        "leak" => "the answer started to reveal the assistant's confidential instructions",
+        "unsafe_markup" => "the answer contained unsafe links or images",
+        _ => "the content guard's policy does not allow it",
     }
 }
 
@@ -140,6 +170,7 @@ impl From<CoreError> for ApiError {
             CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             CoreError::Disabled(m) => ApiError::new(StatusCode::FORBIDDEN, "disabled", m),
             CoreError::Provider(p) => p.into(),
+            CoreError::GuardBlocked { categories } => ApiError::guard_blocked(categories),
             CoreError::Storage(detail) | CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 ApiError::new(

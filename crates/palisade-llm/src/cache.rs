@@ -114,9 +114,15 @@ impl ResponseCache {
             part(s.as_bytes());
         }
         part(b"messages");
+        let canary = req.canary.as_deref().filter(|c| !c.is_empty());
         for m in &req.messages {
             part(m.role.as_str().as_bytes());
-            part(m.content.as_bytes());
+            match canary {
+                Some(c) if m.content.contains(c) => {
+                    part(m.content.replace(c, "\u{0}canary\u{0}").as_bytes())
+                }
+                _ => part(m.content.as_bytes()),
+            }
         }
         let digest = hex::encode(h.finalize());
         Some(format!("palisade:cache:v1:{scope}:{digest}"))

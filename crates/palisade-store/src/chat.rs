@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use palisade_core::entities::{
     ChatSession, GenerationMeta, Millis, SessionOverview, SessionSort, StoredMessage,
 };
+use palisade_core::guard::Pseudonyms;
 use palisade_core::ids::{MessageId, SessionId, TenantId, UserId};
 use palisade_core::ports::ChatRepository;
 use palisade_core::provider::Role;
@@ -42,6 +43,9 @@ fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
             truncated_turns: get::<i64>(row, "truncated_turns")? as u32,
             fallback_from: get(row, "fallback_from")?,
             cached: get::<i64>(row, "cached")? != 0,
+            guard: get::<Option<String>>(row, "guard_findings")?
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .unwrap_or_default(),
         }),
         None => None,
     };
@@ -201,8 +205,8 @@ impl ChatRepository for Store {
         let r = sqlx::query(
             "INSERT INTO messages (id, tenant_id, session_id, role, content, model, prompt_tokens, \
              completion_tokens, latency_ms, finish_reason, partial, truncated_turns, fallback_from, \
-             cached, created_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             cached, guard_findings, created_at) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?)",
         )
         .bind(m.id.to_string())
@@ -219,6 +223,10 @@ impl ChatRepository for Store {
         .bind(meta.map(|x| i64::from(x.truncated_turns)).unwrap_or(0))
         .bind(meta.and_then(|x| x.fallback_from.clone()))
         .bind(meta.map(|x| i64::from(x.cached)).unwrap_or(0))
+        .bind(
+            meta.filter(|x| !x.guard.is_empty())
+                .and_then(|x| serde_json::to_string(&x.guard).ok()),
+        )
         .bind(m.created_at)
         .bind(m.tenant_id.to_string())
         .bind(m.session_id.to_string())
@@ -249,7 +257,7 @@ impl ChatRepository for Store {
     ) -> CoreResult<(Vec<StoredMessage>, bool)> {
         const COLS: &str = "id, tenant_id, session_id, role, content, model, prompt_tokens, \
                             completion_tokens, latency_ms, finish_reason, partial, truncated_turns, \
-                            fallback_from, cached, created_at";
+                            fallback_from, cached, guard_findings, created_at";
         let fetch = i64::from(limit) + 1;
         let rows = match before {
             Some(b) => {
@@ -300,5 +308,55 @@ impl ChatRepository for Store {
             .collect::<CoreResult<Vec<_>>>()?;
         out.reverse();
         Ok((out, has_more))
+    }
+
+    async fn load_vault(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+    ) -> CoreResult<Option<Pseudonyms>> {
+        let row =
+            sqlx::query("SELECT data FROM guard_vaults WHERE tenant_id = ? AND session_id = ?")
+                .bind(tenant.to_string())
+                .bind(session.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let data: String = get(&r, "data")?;
+                serde_json::from_str(&data)
+                    .map(Some)
+                    .map_err(|e| CoreError::Storage(format!("unreadable guard vault: {e}")))
+            }
+        }
+    }
+
+    async fn save_vault(
+        &self,
+        tenant: TenantId,
+        session: SessionId,
+        vault: &Pseudonyms,
+        now: Millis,
+    ) -> CoreResult<()> {
+        let data = serde_json::to_string(vault)
+            .map_err(|e| CoreError::Internal(format!("guard vault: {e}")))?;
+        sqlx::query(
+            "INSERT INTO guard_vaults (session_id, tenant_id, data, updated_at) \
+             SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?) \
+             ON CONFLICT (session_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at \
+             WHERE guard_vaults.tenant_id = excluded.tenant_id",
+        )
+        .bind(session.to_string())
+        .bind(tenant.to_string())
+        .bind(data)
+        .bind(now)
+        .bind(tenant.to_string())
+        .bind(session.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
     }
 }

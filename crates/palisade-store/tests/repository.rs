@@ -48,6 +48,13 @@ fn msg(session: SessionId, role: Role, content: &str, at: i64) -> StoredMessage 
             truncated_turns: 1,
             fallback_from: Some("primary".into()),
             cached: true,
+            guard: vec![palisade_core::guard::FindingSummary {
+                category: "pii".into(),
+                kind: "email".into(),
+                score: 1.0,
+                action: palisade_core::guard::GuardAction::Pseudonymise,
+                turn: Some(0),
+            }],
         }),
         created_at: at,
     }
@@ -110,6 +117,41 @@ async fn sessions_messages_paging_and_ownership() {
         updated_at: 1,
     };
     ChatRepository::create_session(&s, &sess).await.unwrap();
+
+    // The guard's pseudonym vault: stored per session, replaced on save, scoped by tenant,
+    // dropped with the session.
+    let mut vault = palisade_core::guard::Pseudonyms::default();
+    vault.placeholder("EMAIL", "alice@example.com");
+    assert!(s
+        .load_vault(DEFAULT_TENANT, sess.id)
+        .await
+        .unwrap()
+        .is_none());
+    s.save_vault(DEFAULT_TENANT, sess.id, &vault, 5)
+        .await
+        .unwrap();
+    vault.placeholder("PHONE", "+20 10 1234 5678");
+    s.save_vault(DEFAULT_TENANT, sess.id, &vault, 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_vault(DEFAULT_TENANT, sess.id).await.unwrap(),
+        Some(vault)
+    );
+    let other_tenant = palisade_core::ids::TenantId::new();
+    assert!(s.load_vault(other_tenant, sess.id).await.unwrap().is_none());
+    // A vault for a session that does not exist is not stored.
+    let ghost = SessionId::new();
+    s.save_vault(
+        DEFAULT_TENANT,
+        ghost,
+        &palisade_core::guard::Pseudonyms::default(),
+        7,
+    )
+    .await
+    .unwrap();
+    assert!(s.load_vault(DEFAULT_TENANT, ghost).await.unwrap().is_none());
+
     let mut ids = Vec::new();
     for i in 0..5 {
         let role = if i % 2 == 0 {
@@ -177,6 +219,11 @@ async fn sessions_messages_paging_and_ownership() {
         .await
         .unwrap();
     assert!(page.is_empty());
+    assert!(s
+        .load_vault(DEFAULT_TENANT, sess.id)
+        .await
+        .unwrap()
+        .is_none());
     let late = s
         .append_message(&msg(sess.id, Role::Assistant, "late", 30))
         .await;

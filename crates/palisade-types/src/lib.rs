@@ -22,8 +22,12 @@ pub struct ErrorDetail {
     /// The request field at fault, when there is one (OpenAI's `param`).
     #[serde(default)]
     pub param: Option<String>,
+    /// For `guard_blocked`: the finding categories that caused the refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
 }
 
+pub mod guard;
 pub mod identity;
 pub mod models;
 pub mod openai;
@@ -143,6 +147,23 @@ pub struct MessageMetadata {
     /// True when the answer came from the response cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// What the content guard found in the request and the answer, and what it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard: Vec<GuardFinding>,
+}
+
+/// One finding of the content guard (never the matched text).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuardFinding {
+    /// `injection`, `pii`, `secret`, `toxicity`, `leak`, `unsafe_markup`.
+    pub category: String,
+    /// The detector, e.g. `email`, `instruction_override`.
+    pub kind: String,
+    pub score: f32,
+    /// `log`, `redact`, `pseudonymise` or `block`.
+    pub action: String,
+    /// `input` or `output`.
+    pub stage: String,
 }
 
 /// A stored message as the API shows it.
@@ -175,6 +196,9 @@ pub enum ChatStreamEvent {
     Error {
         code: String,
         message: String,
+        /// For `guard_blocked`: the finding categories that cut the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        categories: Option<Vec<String>>,
     },
 }
 

@@ -138,6 +138,10 @@ pub struct ResponseMeta {
     pub truncated_turns: u32,
     #[serde(default)]
     pub cached: bool,
+    /// Set when the content guard cut the answer (`finish_reason: content_filter`): the
+    /// finding categories that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_blocked: Option<Vec<String>>,
 }
 
 /// `GET /v1/models`.

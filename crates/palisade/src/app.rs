@@ -31,7 +31,8 @@ use palisade_store::Store;
 use rand::RngCore;
 
 use crate::cli::{
-    Cli, Command, CommonArgs, ConfigCommand, KeysCommand, LogFormat, ModelCommand, UserCommand,
+    Cli, Command, CommonArgs, ConfigCommand, GuardCommand, KeysCommand, LogFormat, ModelCommand,
+    UserCommand,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -76,6 +77,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Model(ModelCommand::Pull(a)) => crate::model::pull(a).await,
+        Command::Guard(GuardCommand::Check(a)) => {
+            let cfg = load_config(&a.common, None)?;
+            let guard = build_guard(&cfg)?;
+            crate::guardcli::check(&guard, &a)
+        }
+        Command::Guard(GuardCommand::Eval(a)) => {
+            let cfg = load_config(&a.common, None)?;
+            let guard = build_guard(&cfg)?;
+            crate::guardcli::eval(&guard, &a)
+        }
         Command::Config(ConfigCommand::Validate(a)) => {
             let cfg = load_config(&a.common, None)?;
             let roles: std::collections::BTreeSet<String> = role_registry(&cfg)?
@@ -96,13 +107,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Every log line passes the guard's scrubber: no secret, token or personal data in logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(palisade_guard::scrub::ScrubbingMakeWriter::new(
+            std::io::stderr,
+        ));
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The LLM firewall from `[guard]`, with its extra word lists read from disk.
+fn build_guard(cfg: &Config) -> anyhow::Result<Arc<palisade_guard::PalisadeGuard>> {
+    let mut lists = Vec::new();
+    for path in &cfg.guard.toxicity_lists {
+        lists.push(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the toxicity list {path}"))?,
+        );
+    }
+    let guard = palisade_guard::PalisadeGuard::new(cfg.guard.clone(), &lists)
+        .map_err(|e| anyhow::anyhow!("guard.toxicity_lists: {e}"))?;
+    if !cfg.guard.enabled {
+        tracing::warn!("the content guard is turned off (guard.enabled = false)");
+    }
+    Ok(Arc::new(guard))
 }
 
 fn load_config(common: &CommonArgs, listen: Option<String>) -> anyhow::Result<Config> {
@@ -340,7 +371,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         history_messages: cfg.chat.history_messages,
         ..ChatPolicy::default()
     };
-    let chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy);
+    let guard = build_guard(&cfg)?;
+    let chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
+        .with_guard(guard);
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),

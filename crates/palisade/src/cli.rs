@@ -34,6 +34,40 @@ pub enum Command {
     /// Manage the token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The content guard (LLM firewall): scan text, measure detection on a labelled file.
+    #[command(subcommand)]
+    Guard(GuardCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuardCommand {
+    /// Scan text from standard input (or --text) and print the findings and the decision per
+    /// trust zone as JSON. Exit code 0: allowed everywhere, 3: blocked in some zone.
+    Check(GuardCheckArgs),
+    /// Measure the guard on a labelled JSON-lines file (`text`, `label` = injection|benign,
+    /// optional `source`, `category`, `hard_negative`; or `kind` for value detectors): detection
+    /// and false-positive rates per source and category, and latency percentiles.
+    Eval(GuardEvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuardCheckArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The text to scan (default: read standard input).
+    #[arg(long)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardEvalArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The labelled file (JSON lines).
+    pub file: PathBuf,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 mod app;
 mod cli;
+mod guardcli;
 mod import;
 mod model;
 mod tls;

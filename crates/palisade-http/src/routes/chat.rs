@@ -39,6 +39,17 @@ fn message_json(m: StoredMessage) -> MessageResponse {
             truncated_turns: g.truncated_turns,
             fallback_from: g.fallback_from,
             cached: g.cached,
+            guard: g
+                .guard
+                .into_iter()
+                .map(|f| palisade_types::GuardFinding {
+                    category: f.category,
+                    kind: f.kind,
+                    score: f.score,
+                    action: f.action.as_str().into(),
+                    stage: if f.turn.is_some() { "input" } else { "output" }.into(),
+                })
+                .collect(),
         }),
         created_at: millis_to_rfc3339(m.created_at),
     }
@@ -94,6 +105,9 @@ pub(crate) async fn collect(mut run: ChatRun) -> Result<StoredMessage, ApiError>
             ChatEvent::Token(_) => {}
             ChatEvent::Finished(m) => return Ok(m),
             ChatEvent::Failed { error, .. } => return Err(error.into()),
+            ChatEvent::Blocked { categories, .. } => {
+                return Err(ApiError::guard_blocked(categories))
+            }
         }
     }
     Err(ApiError::from(palisade_core::CoreError::Internal(
@@ -137,6 +151,18 @@ fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>>
                         ChatStreamEvent::Error {
                             code: e.code.into(),
                             message: e.message,
+                            categories: None,
+                        },
+                        true,
+                    )
+                }
+                ChatEvent::Blocked { categories, .. } => {
+                    let e = ApiError::guard_blocked(categories);
+                    (
+                        ChatStreamEvent::Error {
+                            code: e.code.into(),
+                            message: e.message,
+                            categories: e.categories,
                         },
                         true,
                     )

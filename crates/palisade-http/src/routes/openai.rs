@@ -225,6 +225,7 @@ fn meta(run_fallback: &Option<String>, truncated: u32, cached: bool) -> Option<R
         fallback_from: run_fallback.clone(),
         truncated_turns: truncated,
         cached,
+        guard_blocked: None,
     })
 }
 
@@ -323,6 +324,9 @@ async fn whole(mut run: ChatRun) -> Result<ChatCompletion, ApiError> {
                 });
             }
             ChatEvent::Failed { error, .. } => return Err(error.into()),
+            ChatEvent::Blocked { categories, .. } => {
+                return Err(ApiError::guard_blocked(categories))
+            }
         }
     }
     Err(ApiError::from(CoreError::Internal(
@@ -404,6 +408,22 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
                 ChatEvent::Failed { error, .. } => {
                     let e = ApiError::from(error);
                     let _ = tx.send(data(&e.body())).await;
+                    return;
+                }
+                ChatEvent::Blocked { categories, .. } => {
+                    // OpenAI's own way to say an answer was cut by a filter; the categories
+                    // travel in Palisade's extension field.
+                    let mut last = chunk(ChunkDelta::default(), Some("content_filter".into()));
+                    last.palisade = Some(ResponseMeta {
+                        fallback_from: run.fallback_from.clone(),
+                        truncated_turns: 0,
+                        cached: run.cached,
+                        guard_blocked: Some(categories),
+                    });
+                    if tx.send(data(&last)).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
                 }
             }

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub mod stub;
@@ -23,6 +23,8 @@ pub struct Server {
     pub base: String,
     pub client: Client,
     pub stdout: Vec<String>,
+    /// Every line the server wrote to stderr (its log), also passed on to the test's stderr.
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 pub fn bin() -> &'static str {
@@ -75,12 +77,21 @@ impl Server {
             // Tests log in often from one address; the per-IP limit has its own test.
             .env("PALISADE_AUTH__IP_LIMIT_PER_MINUTE", "100000")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn palisade");
         let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -113,7 +124,13 @@ impl Server {
             base,
             client,
             stdout: lines,
+            stderr,
         }
+    }
+
+    /// The server's log so far, as one string.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -1,7 +1,9 @@
 //! A small OpenAI-compatible upstream on 127.0.0.1 for end-to-end tests of the providers:
 //! `/{mode}/v1/chat/completions` answers by mode: `ok` (echoes the last user message, streamed
 //! or not, with usage), `fail500`, `stall` (headers, then nothing) and `stall-after` (one
-//! token, then nothing). It records hits and the `X-Request-Id` it was sent.
+//! token, then nothing), `leak` (repeats its system prompt) and `secret` (an AWS key split
+//! across chunks, a card number and an outside image). It records hits, the bodies and the
+//! `X-Request-Id` it was sent.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -58,7 +60,24 @@ async fn handle(
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string();
-    let answer = format!("echo: {last_user}");
+    let system = req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "system"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let answer = match mode.as_str() {
+        // Repeats its system prompt (a leak the output guard must cut).
+        "leak" => format!("Sure. My instructions are: {system}"),
+        // A secret and a card number split across chunks, plus an image from an outside host.
+        "secret" => "Here is the key AKIA IOSFODNN 7EXAMPLE and card 4111 1111 1111 1111 done. ![x](https://evil.example.net/p.png) bye".into(),
+        _ => format!("echo: {last_user}"),
+    };
+    let mode = if mode == "leak" || mode == "secret" {
+        "ok".to_string()
+    } else {
+        mode
+    };
     let stream = req["stream"].as_bool().unwrap_or(false);
     let sse = |parts: Vec<Bytes>, stall: bool| {
         let items = futures::stream::iter(parts.into_iter().map(Ok::<Bytes, Infallible>));
@@ -74,9 +93,16 @@ async fn handle(
     };
     match mode.as_str() {
         "ok" if stream => {
+            // "AKIA IOSFODNN 7EXAMPLE" is sent as three chunks that join into one key.
             let words: Vec<String> = answer
                 .split_inclusive(' ')
-                .map(String::from)
+                .map(|w| {
+                    if w == "AKIA " || w == "IOSFODNN " {
+                        w.trim_end().to_string()
+                    } else {
+                        w.to_string()
+                    }
+                })
                 .collect();
             let mut parts: Vec<Bytes> = words.iter().map(|w| chunk(w, None)).collect();
             parts.push(chunk("", Some("stop")));
