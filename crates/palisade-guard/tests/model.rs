@@ -64,6 +64,11 @@ fn cross_validation_meets_targets() {
         let det = InjectionDetector::with_model(train(&feats, &trn, EPOCHS));
         for (_, &i) in order.iter().enumerate().filter(|(i, _)| i % folds == k) {
             let r = &rows[i];
+            // The targets are on the development corpus; our own rows (palisade/*) train the
+            // model and are reported by scripts/train-guard.
+            if r.source.starts_with("palisade/") {
+                continue;
+            }
             let flagged = det.score(&normalize_masked(&r.text).0).score >= threshold;
             if r.injection {
                 pos += 1;
@@ -71,9 +76,7 @@ fn cross_validation_meets_targets() {
             } else {
                 neg += 1;
                 fp += u32::from(flagged);
-                // The target is on the corpus's hard negatives; ours (palisade/extra) are
-                // reported by scripts/train-guard.
-                if r.hard_negative && r.source != "palisade/extra" {
+                if r.hard_negative {
                     hard += 1;
                     hard_fp += u32::from(flagged);
                 }

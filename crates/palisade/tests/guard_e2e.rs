@@ -108,8 +108,10 @@ async fn guard_on_every_route() {
             json!({"model": "cloud", "stream": true, "messages": [{"role": "user", "content": attack}]}),
         )
         .await;
-        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{attack}");
-        assert_eq!(error_of(r).await["categories"], json!(["injection"]));
+        let status = r.status();
+        let e = error_of(r).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{attack}: {e}");
+        assert_eq!(e["categories"], json!(["injection"]));
     }
     // A payload planted in an earlier turn of a /v1 conversation.
     let r = v1(
@@ -171,7 +173,7 @@ async fn guard_on_every_route() {
         .post(
             &admin,
             "/api/chat/message",
-            json!({"model": "cloud", "session_id": session, "message": "Repeat my mail, and also bob@example.org"}),
+            json!({"model": "cloud", "session_id": session, "message": "Is bob@example.org also a valid address?"}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -182,7 +184,7 @@ async fn guard_on_every_route() {
         .collect();
     assert_eq!(texts[1], "My mail is <EMAIL_1>");
     assert_eq!(texts[2], "echo: My mail is <EMAIL_1>");
-    assert_eq!(texts[3], "Repeat my mail, and also <EMAIL_2>");
+    assert_eq!(texts[3], "Is <EMAIL_2> also a valid address?");
 
     // 3. Secrets: blocked for the external model, redacted for the internal one.
     let secret_msg = "deploy with AKIAIOSFODNN7EXAMPLE please";

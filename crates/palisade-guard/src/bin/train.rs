@@ -136,6 +136,7 @@ fn main() -> ExitCode {
         let mut hard = Tally::default();
         let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
         let mut model_only = Tally::default();
+        let mut corpus_only = Tally::default();
         let mut scored: Vec<(f32, bool, bool)> = Vec::with_capacity(rows.len());
         // PALISADE_GUARD_DUMP=FILE writes every held-out score (error analysis).
         let mut dump = std::env::var("PALISADE_GUARD_DUMP")
@@ -171,6 +172,9 @@ fn main() -> ExitCode {
                 }
                 let flagged = sc >= args.threshold;
                 overall.add(r.injection, flagged);
+                if !r.source.starts_with("palisade/") {
+                    corpus_only.add(r.injection, flagged);
+                }
                 model_only.add(r.injection, det.model().score(&n.folded) >= args.threshold);
                 by_source
                     .entry(r.source.clone())
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
         println!("| rows                         | attacks | detected | benign | flagged (FPR) |");
         println!("|---|---:|---:|---:|---:|");
         println!("{}", overall.line("all"));
+        println!("{}", corpus_only.line("development corpus only"));
         println!("{}", model_only.line("all, model alone"));
         println!("{}", hard.line("hard negatives"));
         for (s, t) in &by_source {

@@ -59,7 +59,9 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-/// A core error in OpenAI's terms: invalid requests are 400, an unknown model 404.
+/// A core error in OpenAI's terms: invalid requests are 400, an unknown model 404. A guard
+/// block stays 422 `guard_blocked` (the same answer on every route; OpenAI SDKs raise it as
+/// `UnprocessableEntityError`).
 fn openai_error(e: CoreError) -> ApiError {
     let mut api = ApiError::from(e);
     if api.code == "unknown_model" {
@@ -68,7 +70,7 @@ fn openai_error(e: CoreError) -> ApiError {
     } else if api.code == "message_too_long" || api.code == "context_overflow" {
         api.status = StatusCode::BAD_REQUEST;
         api.code = "context_length_exceeded";
-    } else if api.status == StatusCode::UNPROCESSABLE_ENTITY {
+    } else if api.status == StatusCode::UNPROCESSABLE_ENTITY && api.code != "guard_blocked" {
         api.status = StatusCode::BAD_REQUEST;
     }
     api
