@@ -78,10 +78,11 @@ pub fn run(quick: bool, token_ms: f64) -> anyhow::Result<Value> {
     let iterations = if quick { 2_000 } else { 10_000 };
     let mut lat = Vec::with_capacity(iterations);
     for i in 0..iterations {
-        let p = prose(2048 + i % 97);
+        let p = prose(2048 + 256);
+        let off = (i * 7) % 200;
         let msg = vec![PromptMessage {
             role: Role::User,
-            content: p[i % 150..i % 150 + 2048].to_string(),
+            content: p[off..off + 2048].to_string(),
         }];
         let mut vault = Pseudonyms::default();
         let t0 = Instant::now();

@@ -154,7 +154,7 @@ struct Guarded {
 /// A fresh random canary for one request's system prompt.
 fn new_canary() -> String {
     let raw = uuid::Uuid::new_v4().simple().to_string();
-    format!("PLSD-{}", &raw[..20])
+    format!("PLSD-{}", &raw[..12])
 }
 
 fn log_findings(stage: &str, findings: &[FindingSummary]) {

@@ -229,13 +229,24 @@ pub fn features(folded: &str, mut f: impl FnMut(usize, u32, bool)) {
         while word + 1 < starts.len() && starts[word + 1] <= i + 1 {
             word += 1;
         }
-        for n in 3..=6usize {
-            if i + n > line.len() {
-                break;
+        // The 3- to 6-grams starting here, hashed incrementally (one step per byte).
+        let mut h: u32 = 0x811C_9DC5;
+        for (k, &b) in line[i..(i + 6).min(line.len())].iter().enumerate() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+            if k >= 2 {
+                f(word, avalanche(h ^ ((k as u32 + 1) << 24)), false);
             }
-            f(word, hash_bytes(n as u32, &line[i..i + n]), false);
         }
     }
+}
+
+#[inline]
+fn avalanche(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h
 }
 
 #[inline]
