@@ -40,6 +40,7 @@ fn crates_depend_only_inwards() {
         "palisade-store",
         "palisade-llama",
         "palisade-llm",
+        "palisade-guard",
         "palisade-auth",
         "palisade-config",
     ];
