@@ -853,6 +853,19 @@ impl Pump {
         }
         // Dropping the stream cancels the generation in the provider.
         drop(stream);
+        // A failed generation still shows what it produced: the held-back window is checked
+        // in full and released.
+        if failure.is_some() && blocked.is_none() && !client_gone {
+            match self.output.finish() {
+                OutputStep::Emit(shown) => {
+                    if !shown.is_empty() {
+                        content.push_str(&shown);
+                        let _ = tx.send(ChatEvent::Token(shown)).await;
+                    }
+                }
+                OutputStep::Block(categories) => blocked = Some(categories),
+            }
+        }
         let output_findings = self.output.findings();
         log_findings("output", &output_findings);
         meta.guard = std::mem::take(&mut self.input_findings);
