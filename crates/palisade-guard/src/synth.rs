@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::training::Rng;
+
 /// One generated row: the text and the values a perfect detector finds in it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -17,28 +19,6 @@ pub struct Sample {
 pub struct Expected {
     pub kind: String,
     pub value: String,
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    fn digits(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from(b'0' + self.below(10) as u8))
-            .collect()
-    }
 }
 
 const FIRST: &[&str] = &[
