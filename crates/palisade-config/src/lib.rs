@@ -560,6 +560,14 @@ impl Config {
             });
         }
         let g = &self.guard;
+        for name in g.models.keys() {
+            if name != &self.model.name && !self.models.contains_key(name) {
+                return Err(ConfigError::Invalid {
+                    key: "guard.models",
+                    message: format!("`{name}` is neither `model.name` nor a `[models.…]` entry"),
+                });
+            }
+        }
         let thresholds = std::iter::once(g.injection_threshold)
             .chain(g.tenants.values().filter_map(|t| t.injection_threshold));
         for t in thresholds {
@@ -627,6 +635,36 @@ mod tests {
             jail.set_env("PALISADE_LISTEN", "0.0.0.0:8443");
             assert!(Config::load(None, &CliOverrides::default()).is_err());
             jail.create_file("bad.toml", "nonsense_key = 1\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), &cli).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn guard_model_settings_name_a_configured_model() {
+        figment::Jail::expect_with(|jail| {
+            let cli = CliOverrides::default();
+            jail.create_file(
+                "ok.toml",
+                "[guard.models.smollm2-135m]\nhardened_prompt = false\n",
+            )?;
+            let c = Config::load(Some(Path::new("ok.toml")), &cli).map_err(|e| e.to_string())?;
+            assert!(!c.guard.hardened_prompt_for("smollm2-135m"));
+            assert!(c.guard.hardened_prompt_for("other"));
+            jail.create_file(
+                "typo.toml",
+                "[guard.models.smolm2]\nhardened_prompt = false\n",
+            )?;
+            let err = Config::load(Some(Path::new("typo.toml")), &cli)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("smolm2"), "{err}");
+            jail.create_file(
+                "bad.toml",
+                "[guard.models.smollm2-135m]\nhardened = false\n",
+            )?;
             assert!(Config::load(Some(Path::new("bad.toml")), &cli).is_err());
             Ok(())
         });

@@ -156,23 +156,202 @@ fn detectors() -> &'static [Detector] {
     })
 }
 
+/// What one cheap pass over a text found; a detector whose trigger is absent cannot match and
+/// is skipped, so ordinary prose does not pay for twenty regular-expression passes.
+struct Triggers {
+    /// Detector kinds whose literal appears (ASCII case-insensitively).
+    literals: Vec<&'static str>,
+    /// Most digits in one run of `[0-9 .()+/-]` (numbers written in groups).
+    grouped_digits: usize,
+    /// Most digits in one unbroken run.
+    contiguous_digits: usize,
+    /// A run of `[0-9.]` with at least four digits and three dots.
+    dotted_quad: bool,
+    /// Two upper-case letters followed by two digits (an IBAN's start).
+    iban_start: bool,
+    /// `h:h:` with hex digits (an IPv6 address's start).
+    hex_colons: bool,
+    has_digit: bool,
+}
+
+/// Literals of which every match of a detector contains at least one.
+const LITERALS: &[(&str, &[&str])] = &[
+    ("private_key", &["-----begin "]),
+    (
+        "aws_access_key",
+        &[
+            "akia", "asia", "agpa", "aida", "aroa", "anpa", "anva", "aipa",
+        ],
+    ),
+    ("aws_secret_key", &["aws"]),
+    (
+        "github_token",
+        &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+    ),
+    ("gitlab_token", &["glpat-"]),
+    ("openai_key", &["sk-"]),
+    ("anthropic_key", &["sk-ant-"]),
+    ("slack_token", &["xox"]),
+    ("slack_webhook", &["hooks.slack.com/services/"]),
+    ("google_api_key", &["aiza"]),
+    ("stripe_key", &["_live_", "_test_"]),
+    ("palisade_key", &["pk_"]),
+    ("jwt", &["eyj"]),
+    ("bearer_token", &["bearer"]),
+    (
+        "password",
+        &[
+            "passw",
+            "pwd",
+            "passphrase",
+            "secret",
+            "apikey",
+            "api_key",
+            "api-key",
+            "token",
+        ],
+    ),
+    ("url_credentials", &["://"]),
+    ("email", &["@"]),
+    (
+        "dob",
+        &[
+            "born",
+            "birth",
+            "dob",
+            "d.ob",
+            "do.b",
+            "d.o.b",
+            "geburtsdatum",
+            "\u{e9} le",
+            "\u{e9}e le",
+            "\u{c9} le",
+            "\u{c9}e le",
+            "\u{c9}E le",
+            "nacimiento",
+        ],
+    ),
+];
+
+fn literal_matcher() -> Option<&'static (aho_corasick::AhoCorasick, Vec<&'static str>)> {
+    static AC: OnceLock<Option<(aho_corasick::AhoCorasick, Vec<&'static str>)>> = OnceLock::new();
+    AC.get_or_init(|| {
+        let mut kinds = Vec::new();
+        let mut patterns = Vec::new();
+        for (kind, lits) in LITERALS {
+            for l in *lits {
+                kinds.push(*kind);
+                patterns.push(*l);
+            }
+        }
+        match aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(&patterns)
+        {
+            Ok(ac) => Some((ac, kinds)),
+            Err(e) => {
+                tracing::error!(error = %e, "the value detectors' literals do not compile");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+fn triggers(text: &str) -> Triggers {
+    let b = text.as_bytes();
+    let mut t = Triggers {
+        literals: Vec::new(),
+        grouped_digits: 0,
+        contiguous_digits: 0,
+        dotted_quad: false,
+        iban_start: false,
+        hex_colons: false,
+        has_digit: false,
+    };
+    match literal_matcher() {
+        Some((ac, kinds)) => {
+            for m in ac.find_overlapping_iter(text) {
+                let k = kinds[m.pattern().as_usize()];
+                if !t.literals.contains(&k) {
+                    t.literals.push(k);
+                }
+            }
+        }
+        // Without the matcher every detector runs.
+        None => t.literals = LITERALS.iter().map(|(k, _)| *k).collect(),
+    }
+    let (mut grouped, mut contiguous, mut dq_digits, mut dq_dots) =
+        (0usize, 0usize, 0usize, 0usize);
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_digit() {
+            t.has_digit = true;
+            grouped += 1;
+            contiguous += 1;
+            dq_digits += 1;
+            if dq_digits >= 4 && dq_dots >= 3 {
+                t.dotted_quad = true;
+            }
+            t.grouped_digits = t.grouped_digits.max(grouped);
+            t.contiguous_digits = t.contiguous_digits.max(contiguous);
+            if i >= 3
+                && b[i - 1].is_ascii_digit()
+                && b[i - 2].is_ascii_uppercase()
+                && b[i - 3].is_ascii_uppercase()
+            {
+                t.iban_start = true;
+            }
+            continue;
+        }
+        contiguous = 0;
+        if !matches!(c, b' ' | b'.' | b'(' | b')' | b'+' | b'/' | b'-') {
+            grouped = 0;
+        }
+        if c == b'.' {
+            dq_dots += 1;
+        } else {
+            dq_digits = 0;
+            dq_dots = 0;
+        }
+        if c == b':' && i >= 1 && b[i - 1].is_ascii_hexdigit() {
+            let n = b[i + 1..]
+                .iter()
+                .take(5)
+                .take_while(|x| x.is_ascii_hexdigit())
+                .count();
+            if (1..=4).contains(&n) && b.get(i + 1 + n) == Some(&b':') {
+                t.hex_colons = true;
+            }
+        }
+    }
+    t
+}
+
+impl Triggers {
+    /// Whether detector `kind` can match at all.
+    fn allows(&self, kind: &str) -> bool {
+        match kind {
+            "card" => self.grouped_digits >= 13,
+            "ssn" => self.grouped_digits >= 9,
+            "phone" => self.grouped_digits >= 8,
+            "egypt_national_id" => self.contiguous_digits >= 14,
+            "ipv4" => self.dotted_quad,
+            "iban" => self.iban_start,
+            "ipv6" => self.hex_colons,
+            "dob" => self.has_digit && self.literals.contains(&"dob"),
+            k => self.literals.contains(&k),
+        }
+    }
+}
+
 /// Finds every value in `text`. Overlaps are resolved in favour of the earlier detector
 /// (secrets before PII, specific before generic).
 pub fn find_values(text: &str) -> Vec<ValueHit> {
     let mut hits: Vec<ValueHit> = Vec::new();
-    // Cheap pre-checks keep ordinary prose fast.
-    let has_digit = text.bytes().any(|b| b.is_ascii_digit());
-    let has_at = text.contains('@');
+    let triggers = triggers(text);
     for d in detectors() {
-        if !has_digit
-            && matches!(
-                d.kind,
-                "card" | "iban" | "ssn" | "phone" | "ipv4" | "egypt_national_id" | "dob"
-            )
-        {
-            continue;
-        }
-        if !has_at && d.kind == "email" {
+        if !triggers.allows(d.kind) {
             continue;
         }
         for caps in d.re.captures_iter(text) {

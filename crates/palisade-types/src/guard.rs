@@ -165,6 +165,19 @@ pub struct TenantGuardPolicy {
     pub system_prompt: Option<String>,
 }
 
+/// Prompt settings for one model (keyed by the model's public name in `guard.models`): small
+/// models follow a short hierarchy best, large ones can take delimiting and more rules.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelGuardPolicy {
+    /// Overrides `guard.hardened_prompt` for this model.
+    pub hardened_prompt: Option<bool>,
+    /// Overrides `guard.delimit_user_content` for this model.
+    pub delimit_user_content: Option<bool>,
+    /// Extra text of the hardened system prompt for this model (after the tenant's).
+    pub system_prompt: Option<String>,
+}
+
 /// `[guard]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,6 +190,8 @@ pub struct GuardSettings {
     /// Changes to the built-in `external` zone policy ([`ZonePolicy::external`]).
     pub external: ZoneOverrides,
     pub tenants: BTreeMap<String, TenantGuardPolicy>,
+    /// Prompt settings per model (public name).
+    pub models: BTreeMap<String, ModelGuardPolicy>,
     /// Characters of the answer held back while streaming so a value split across chunks is
     /// caught before any of it is shown.
     pub output_window: usize,
@@ -198,6 +213,7 @@ impl Default for GuardSettings {
             internal: ZoneOverrides::default(),
             external: ZoneOverrides::default(),
             tenants: BTreeMap::new(),
+            models: BTreeMap::new(),
             output_window: 96,
             hardened_prompt: true,
             delimit_user_content: false,
@@ -208,6 +224,22 @@ impl Default for GuardSettings {
 }
 
 impl GuardSettings {
+    /// Whether the system prompt of `model` is hardened.
+    pub fn hardened_prompt_for(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .and_then(|m| m.hardened_prompt)
+            .unwrap_or(self.hardened_prompt)
+    }
+
+    /// Whether user messages to `model` are wrapped in `<user_input>` tags.
+    pub fn delimit_user_content_for(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .and_then(|m| m.delimit_user_content)
+            .unwrap_or(self.delimit_user_content)
+    }
+
     /// The effective policy of a zone, for a tenant (by id) when it has overrides.
     pub fn zone_policy(&self, zone: crate::models::TrustZone, tenant: Option<&str>) -> ZonePolicy {
         use crate::models::TrustZone;
