@@ -4,7 +4,6 @@
 
 use std::sync::OnceLock;
 
-use regex::{Regex, RegexSet};
 
 use crate::model::LinearModel;
 use crate::normalize::Normalized;
@@ -148,8 +147,11 @@ pub struct InjectionHit {
 pub struct InjectionDetector {
     model: LinearModel,
     rules: Vec<Rule>,
-    set: RegexSet,
-    spoof: Vec<(&'static str, f32, Regex)>,
+    /// All rules as one automaton, without a literal prefilter: the rules start with common
+    /// words ("no", "act", "what"), so a prefilter would stop at every other word of prose.
+    set: Option<regex_automata::meta::Regex>,
+    /// The spoofing rules as one automaton (no prefilter either).
+    spoof: Option<regex_automata::meta::Regex>,
 }
 
 impl std::fmt::Debug for InjectionDetector {
@@ -175,14 +177,8 @@ impl InjectionDetector {
 
     pub fn with_model(model: LinearModel) -> Self {
         let rules = rules();
-        let set = RegexSet::new(rules.iter().map(|r| r.pattern)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "injection rules do not compile");
-            RegexSet::empty()
-        });
-        let spoof = SPOOF_RULES
-            .iter()
-            .filter_map(|(k, w, p)| Regex::new(p).ok().map(|r| (*k, *w, r)))
-            .collect();
+        let set = multi(&rules.iter().map(|r| r.pattern).collect::<Vec<_>>());
+        let spoof = multi(&SPOOF_RULES.iter().map(|(_, _, p)| *p).collect::<Vec<_>>());
         Self {
             model,
             rules,
@@ -197,9 +193,7 @@ impl InjectionDetector {
 
     /// The strongest rule hit on one folded text.
     fn rule_hit(&self, folded: &str) -> Option<InjectionHit> {
-        self.set
-            .matches(folded)
-            .iter()
+        matching(self.set.as_ref()?, folded)
             .map(|i| InjectionHit {
                 kind: self.rules[i].kind,
                 score: self.rules[i].weight,
@@ -208,10 +202,11 @@ impl InjectionDetector {
     }
 
     fn spoof_hit(&self, clean: &str) -> Option<InjectionHit> {
-        self.spoof
-            .iter()
-            .filter(|(_, _, r)| r.is_match(clean))
-            .map(|(k, w, _)| InjectionHit { kind: k, score: *w })
+        matching(self.spoof.as_ref()?, clean)
+            .map(|i| {
+                let (kind, score, _) = SPOOF_RULES[i];
+                InjectionHit { kind, score }
+            })
             .max_by(|a, b| a.score.total_cmp(&b.score))
     }
 
@@ -251,6 +246,32 @@ impl InjectionDetector {
             None => model_hit,
         }
     }
+}
+
+/// Several patterns as one automaton that reports every pattern that matches, without a
+/// literal prefilter: the rules start with common words ("no", "act", "what", "system"), so a
+/// prefilter would stop at every other word of prose; one pass of the lazy DFA is faster.
+fn multi(patterns: &[&str]) -> Option<regex_automata::meta::Regex> {
+    regex_automata::meta::Regex::builder()
+        .configure(
+            regex_automata::meta::Config::new()
+                .auto_prefilter(false)
+                .match_kind(regex_automata::MatchKind::All),
+        )
+        .build_many(patterns)
+        .map_err(|e| tracing::error!(error = %e, "injection rules do not compile"))
+        .ok()
+}
+
+/// The indices of the patterns of `re` that match somewhere in `text`.
+fn matching(re: &regex_automata::meta::Regex, text: &str) -> impl Iterator<Item = usize> {
+    let mut found = regex_automata::PatternSet::new(re.pattern_len());
+    re.which_overlapping_matches(&regex_automata::Input::new(text), &mut found);
+    found
+        .iter()
+        .map(|p| p.as_usize())
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// Noisy-OR of two pieces of evidence; the kind of the stronger one names the result (a rule's
