@@ -926,6 +926,14 @@ impl IdentityService for AuthService {
         AuthService::sso_enabled(self)
     }
 
+    fn registration_mode(&self) -> &'static str {
+        match self.settings.registration {
+            RegistrationMode::Open => "open",
+            RegistrationMode::Invite => "invite",
+            RegistrationMode::Closed => "closed",
+        }
+    }
+
     async fn sso_begin(&self) -> CoreResult<String> {
         AuthService::sso_begin(self).await
     }

@@ -125,6 +125,10 @@ pub trait IdentityService: Send + Sync + 'static {
     fn jwks(&self) -> serde_json::Value;
     /// True when an OpenID provider is configured.
     fn sso_enabled(&self) -> bool;
+    /// How accounts can register: `open`, `invite` or `closed` (for the login screen).
+    fn registration_mode(&self) -> &'static str {
+        "closed"
+    }
     /// The provider URL a browser is sent to (authorization code + PKCE).
     async fn sso_begin(&self) -> CoreResult<String>;
     /// Redeems the provider's code: a Palisade session for the user.

@@ -76,6 +76,9 @@ fn listed(list: &[(Method, &str)], method: &Method, path: &str) -> bool {
 
 pub(crate) fn is_public(method: &Method, path: &str) -> bool {
     listed(PUBLIC_ROUTES, method, path)
+        // The web UI's shell and static files (they hold no data; the API they call is guarded).
+        || ((method == Method::GET || method == Method::HEAD)
+            && (path == "/" || path.starts_with("/ui/")))
 }
 
 /// The bearer token of the `Authorization` header, if well-formed.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod routes;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ async fn method_not_allowed() -> ApiError {
 pub fn router(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/.well-known/jwks.json", get(routes::auth::jwks))

@@ -7,7 +7,7 @@
 //! this server's — a cross-site page can neither set the header nor forge the origin.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use palisade_core::auth_api::{IssuedTokens, LoginOutcome, Registration};
@@ -100,7 +100,17 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// CSRF defence for cookie-authenticated calls: the custom header, and a same-origin `Origin`.
-fn check_csrf(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The request's own host: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2 carries
+/// it in `:authority`, which browsers use over TLS).
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
+fn check_csrf(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
     let denied = || {
         ApiError::from(CoreError::denied(
             "csrf_failed",
@@ -111,10 +121,7 @@ fn check_csrf(headers: &HeaderMap) -> Result<(), ApiError> {
         return Err(denied());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
+        let host = request_host(uri, headers);
         let origin = origin.to_str().unwrap_or_default();
         if host.is_empty() || origin != format!("https://{host}") {
             return Err(denied());
@@ -218,6 +225,7 @@ pub async fn login_second_factor(
 pub async fn refresh(
     State(s): State<AppState>,
     Client(client): Client,
+    uri: Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -225,7 +233,7 @@ pub async fn refresh(
     let (token, cookie) = match refresh_source(&headers, &req) {
         Some(Source::Explicit(t)) => (t, false),
         Some(Source::Cookie(t)) => {
-            check_csrf(&headers)?;
+            check_csrf(&uri, &headers)?;
             (t, true)
         }
         None => return Err(CoreError::invalid_token().into()),
@@ -245,6 +253,7 @@ pub async fn refresh(
 pub async fn logout(
     State(s): State<AppState>,
     Client(client): Client,
+    uri: Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -256,7 +265,7 @@ pub async fn logout(
     };
     let cookie = cookie_token(&headers);
     if cookie.is_some() && req.refresh_token.is_none() && principal.is_none() {
-        check_csrf(&headers)?;
+        check_csrf(&uri, &headers)?;
     }
     let refresh = match (&req.refresh_token, &principal) {
         (Some(t), _) => Some(t.clone()),
@@ -280,8 +289,23 @@ pub async fn logout_all(State(s): State<AppState>, Auth(p): Auth) -> Result<Resp
     Ok(res)
 }
 
-pub async fn me(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<UserResponse>, ApiError> {
-    Ok(Json(user_json(s.identity.current_user(&p).await?)))
+pub async fn me(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user_json(s.identity.current_user(&p).await?);
+    let mut v = serde_json::to_value(user)
+        .map_err(|_| ApiError::from(CoreError::Internal("user serialisation".into())))?;
+    // What this credential may do, so a client shows only what will work.
+    let permissions: Vec<&str> = palisade_core::access::KNOWN_PERMISSIONS
+        .iter()
+        .copied()
+        .filter(|perm| *perm != palisade_core::access::ALL && p.permissions.allows(perm))
+        .collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("permissions".into(), serde_json::json!(permissions));
+    }
+    Ok(Json(v))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -300,6 +324,7 @@ pub async fn providers(State(s): State<AppState>) -> Json<serde_json::Value> {
         "password": true,
         "sso": s.identity.sso_enabled(),
         "sso_login_url": s.identity.sso_enabled().then_some("/api/auth/oidc/login"),
+        "registration": s.identity.registration_mode(),
     }))
 }
 

@@ -1,0 +1,304 @@
+// Administration, by permission: users, tenants, roles, the model registry, security events.
+// Each section is one entry of SECTIONS; later screens (quotas and usage, the audit log, dead
+// letters) slot in as further entries.
+import * as api from '../api.js';
+import { h, clear, field, toast, dialog, fmtDate, announce } from '../dom.js';
+import { errorText } from '../messages.js';
+import { session } from '../main.js';
+import { tabs, table } from './settings.js';
+
+const SECTIONS = [
+  { key: 'users', title: 'Users', perm: 'users:manage', draw: users },
+  { key: 'tenants', title: 'Tenants', perm: 'tenants:manage', draw: tenants },
+  { key: 'roles', title: 'Roles', perm: 'roles:read', draw: roles },
+  { key: 'models', title: 'Models', perm: 'models:manage', draw: models },
+  { key: 'events', title: 'Security events', perm: 'audit:read', draw: events },
+];
+
+export function adminView(tab) {
+  const allowed = SECTIONS.filter((s) => session.can(s.perm));
+  if (!allowed.length) {
+    return h('main', { id: 'main', class: 'page' }, h('h1', {}, 'Administration'), h('p', {}, 'Your role has no administration rights.'));
+  }
+  const active = allowed.find((s) => s.key === tab) || allowed[0];
+  const panel = h('section', { class: 'panel', 'aria-labelledby': 'panel-title' });
+  const view = h(
+    'main',
+    { id: 'main', class: 'page' },
+    h('h1', {}, 'Administration'),
+    tabs('#/admin', allowed.map((s) => [s.key, s.title]), active.key, 'Administration sections'),
+    panel,
+  );
+  panel.append(h('h2', { id: 'panel-title' }, active.title));
+  const body = h('div', {});
+  panel.append(body);
+  active.draw(body);
+  return view;
+}
+
+function loading(box) {
+  clear(box).append(h('p', { class: 'muted' }, 'Loading…'));
+}
+
+function failed(box, e) {
+  clear(box).append(h('p', { class: 'error', role: 'alert' }, errorText(e)));
+}
+
+async function roleNames() {
+  try {
+    const r = await api.api('GET', '/api/admin/roles');
+    return (Array.isArray(r) ? r : r.roles || []).map((x) => x.name);
+  } catch {
+    return ['user', 'tenant_admin', 'auditor', 'admin'];
+  }
+}
+
+function users(box) {
+  const search = h('input', { type: 'search', placeholder: 'Search by name or e-mail', 'aria-label': 'Search users' });
+  const list = h('div', {});
+  const create = h('button', { class: 'primary', type: 'button', onclick: () => createUser() }, 'Create user');
+  clear(box).append(h('div', { class: 'toolbar' }, search, create), list);
+  let timer;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(draw, 250);
+  });
+
+  async function draw() {
+    loading(list);
+    try {
+      const q = encodeURIComponent(search.value.trim());
+      const r = await api.api('GET', `/api/admin/users?limit=100${q ? '&search=' + q : ''}`);
+      clear(list).append(
+        h('p', { class: 'muted small' }, `${r.total} user${r.total === 1 ? '' : 's'}`),
+        table(
+          ['User', 'Role', 'Status', 'Last sign-in', ''],
+          r.users.map((u) => [
+            h('span', {}, u.username, u.email ? h('small', { class: 'muted block' }, u.email) : null),
+            u.role,
+            u.locked ? 'locked' : u.is_active ? 'active' : 'disabled',
+            fmtDate(u.last_login_at) || '—',
+            h('button', { class: 'ghost small', type: 'button', onclick: () => manage(u) }, 'Manage'),
+          ]),
+          'Users',
+        ),
+      );
+    } catch (e) {
+      failed(list, e);
+    }
+  }
+
+  async function createUser() {
+    const names = await roleNames();
+    const body = h(
+      'div',
+      { class: 'stack' },
+      field('Username', h('input', { name: 'username', required: true, autocomplete: 'off' })),
+      field('E-mail (optional)', h('input', { name: 'email', type: 'email', autocomplete: 'off' })),
+      field('Role', h('select', { name: 'role' }, names.map((n) => h('option', { value: n, selected: n === 'user' }, n)))),
+      h('p', { class: 'muted small' }, 'A temporary password is generated; the user must change it at first sign-in.'),
+    );
+    const r = await dialog('Create user', body, [
+      { label: 'Cancel' },
+      { label: 'Create', submit: true, class: 'primary', value: 'create' },
+    ]);
+    if (!r) return;
+    try {
+      const req = { username: r.username.trim(), role: r.role };
+      if (r.email) req.email = r.email.trim();
+      const res = await api.api('POST', '/api/admin/users', req);
+      await dialog(
+        'User created',
+        h(
+          'div',
+          { class: 'stack' },
+          h('p', {}, `Give ${res.user.username} this temporary password through a safe channel. It is shown once.`),
+          h('code', { class: 'secret', 'data-testid': 'temporary-password' }, res.temporary_password || ''),
+        ),
+        [{ label: 'Done', submit: true, class: 'primary', value: 'ok' }],
+      );
+      draw();
+    } catch (e) {
+      toast(errorText(e), 'error');
+    }
+  }
+
+  async function manage(u) {
+    const names = await roleNames();
+    const body = h(
+      'div',
+      { class: 'stack' },
+      field('Role', h('select', { name: 'role' }, names.map((n) => h('option', { value: n, selected: n === u.role }, n)))),
+      h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'active', checked: u.is_active, value: 'yes' }), 'Account enabled'),
+      u.locked ? h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'unlock', value: 'yes' }), 'Unlock (after failed sign-ins)') : null,
+    );
+    const r = await dialog('Manage ' + u.username, body, [
+      { label: 'Cancel' },
+      { label: 'Reset password', submit: true, class: 'ghost', value: 'reset' },
+      { label: 'End sessions', submit: true, class: 'ghost', value: 'sessions' },
+      { label: 'Save', submit: true, class: 'primary', value: 'save' },
+    ]);
+    if (!r) return;
+    try {
+      if (r._action === 'reset') {
+        const res = await api.api('POST', `/api/admin/users/${u.id}/reset-password`, {});
+        await dialog('Password reset', h('div', { class: 'stack' }, h('p', {}, 'The new temporary password (shown once):'), h('code', { class: 'secret' }, res.temporary_password || '')), [
+          { label: 'Done', submit: true, class: 'primary', value: 'ok' },
+        ]);
+      } else if (r._action === 'sessions') {
+        await api.api('DELETE', `/api/admin/users/${u.id}/sessions`);
+        toast(`${u.username} was signed out everywhere.`, 'info');
+      } else {
+        const patch = {};
+        if (r.role !== u.role) patch.role = r.role;
+        const active = r.active === 'yes';
+        if (active !== u.is_active) patch.is_active = active;
+        if (r.unlock === 'yes') patch.unlock = true;
+        if (Object.keys(patch).length) {
+          await api.api('PATCH', '/api/admin/users/' + u.id, patch);
+          announce('User updated');
+        }
+      }
+      draw();
+    } catch (e) {
+      toast(errorText(e), 'error');
+    }
+  }
+
+  draw();
+}
+
+function tenants(box) {
+  const list = h('div', {});
+  const name = h('input', { name: 'name', required: true, maxlength: 100 });
+  const form = h('form', { class: 'inline-form', novalidate: true }, field('New tenant', name), h('button', { class: 'primary', type: 'submit' }, 'Create tenant'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api.api('POST', '/api/admin/tenants', { name: name.value.trim() });
+      name.value = '';
+      draw();
+    } catch (ex) {
+      toast(errorText(ex), 'error');
+    }
+  });
+  clear(box).append(form, list);
+  async function draw() {
+    loading(list);
+    try {
+      const r = await api.api('GET', '/api/admin/tenants');
+      const ts = Array.isArray(r) ? r : r.tenants || [];
+      clear(list).append(
+        table(
+          ['Name', 'Id', 'Status', 'Created', ''],
+          ts.map((t) => [
+            t.name,
+            h('code', { class: 'small' }, t.id),
+            t.is_active ? 'active' : 'disabled',
+            fmtDate(t.created_at),
+            h('button', {
+              class: t.is_active ? 'danger small' : 'ghost small',
+              type: 'button',
+              onclick: async () => {
+                try {
+                  await api.api('PATCH', '/api/admin/tenants/' + t.id, { is_active: !t.is_active });
+                  draw();
+                } catch (ex) {
+                  toast(errorText(ex), 'error');
+                }
+              },
+            }, t.is_active ? 'Disable' : 'Enable'),
+          ]),
+          'Tenants',
+        ),
+      );
+    } catch (e) {
+      failed(list, e);
+    }
+  }
+  draw();
+}
+
+async function roles(box) {
+  loading(box);
+  try {
+    const r = await api.api('GET', '/api/admin/roles');
+    const rs = Array.isArray(r) ? r : r.roles || [];
+    clear(box).append(
+      h('p', { class: 'muted' }, 'Roles come from the configuration file (`[roles]`); built-in roles cannot be changed.'),
+      table(
+        ['Role', 'Permissions', 'Two-factor', ''],
+        rs.map((x) => [
+          h('span', {}, x.name, x.description ? h('small', { class: 'muted block' }, x.description) : null),
+          h('span', { class: 'chips' }, x.permissions.map((p) => h('code', { class: 'chip' }, p))),
+          x.require_2fa ? 'required' : 'optional',
+          x.builtin ? 'built-in' : 'configured',
+        ]),
+        'Roles',
+      ),
+    );
+  } catch (e) {
+    failed(box, e);
+  }
+}
+
+async function models(box) {
+  loading(box);
+  try {
+    const r = await api.api('GET', '/api/admin/models');
+    const ms = Array.isArray(r) ? r : r.models || [];
+    clear(box).append(
+      h('p', { class: 'muted' }, 'The model registry. Entries from the configuration file can be overridden here; changes apply at once.'),
+      table(
+        ['Model', 'Provider', 'Zone', 'Context', 'Source', 'Status', ''],
+        ms.map((m) => [
+          h('span', {}, m.name, m.description ? h('small', { class: 'muted block' }, m.description) : null),
+          m.provider + (m.model ? ' · ' + m.model : ''),
+          m.trust_zone,
+          String(m.context_size || ''),
+          m.source || '',
+          m.available === false ? 'circuit open' : 'available',
+          m.source === 'admin'
+            ? h('button', {
+                class: 'danger small',
+                type: 'button',
+                onclick: async () => {
+                  const ok = await dialog('Remove model?', h('p', {}, `Users can no longer pick “${m.name}”.`), [
+                    { label: 'Cancel' },
+                    { label: 'Remove', submit: true, class: 'danger', value: 'rm' },
+                  ]);
+                  if (!ok) return;
+                  try {
+                    await api.api('DELETE', '/api/admin/models/' + encodeURIComponent(m.name));
+                    models(box);
+                  } catch (ex) {
+                    toast(errorText(ex), 'error');
+                  }
+                },
+              }, 'Remove')
+            : '',
+        ]),
+        'Models',
+      ),
+    );
+  } catch (e) {
+    failed(box, e);
+  }
+}
+
+async function events(box) {
+  loading(box);
+  try {
+    const r = await api.api('GET', '/api/admin/security-events?limit=100');
+    const es = Array.isArray(r) ? r : r.events || [];
+    clear(box).append(
+      table(
+        ['When', 'Event', 'User', 'IP', 'Detail'],
+        es.map((e) => [fmtDate(e.created_at || e.at), e.kind || e.event || '', e.username || e.user_id || '', e.ip || '', e.detail ? JSON.stringify(e.detail) : '']),
+        'Security events',
+      ),
+    );
+  } catch (e) {
+    failed(box, e);
+  }
+}
