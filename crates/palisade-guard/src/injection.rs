@@ -4,7 +4,6 @@
 
 use std::sync::OnceLock;
 
-
 use crate::model::LinearModel;
 use crate::normalize::Normalized;
 

@@ -104,7 +104,9 @@ mod tests {
         }
         assert_eq!(content_type("js/main.js"), "text/javascript; charset=utf-8");
         // No inline script or style in the shell (the CSP would block them anyway).
-        let html = Assets::get("index.html").map(|f| f.data.into_owned()).unwrap_or_default();
+        let html = Assets::get("index.html")
+            .map(|f| f.data.into_owned())
+            .unwrap_or_default();
         let html = String::from_utf8_lossy(&html);
         assert!(!html.contains("<script>") && !html.contains("style="));
         assert!(!html.contains("<style"));

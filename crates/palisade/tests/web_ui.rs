@@ -20,7 +20,9 @@ fn repo() -> PathBuf {
 
 fn run_browser(s: &Server, mode: &str) {
     let fx = repo().join("tests-fixtures/browser");
-    let st = Command::new(fx.join("setup")).status().expect("browser setup");
+    let st = Command::new(fx.join("setup"))
+        .status()
+        .expect("browser setup");
     assert!(st.success(), "tests-fixtures/browser/setup failed");
     let artifacts = repo().join("artifacts/ui");
     let out = Command::new("node")
@@ -35,7 +37,10 @@ fn run_browser(s: &Server, mode: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
-    assert!(out.status.success(), "browser test `{mode}` failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test `{mode}` failed:\n{stderr}"
+    );
     assert!(stdout.contains("CSP violations: 0"), "{stdout}");
 }
 
@@ -65,7 +70,10 @@ async fn web_ui_in_chromium() {
     // The shell and its modules come from the binary, with the strict policy.
     let r = s.client.get(s.url("/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     for d in [
         "default-src 'none'",
         "script-src 'self'",
@@ -94,12 +102,21 @@ async fn web_ui_in_chromium() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-    for bad in ["/ui/js/nope.js", "/ui/js%2f..%2f..%2fCargo.toml", "/ui/js//main.js"] {
+    for bad in [
+        "/ui/js/nope.js",
+        "/ui/js%2f..%2f..%2fCargo.toml",
+        "/ui/js//main.js",
+    ] {
         let r = s.client.get(s.url(bad)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
     }
     // A dot-dot path is normalised by the client to a path outside /ui/: not public.
-    let r = s.client.get(s.url("/ui/../Cargo.toml")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/ui/../Cargo.toml"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     run_browser(&s, "main");
