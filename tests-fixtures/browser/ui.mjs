@@ -268,6 +268,24 @@ async function mainFlow(browser) {
     await screen(page, name);
   }
 
+  step = 'models: test, add, remove';
+  await page.getByRole('link', { name: 'Models' }).click();
+  await page.getByRole('button', { name: 'Test smollm2-135m' }).click();
+  await page.getByRole('status').filter({ hasText: /^OK in \d+ ms$/ }).first().waitFor({ timeout: 60_000 });
+  await page.getByRole('button', { name: 'Add model' }).click();
+  await page.getByLabel('Name (what users pick)').fill('cloud-2');
+  await page.getByLabel('Base URL').fill(process.env.STUB_URL + '/ok/v1');
+  await page.getByLabel('Trust zone').selectOption('internal');
+  await page.getByLabel('Description').fill('Added in the browser');
+  await page.getByRole('dialog').getByRole('button', { name: 'Save' }).click();
+  await page.locator('td', { hasText: 'Added in the browser' }).waitFor();
+  await screen(page, 'admin-models-edited');
+  await page.getByRole('button', { name: 'Test cloud-2' }).click();
+  await page.locator('tr', { hasText: 'cloud-2' }).getByRole('status').filter({ hasText: /^OK in/ }).waitFor({ timeout: 30_000 });
+  await page.getByRole('button', { name: 'Remove cloud-2' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Remove' }).click();
+  await page.locator('td', { hasText: 'Added in the browser' }).waitFor({ state: 'detached' });
+
   step = 'admin creates a user';
   await page.getByRole('link', { name: 'Users' }).click();
   await page.getByRole('button', { name: 'Create user' }).click();

@@ -14,6 +14,7 @@ use crate::entities::{
     now_millis, ChatSession, GenerationMeta, Principal, SessionOverview, SessionSort, StoredMessage,
 };
 use crate::error::{CoreError, CoreResult};
+use crate::access::{Grant, ModelsManage};
 use crate::guard::{
     FindingSummary, Guard, GuardScope, NoGuard, OutputGuard, OutputStep, Pseudonyms,
 };
@@ -120,6 +121,15 @@ pub struct ChatRun {
     /// False for a completion that is not kept in the history.
     pub stored: bool,
     pub events: mpsc::Receiver<ChatEvent>,
+}
+
+/// What a model test returned (admin "test connection").
+#[derive(Debug, Clone)]
+pub struct ModelProbe {
+    /// The model that answered (a fallback when the tested one failed before its first token).
+    pub model: String,
+    pub answer: String,
+    pub latency_ms: u64,
 }
 
 /// The answer of a one-shot generation.
@@ -524,6 +534,61 @@ impl ChatService {
             ));
         }
         Ok(())
+    }
+
+    /// The administrators' "test connection": one tiny request to `name` exactly as users' go
+    /// (registry, router, retries; no content guard on this fixed prompt, nothing stored).
+    /// Returns the model that answered (another one when the fallback chain was used), the
+    /// first words of the answer and the latency.
+    pub async fn probe_model(
+        &self,
+        _grant: &Grant<ModelsManage>,
+        name: &str,
+        request_id: String,
+    ) -> CoreResult<ModelProbe> {
+        let snap = self.registry().snapshot();
+        let Some(spec) = snap.get(name).cloned() else {
+            return Err(CoreError::NotFound("model"));
+        };
+        let sampling = SamplingInput {
+            max_tokens: Some(8),
+            temperature: Some(0.0),
+            ..SamplingInput::default()
+        };
+        let params = self.params(&sampling, &spec)?;
+        let started = Instant::now();
+        let routed = self
+            .provider
+            .generate_routed(GenerationRequest {
+                model: spec.name.clone(),
+                messages: vec![PromptMessage {
+                    role: Role::User,
+                    content: "Reply with the single word OK.".into(),
+                }],
+                params,
+                request_id,
+                cache_scope: None,
+                canary: None,
+            })
+            .await?;
+        let mut stream = routed.stream;
+        let mut answer = String::new();
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                GenerationEvent::Text(t) => answer.push_str(&t),
+                GenerationEvent::Done { .. } => {
+                    return Ok(ModelProbe {
+                        model: routed.model,
+                        answer: answer.chars().take(80).collect(),
+                        latency_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                    });
+                }
+            }
+        }
+        Err(CoreError::Provider(ProviderError::Internal(
+            "the generation ended without finishing".into(),
+        )))
     }
 
     /// One prompt, one answer, nothing stored: spec 004's scoped `generate`.

@@ -144,6 +144,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/admin/cache", get(routes::models::admin_cache))
         .route(
+            "/api/admin/models/{name}/test",
+            post(routes::models::admin_test),
+        )
+        .route(
             "/v1/chat/completions",
             post(routes::openai::chat_completions),
         )

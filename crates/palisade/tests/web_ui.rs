@@ -18,7 +18,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn run_browser(s: &Server, mode: &str) {
+fn run_browser(s: &Server, mode: &str, stub: &str) {
     let fx = repo().join("tests-fixtures/browser");
     let st = Command::new(fx.join("setup"))
         .status()
@@ -32,6 +32,7 @@ fn run_browser(s: &Server, mode: &str) {
         .env("PALISADE_URL", &s.base)
         .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("ARTIFACTS", &artifacts)
+        .env("STUB_URL", stub)
         .output()
         .expect("node (tests-fixtures/browser)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -119,10 +120,10 @@ async fn web_ui_in_chromium() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
-    run_browser(&s, "main");
+    run_browser(&s, "main", &upstream);
     drop(s);
 
     // Registration open: the login screen offers it and a new account lands in the chat.
     let s = Server::start(&[("PALISADE_AUTH__REGISTRATION", "open")]);
-    run_browser(&s, "register-open");
+    run_browser(&s, "register-open", &upstream);
 }

@@ -83,6 +83,39 @@ pub async fn admin_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/admin/models/{name}/test`: one tiny request to the model. Always 200 for a
+/// known model: `{ok, model, answer, latency_ms}`, or `{ok: false, error: {code, message}}`
+/// with the same clean error a user would get (never the upstream's body).
+pub async fn admin_test(
+    State(s): State<AppState>,
+    Perm(g): Perm<ModelsManage>,
+    ApiPath(name): ApiPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    match s.chat.probe_model(&g, &name, request_id).await {
+        Ok(p) => Ok(Json(serde_json::json!({
+            "ok": p.model == name,
+            "model": p.model,
+            "answer": p.answer,
+            "latency_ms": p.latency_ms,
+            "fallback_used": p.model != name,
+        }))),
+        Err(palisade_core::CoreError::NotFound(_)) => Err(ApiError::not_found()),
+        Err(e) => {
+            let e = ApiError::from(e);
+            Ok(Json(serde_json::json!({
+                "ok": false,
+                "error": {"code": e.code, "message": e.message},
+            })))
+        }
+    }
+}
+
 /// `GET /api/admin/cache`: response-cache hits and misses (404 when the cache is off).
 pub async fn admin_cache(
     State(s): State<AppState>,

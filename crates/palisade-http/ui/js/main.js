@@ -17,12 +17,22 @@ export const session = {
   },
 };
 
-// Theme: the system's unless the user picked one.
+// Theme: the system's unless the user picked one; "system" follows the system's changes.
+const darkQuery = window.matchMedia('(prefers-color-scheme: dark)');
 export function applyTheme(theme) {
   const t = theme || localStorage.getItem('palisade.theme') || 'system';
-  document.documentElement.dataset.theme = t;
+  const dark = t === 'dark' || (t === 'system' && darkQuery.matches);
+  document.documentElement.dataset.theme = dark ? 'dark' : 'light';
 }
+darkQuery.addEventListener('change', () => applyTheme());
 applyTheme();
+
+/** Ends the session here and shows the sign-in screen. */
+export async function signOut() {
+  await api.logout();
+  session.me = null;
+  go('#/login');
+}
 
 export function go(hash) {
   if (location.hash === hash) route();
@@ -64,15 +74,7 @@ function nav(active) {
       h('span', { class: 'muted', title: 'Signed in as' }, session.me ? session.me.username : ''),
       h(
         'button',
-        {
-          class: 'ghost small',
-          type: 'button',
-          onclick: async () => {
-            await api.logout();
-            session.me = null;
-            go('#/login');
-          },
-        },
+        { class: 'ghost small', type: 'button', onclick: signOut },
         'Sign out',
       ),
     ),

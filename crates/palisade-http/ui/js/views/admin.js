@@ -242,48 +242,134 @@ async function roles(box) {
   }
 }
 
+const list = (v) => (v || '').split(',').map((x) => x.trim()).filter(Boolean);
+
+/** The add/edit form of a registry entry; resolves with the PUT body or null. */
+async function modelForm(m) {
+  const isNew = !m;
+  m = m || { provider: 'openai', trust_zone: 'external', context_size: 8192, default_max_tokens: 512, max_tokens: 2048, enabled: true };
+  const opt = (values, current) => values.map((v) => h('option', { value: v, selected: v === current }, v));
+  const body = h(
+    'div',
+    { class: 'stack' },
+    isNew ? field('Name (what users pick)', h('input', { name: 'name', required: true, pattern: '[A-Za-z0-9._:\\-]+', autocomplete: 'off' })) : null,
+    field('Provider', h('select', { name: 'provider' }, opt(['openai', 'ollama', 'local'], m.provider))),
+    field('Upstream model id', h('input', { name: 'upstream_model', value: m.upstream_model || '', autocomplete: 'off' }), 'Empty: the name above.'),
+    field('Base URL', h('input', { name: 'base_url', value: m.base_url || '', autocomplete: 'off', inputmode: 'url' }), 'OpenAI-style: the API root ending in /v1; Ollama: the server root.'),
+    field('API key reference', h('input', { name: 'api_key', value: m.api_key || '', autocomplete: 'off' }), 'env::NAME or file::PATH, never the key itself.'),
+    field('Trust zone', h('select', { name: 'trust_zone' }, opt(['internal', 'external'], m.trust_zone)), 'External: prompts leave the organisation (the guard pseudonymises personal data).'),
+    field('Context size (tokens)', h('input', { name: 'context_size', type: 'number', min: 256, value: m.context_size })),
+    field('Default max_tokens', h('input', { name: 'default_max_tokens', type: 'number', min: 1, value: m.default_max_tokens })),
+    field('Largest max_tokens', h('input', { name: 'max_tokens', type: 'number', min: 1, value: m.max_tokens })),
+    field('Roles (comma-separated; empty = every role that may chat)', h('input', { name: 'roles', value: (m.roles || []).join(', ') })),
+    field('Fallback models (comma-separated, in order)', h('input', { name: 'fallback', value: (m.fallback || []).join(', ') })),
+    field('Description', h('input', { name: 'description', value: m.description || '' })),
+    h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'enabled', value: 'yes', checked: m.enabled !== false }), 'Enabled (listed and served)'),
+  );
+  const r = await dialog(isNew ? 'Add model' : 'Edit ' + m.name, body, [
+    { label: 'Cancel' },
+    { label: 'Save', submit: true, class: 'primary', value: 'save' },
+  ]);
+  if (!r) return null;
+  const spec = {
+    provider: r.provider,
+    upstream_model: r.upstream_model.trim(),
+    trust_zone: r.trust_zone,
+    context_size: Number(r.context_size),
+    default_max_tokens: Number(r.default_max_tokens),
+    max_tokens: Number(r.max_tokens),
+    roles: list(r.roles),
+    fallback: list(r.fallback),
+    description: r.description.trim(),
+    enabled: r.enabled === 'yes',
+  };
+  if (r.base_url.trim()) spec.base_url = r.base_url.trim();
+  if (r.api_key.trim()) spec.api_key = r.api_key.trim();
+  if (!isNew) {
+    spec.max_retries = m.max_retries;
+    spec.timeouts = m.timeouts;
+  }
+  return { name: isNew ? r.name.trim() : m.name, spec };
+}
+
 async function models(box) {
   loading(box);
+  let ms;
   try {
     const r = await api.api('GET', '/api/admin/models');
-    const ms = Array.isArray(r) ? r : r.models || [];
-    clear(box).append(
-      h('p', { class: 'muted' }, 'The model registry. Entries from the configuration file can be overridden here; changes apply at once.'),
-      table(
-        ['Model', 'Provider', 'Zone', 'Context', 'Source', 'Status', ''],
-        ms.map((m) => [
+    ms = Array.isArray(r) ? r : r.models || [];
+  } catch (e) {
+    failed(box, e);
+    return;
+  }
+  const save = async (current) => {
+    const f = await modelForm(current);
+    if (!f) return;
+    try {
+      await api.api('PUT', '/api/admin/models/' + encodeURIComponent(f.name), f.spec);
+      announce('Model saved');
+      models(box);
+    } catch (ex) {
+      toast(errorText(ex), 'error');
+    }
+  };
+  const test = async (m, out) => {
+    out.textContent = 'Testing…';
+    try {
+      const r = await api.api('POST', `/api/admin/models/${encodeURIComponent(m.name)}/test`);
+      out.textContent = r.ok
+        ? `OK in ${r.latency_ms} ms`
+        : r.fallback_used
+          ? `Failed; the fallback ${r.model} answered`
+          : `Failed: ${r.error ? r.error.message : 'no answer'}`;
+      out.className = 'small ' + (r.ok ? 'success' : 'error');
+    } catch (ex) {
+      out.textContent = errorText(ex);
+      out.className = 'small error';
+    }
+  };
+  clear(box).append(
+    h('div', { class: 'toolbar' },
+      h('p', { class: 'muted' }, 'The model registry. Entries from the configuration file can be overridden here; changes apply at once and are stored.'),
+      h('button', { class: 'primary', type: 'button', onclick: () => save(null) }, 'Add model')),
+    table(
+      ['Model', 'Provider', 'Zone', 'Context', 'Source', 'Status', ''],
+      ms.map((m) => {
+        const out = h('span', { class: 'small', role: 'status' });
+        return [
           h('span', {}, m.name, m.description ? h('small', { class: 'muted block' }, m.description) : null),
-          m.provider + (m.model ? ' · ' + m.model : ''),
+          m.provider + (m.upstream_model ? ' · ' + m.upstream_model : ''),
           m.trust_zone,
           String(m.context_size || ''),
           m.source || '',
-          m.available === false ? 'circuit open' : 'available',
-          m.source === 'admin'
-            ? h('button', {
-                class: 'danger small',
-                type: 'button',
-                onclick: async () => {
-                  const ok = await dialog('Remove model?', h('p', {}, `Users can no longer pick “${m.name}”.`), [
-                    { label: 'Cancel' },
-                    { label: 'Remove', submit: true, class: 'danger', value: 'rm' },
-                  ]);
-                  if (!ok) return;
-                  try {
-                    await api.api('DELETE', '/api/admin/models/' + encodeURIComponent(m.name));
-                    models(box);
-                  } catch (ex) {
-                    toast(errorText(ex), 'error');
-                  }
-                },
-              }, 'Remove')
-            : '',
-        ]),
-        'Models',
-      ),
-    );
-  } catch (e) {
-    failed(box, e);
-  }
+          !m.enabled ? 'disabled' : m.available === false ? 'circuit open' : 'available',
+          h('span', { class: 'row-actions' },
+            h('button', { class: 'ghost small', type: 'button', 'aria-label': 'Test ' + m.name, onclick: () => test(m, out) }, 'Test'),
+            h('button', { class: 'ghost small', type: 'button', 'aria-label': 'Edit ' + m.name, onclick: () => save(m) }, 'Edit'),
+            h('button', {
+              class: 'danger small',
+              type: 'button',
+              'aria-label': 'Remove ' + m.name,
+              onclick: async () => {
+                const ok = await dialog('Remove model?', h('p', {}, `Users can no longer pick “${m.name}”.`), [
+                  { label: 'Cancel' },
+                  { label: 'Remove', submit: true, class: 'danger', value: 'rm' },
+                ]);
+                if (!ok) return;
+                try {
+                  await api.api('DELETE', '/api/admin/models/' + encodeURIComponent(m.name));
+                  models(box);
+                } catch (ex) {
+                  toast(errorText(ex), 'error');
+                }
+              },
+            }, 'Remove'),
+            out),
+        ];
+      }),
+      'Models',
+    ),
+  );
 }
 
 async function events(box) {

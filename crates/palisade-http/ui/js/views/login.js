@@ -2,7 +2,7 @@
 import * as api from '../api.js';
 import { h, field, toast } from '../dom.js';
 import { errorText } from '../messages.js';
-import { session, go, loadMe } from '../main.js';
+import { session, go, loadMe, signOut } from '../main.js';
 import { totpEnrolment } from './settings.js';
 
 function card(title, ...content) {
@@ -236,18 +236,6 @@ function signOutLink() {
   return h(
     'p',
     { class: 'center-text' },
-    h(
-      'button',
-      {
-        type: 'button',
-        class: 'ghost small',
-        onclick: async () => {
-          await api.logout();
-          session.me = null;
-          go('#/login');
-        },
-      },
-      'Sign out',
-    ),
+    h('button', { type: 'button', class: 'ghost small', onclick: signOut }, 'Sign out'),
   );
 }
