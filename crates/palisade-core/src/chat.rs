@@ -10,11 +10,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::access::{Grant, ModelsManage};
 use crate::entities::{
     now_millis, ChatSession, GenerationMeta, Principal, SessionOverview, SessionSort, StoredMessage,
 };
 use crate::error::{CoreError, CoreResult};
-use crate::access::{Grant, ModelsManage};
 use crate::guard::{
     FindingSummary, Guard, GuardScope, NoGuard, OutputGuard, OutputStep, Pseudonyms,
 };
