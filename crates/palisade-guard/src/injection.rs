@@ -193,6 +193,7 @@ impl InjectionDetector {
     /// The strongest rule hit on one folded text.
     fn rule_hit(&self, folded: &str) -> Option<InjectionHit> {
         matching(self.set.as_ref()?, folded)
+            .into_iter()
             .map(|i| InjectionHit {
                 kind: self.rules[i].kind,
                 score: self.rules[i].weight,
@@ -202,6 +203,7 @@ impl InjectionDetector {
 
     fn spoof_hit(&self, clean: &str) -> Option<InjectionHit> {
         matching(self.spoof.as_ref()?, clean)
+            .into_iter()
             .map(|i| {
                 let (kind, score, _) = SPOOF_RULES[i];
                 InjectionHit { kind, score }
@@ -263,14 +265,10 @@ fn multi(patterns: &[&str]) -> Option<regex_automata::meta::Regex> {
 }
 
 /// The indices of the patterns of `re` that match somewhere in `text`.
-fn matching(re: &regex_automata::meta::Regex, text: &str) -> impl Iterator<Item = usize> {
+fn matching(re: &regex_automata::meta::Regex, text: &str) -> Vec<usize> {
     let mut found = regex_automata::PatternSet::new(re.pattern_len());
     re.which_overlapping_matches(&regex_automata::Input::new(text), &mut found);
-    found
-        .iter()
-        .map(|p| p.as_usize())
-        .collect::<Vec<_>>()
-        .into_iter()
+    found.iter().map(|p| p.as_usize()).collect()
 }
 
 /// Noisy-OR of two pieces of evidence; the kind of the stronger one names the result (a rule's

@@ -44,9 +44,10 @@ pub struct LinearModel {
     pub weights: Vec<f32>,
     /// Quantised idf (`idf * IDF_SCALE`).
     pub idf: Vec<u8>,
-    /// Per bucket: (weight * idf, idf^2), for scoring: one load per n-gram. A fixed-size array,
-    /// so a masked hash indexes it without bounds checks.
-    table: Box<[[f32; 2]; BUCKETS]>,
+    /// Per bucket: (weight * idf, idf^2), for scoring: one load per n-gram. Always `BUCKETS`
+    /// entries; the hot loop views it as a fixed-size array, so a masked hash indexes it without
+    /// bounds checks.
+    table: Box<[[f32; 2]]>,
 }
 
 impl std::fmt::Debug for LinearModel {
@@ -73,16 +74,16 @@ impl LinearModel {
             bias,
             weights,
             idf,
-            table: fixed(table, [0.0, 1.0]),
+            table: table.into_boxed_slice(),
         }
     }
 
     /// (weight * idf, idf^2) of the bucket of hash `h`.
     #[inline]
     fn lookup(&self, h: u32) -> (f32, f32) {
-        let b = (h & MASK) as usize;
-        let [a, v] = self.table[b];
-        (a, v)
+        self.table
+            .get((h & MASK) as usize)
+            .map_or((0.0, 1.0), |&[a, v]| (a, v))
     }
 
     /// The 3- to 6-grams starting at each position of `line` that has all four (`pa.len()`
@@ -90,7 +91,9 @@ impl LinearModel {
     fn full_grams(&self, line: &[u8], pa: &mut [f32], pv: &mut [f32]) {
         const CHUNK: usize = 256;
         let n = pa.len().min(pv.len()).min(line.len().saturating_sub(5));
-        let table: &[[f32; 2]; BUCKETS] = &self.table;
+        let Ok(table) = <&[[f32; 2]; BUCKETS]>::try_from(&self.table[..]) else {
+            return;
+        };
         let mut idx = [[0u32; 4]; CHUNK];
         let step = |h: u32, b: &u8| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         let mut at = 0;
@@ -264,14 +267,6 @@ impl LinearModel {
         }
         best
     }
-}
-
-/// A vector of exactly `BUCKETS` entries as a fixed-size array.
-fn fixed<T: Copy>(mut v: Vec<T>, fill: T) -> Box<[T; BUCKETS]> {
-    v.resize(BUCKETS, fill);
-    v.into_boxed_slice()
-        .try_into()
-        .unwrap_or_else(|_| Box::new([fill; BUCKETS]))
 }
 
 pub fn sigmoid(x: f32) -> f32 {
