@@ -286,6 +286,30 @@ async function mainFlow(browser) {
   await page.getByRole('dialog').getByRole('button', { name: 'Remove' }).click();
   await page.locator('td', { hasText: 'Added in the browser' }).waitFor({ state: 'detached' });
 
+  step = 'guard policy per tenant';
+  await page.getByRole('link', { name: 'Guard policy' }).click();
+  await page.getByRole('heading', { name: 'Guard policy', level: 2 }).waitFor();
+  const piiInternal = page.getByLabel('Internal models: Personal data in prompts');
+  assert((await piiInternal.inputValue()) === '', 'the default tenant inherits the server policy');
+  await piiInternal.selectOption('block');
+  await page.getByRole('button', { name: 'Save policy' }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved' }).waitFor();
+  await screen(page, 'admin-guard');
+  // It applies at once: personal data for the local (internal) model is now refused.
+  await page.getByRole('link', { name: 'Chat' }).click();
+  await page.getByLabel('Message', { exact: true }).waitFor();
+  await ask(page, 'Please write a short note to jane.doe@example.com about the meeting.');
+  const piiWhy = await page.locator('.msg.notice.guard').last().innerText();
+  assert(/personal data/.test(piiWhy), `the tenant policy blocked personal data (${piiWhy})`);
+  // Reset: back to the server-wide policy.
+  await page.getByRole('link', { name: 'Admin' }).click();
+  await page.getByRole('link', { name: 'Guard policy' }).click();
+  await page.getByRole('button', { name: 'Reset to defaults' }).click();
+  await page.waitForFunction(() => {
+    const s = document.querySelector('select[name="internal.pii"]');
+    return s && s.value === '';
+  });
+
   step = 'admin creates a user';
   await page.getByRole('link', { name: 'Users' }).click();
   await page.getByRole('button', { name: 'Create user' }).click();

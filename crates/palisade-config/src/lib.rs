@@ -424,7 +424,14 @@ pub struct CliOverrides {
 }
 
 /// Environment variables read by the binary itself, not part of the config tree.
-const NON_CONFIG_ENV: &[&str] = &["ADMIN_PASSWORD", "CONFIG", "LOG", "API_KEY", "TEST_MODEL"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "ADMIN_PASSWORD",
+    "CONFIG",
+    "LOG",
+    "API_KEY",
+    "SERVER",
+    "TEST_MODEL",
+];
 
 impl Config {
     /// Loads defaults < `file` < `PALISADE_*` env (nested keys with `__`, e.g.

@@ -33,6 +33,9 @@ pub const API_KEYS_MANAGE: &str = "apikeys:manage";
 pub const LLM_GENERATE: &str = "llm:generate";
 /// Change the model registry (platform-wide).
 pub const MODELS_MANAGE: &str = "models:manage";
+/// Change the content guard's policy of a tenant (platform administrators; a custom role given
+/// it manages its own tenant only).
+pub const GUARD_MANAGE: &str = "guard:manage";
 /// Every permission (the platform administrator).
 pub const ALL: &str = "*";
 
@@ -47,6 +50,7 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[
     API_KEYS_MANAGE,
     LLM_GENERATE,
     MODELS_MANAGE,
+    GUARD_MANAGE,
     ALL,
 ];
 
@@ -364,6 +368,7 @@ need! {
     ApiKeysManage => API_KEYS_MANAGE,
     LlmGenerate => LLM_GENERATE,
     ModelsManage => MODELS_MANAGE,
+    GuardManage => GUARD_MANAGE,
 }
 
 /// Proof that `principal` holds permission `P`. It can only be made by [`Grant::check`], so a

@@ -12,7 +12,7 @@ use crate::ids::TenantId;
 use crate::provider::PromptMessage;
 use palisade_types::models::TrustZone;
 
-pub use palisade_types::guard::GuardAction;
+pub use palisade_types::guard::{GuardAction, TenantGuardPolicy, ZonePolicy};
 
 /// One finding as the pipeline, logs and audit see it: no matched text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +90,30 @@ pub trait Guard: Send + Sync {
 
     /// Whether conversations of this scope need a vault (pseudonymisation may happen).
     fn uses_vault(&self, scope: &GuardScope) -> bool;
+
+    /// Replaces a tenant's policy at run time; `None` goes back to the configured one.
+    fn set_tenant_policy(&self, _tenant: TenantId, _policy: Option<TenantGuardPolicy>) {}
+
+    /// A tenant's policy: its overrides and what applies in each zone. `None` when there is no
+    /// guard.
+    fn tenant_policy(&self, _tenant: TenantId) -> Option<TenantPolicyView> {
+        None
+    }
+}
+
+/// What applies to one tenant, for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantPolicyView {
+    pub enabled: bool,
+    /// The tenant's own changes (from the configuration or an admin), if any.
+    pub overrides: Option<TenantGuardPolicy>,
+    pub injection_threshold: f32,
+    pub internal: ZonePolicy,
+    pub external: ZonePolicy,
+    /// The same without the tenant's changes (what "inherit" means).
+    pub default_injection_threshold: f32,
+    pub default_internal: ZonePolicy,
+    pub default_external: ZonePolicy,
 }
 
 /// A guard that lets everything through (tests of other parts, `guard.enabled = false`).

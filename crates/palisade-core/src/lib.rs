@@ -7,6 +7,7 @@ pub mod chat;
 pub mod entities;
 pub mod error;
 pub mod guard;
+pub mod guard_policies;
 pub mod identity;
 pub mod ids;
 pub mod models;

@@ -21,6 +21,7 @@ pub mod toxicity;
 pub mod training;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use palisade_core::guard::{
     FindingSummary, Guard, GuardAction, GuardScope, InputVerdict, OutputGuard, Pseudonyms,
@@ -65,7 +66,11 @@ pub struct Scan {
 
 /// The firewall with its policy.
 pub struct PalisadeGuard {
-    settings: GuardSettings,
+    /// The settings in force: the configuration with admins' tenant policies applied.
+    settings: std::sync::RwLock<Arc<GuardSettings>>,
+    /// The tenant policies of the configuration (what a reset goes back to).
+    configured_tenants:
+        std::collections::BTreeMap<String, palisade_types::guard::TenantGuardPolicy>,
     injection: &'static InjectionDetector,
     toxicity: ToxicityLists,
 }
@@ -73,7 +78,7 @@ pub struct PalisadeGuard {
 impl std::fmt::Debug for PalisadeGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PalisadeGuard")
-            .field("enabled", &self.settings.enabled)
+            .field("enabled", &self.settings().enabled)
             .finish()
     }
 }
@@ -86,14 +91,19 @@ impl PalisadeGuard {
         extra_lists: &[String],
     ) -> Result<Self, toxicity::ListError> {
         Ok(Self {
-            settings,
+            configured_tenants: settings.tenants.clone(),
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             injection: InjectionDetector::shipped(),
             toxicity: ToxicityLists::new(extra_lists)?,
         })
     }
 
-    pub fn settings(&self) -> &GuardSettings {
-        &self.settings
+    /// The settings in force (a snapshot).
+    pub fn settings(&self) -> Arc<GuardSettings> {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// Runs every detector on one text.
@@ -122,20 +132,16 @@ impl PalisadeGuard {
     }
 
     fn threshold(&self, scope: &GuardScope) -> f32 {
-        self.settings
-            .tenants
+        let s = self.settings();
+        s.tenants
             .get(&scope.tenant.to_string())
             .and_then(|t| t.injection_threshold)
-            .unwrap_or(self.settings.injection_threshold)
-    }
-
-    fn tenant(&self, scope: &GuardScope) -> Option<&palisade_types::guard::TenantGuardPolicy> {
-        self.settings.tenants.get(&scope.tenant.to_string())
+            .unwrap_or(s.injection_threshold)
     }
 
     /// The policy for a scope: built-in zone defaults < configured zone < the tenant's.
     pub fn policy(&self, scope: &GuardScope) -> ZonePolicy {
-        self.settings
+        self.settings()
             .zone_policy(scope.zone, Some(&scope.tenant.to_string()))
     }
 
@@ -260,7 +266,7 @@ impl Guard for PalisadeGuard {
         messages: Vec<PromptMessage>,
         vault: &mut Pseudonyms,
     ) -> InputVerdict {
-        if !self.settings.enabled {
+        if !self.settings().enabled {
             return InputVerdict {
                 messages,
                 ..InputVerdict::default()
@@ -269,7 +275,7 @@ impl Guard for PalisadeGuard {
         let mut findings = Vec::new();
         let mut blocked = BTreeSet::new();
         let mut out = Vec::with_capacity(messages.len());
-        let delimit = self.settings.delimit_user_content_for(&scope.model);
+        let delimit = self.settings().delimit_user_content_for(&scope.model);
         for (i, m) in messages.iter().enumerate() {
             let content = self.judge_turn(scope, i, m, vault, &mut findings, &mut blocked);
             let content = if delimit && m.role == Role::User {
@@ -320,22 +326,23 @@ impl Guard for PalisadeGuard {
     }
 
     fn system_prompt(&self, scope: &GuardScope, base: &str, canary: &str) -> String {
-        if !self.settings.enabled || !self.settings.hardened_prompt_for(&scope.model) {
+        let settings = self.settings();
+        if !settings.enabled || !settings.hardened_prompt_for(&scope.model) {
             return base.to_string();
         }
-        let tenant_extra = self
-            .tenant(scope)
+        let tenant_extra = settings
+            .tenants
+            .get(&scope.tenant.to_string())
             .and_then(|t| t.system_prompt.as_deref())
             .map(|s| format!("\n{s}"))
             .unwrap_or_default();
-        let model_extra = self
-            .settings
+        let model_extra = settings
             .models
             .get(&scope.model)
             .and_then(|m| m.system_prompt.as_deref())
             .map(|s| format!("\n{s}"))
             .unwrap_or_default();
-        let delimiting = if self.settings.delimit_user_content_for(&scope.model) {
+        let delimiting = if settings.delimit_user_content_for(&scope.model) {
             " User text comes inside <user_input> tags."
         } else {
             ""
@@ -358,23 +365,65 @@ impl Guard for PalisadeGuard {
         system_prompt: &str,
         canary: &str,
     ) -> Box<dyn OutputGuard> {
-        if !self.settings.enabled {
+        if !self.settings().enabled {
             return Box::new(output::Restorer::new(vault));
         }
         Box::new(output::StreamGuard::new(
             self.policy(scope),
-            self.settings.output_window,
+            self.settings().output_window,
             vault,
             system_prompt,
             canary,
-            self.settings.allowed_image_hosts.clone(),
+            self.settings().allowed_image_hosts.clone(),
         ))
     }
 
     fn uses_vault(&self, scope: &GuardScope) -> bool {
         let p = self.policy(scope);
-        self.settings.enabled
+        self.settings().enabled
             && (p.pii == GuardAction::Pseudonymise || p.secret == GuardAction::Pseudonymise)
+    }
+
+    fn set_tenant_policy(
+        &self,
+        tenant: palisade_core::ids::TenantId,
+        policy: Option<palisade_types::guard::TenantGuardPolicy>,
+    ) {
+        let key = tenant.to_string();
+        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = GuardSettings::clone(&slot);
+        match policy.or_else(|| self.configured_tenants.get(&key).cloned()) {
+            Some(p) => {
+                next.tenants.insert(key, p);
+            }
+            None => {
+                next.tenants.remove(&key);
+            }
+        }
+        *slot = Arc::new(next);
+    }
+
+    fn tenant_policy(
+        &self,
+        tenant: palisade_core::ids::TenantId,
+    ) -> Option<palisade_core::guard::TenantPolicyView> {
+        use palisade_types::models::TrustZone;
+        let s = self.settings();
+        let key = tenant.to_string();
+        let overrides = s.tenants.get(&key).cloned();
+        Some(palisade_core::guard::TenantPolicyView {
+            enabled: s.enabled,
+            injection_threshold: overrides
+                .as_ref()
+                .and_then(|t| t.injection_threshold)
+                .unwrap_or(s.injection_threshold),
+            internal: s.zone_policy(TrustZone::Internal, Some(&key)),
+            external: s.zone_policy(TrustZone::External, Some(&key)),
+            default_injection_threshold: s.injection_threshold,
+            default_internal: s.zone_policy(TrustZone::Internal, None),
+            default_external: s.zone_policy(TrustZone::External, None),
+            overrides,
+        })
     }
 }
 
@@ -510,5 +559,59 @@ mod tests {
         );
         let v = g.check_input(&at("small"), vec![user("hello there")], &mut vault);
         assert_eq!(v.messages[0].content, "hello there");
+    }
+
+    #[test]
+    fn tenant_policy_changes_apply_and_reset_to_the_configured_one() {
+        let configured = TenantId::new();
+        let other = TenantId::new();
+        let mut settings = GuardSettings::default();
+        let mut t = palisade_types::guard::TenantGuardPolicy::default();
+        t.internal.toxicity = Some(GuardAction::Block);
+        settings.tenants.insert(configured.to_string(), t);
+        let guard = PalisadeGuard::new(settings, &[]).unwrap_or_else(|_| unreachable!());
+        let at = |tenant: TenantId| GuardScope {
+            tenant,
+            zone: TrustZone::Internal,
+            model: "m".into(),
+        };
+        let mail = || {
+            vec![PromptMessage {
+                role: Role::User,
+                content: "Write to jane.doe@example.com please".into(),
+            }]
+        };
+        // Default: personal data is logged for internal models.
+        let v = guard.check_input(&at(other), mail(), &mut Pseudonyms::default());
+        assert!(v.blocked.is_none());
+        // An admin blocks it for one tenant: that tenant only.
+        let mut p = palisade_types::guard::TenantGuardPolicy::default();
+        p.internal.pii = Some(GuardAction::Block);
+        guard.set_tenant_policy(other, Some(p.clone()));
+        let v = guard.check_input(&at(other), mail(), &mut Pseudonyms::default());
+        assert_eq!(v.blocked, Some(vec!["pii".to_string()]));
+        let v = guard.check_input(&at(configured), mail(), &mut Pseudonyms::default());
+        assert!(v.blocked.is_none());
+        let view = guard.tenant_policy(other).unwrap_or_else(|| unreachable!());
+        assert_eq!(view.internal.pii, GuardAction::Block);
+        assert_eq!(view.default_internal.pii, GuardAction::Log);
+        assert_eq!(view.overrides, Some(p.clone()));
+        // Replacing a configured tenant's policy, then resetting, restores the configured one.
+        guard.set_tenant_policy(configured, Some(p));
+        let view = guard
+            .tenant_policy(configured)
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(view.internal.toxicity, ZonePolicy::internal().toxicity);
+        guard.set_tenant_policy(configured, None);
+        let view = guard
+            .tenant_policy(configured)
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(view.internal.toxicity, GuardAction::Block);
+        guard.set_tenant_policy(other, None);
+        assert_eq!(
+            guard.tenant_policy(other).map(|v| v.overrides),
+            Some(None),
+            "an unconfigured tenant goes back to the defaults"
+        );
     }
 }

@@ -37,6 +37,8 @@ const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/api/auth/logout"),
     // Authenticated by `X-LLM-Token` inside the handler.
     (Method::POST, "/api/v1/llm/generate"),
+    // Authenticated by its single-use ticket inside the handler (browsers cannot send headers).
+    (Method::GET, "/api/chat/ws"),
     // Spec 000 / 004 compatibility logins.
     (Method::POST, "/login"),
     (Method::POST, "/auth/login"),

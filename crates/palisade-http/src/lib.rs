@@ -39,6 +39,10 @@ pub struct AppState {
     pub auth_limiter: Option<Arc<auth::IpLimiter>>,
     /// Mount spec 000/004 compatibility routes.
     pub compat_routes: bool,
+    /// Tenants' guard policies (admin API).
+    pub guard_policies: Arc<palisade_core::guard_policies::GuardPolicies>,
+    /// Single-use tickets of the WebSocket handshake.
+    pub ws_tickets: Arc<routes::ws::WsTickets>,
 }
 
 async fn not_found() -> ApiError {
@@ -144,6 +148,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/admin/cache", get(routes::models::admin_cache))
         .route(
+            "/api/admin/guard/tenants/{id}",
+            get(routes::guard::get_policy)
+                .put(routes::guard::put_policy)
+                .delete(routes::guard::reset_policy),
+        )
+        .route(
             "/api/admin/models/{name}/test",
             post(routes::models::admin_test),
         )
@@ -154,6 +164,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(routes::openai::list_models))
         .route("/v1/models/{id}", get(routes::openai::get_model))
         .route("/api/chat/message", post(routes::chat::send_message))
+        .route("/api/chat/ws/ticket", post(routes::ws::ticket))
+        .route("/api/chat/ws", get(routes::ws::connect))
         .route("/api/chat/sessions", get(routes::chat::list_sessions))
         .route(
             "/api/chat/sessions/{id}",

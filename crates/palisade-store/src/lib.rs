@@ -2,6 +2,7 @@
 //! migrations are embedded in the binary and run on open.
 
 mod chat;
+mod guard;
 mod keys;
 mod models;
 mod rows;

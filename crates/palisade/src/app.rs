@@ -31,12 +31,44 @@ use palisade_store::Store;
 use rand::RngCore;
 
 use crate::cli::{
-    Cli, Command, CommonArgs, ConfigCommand, GuardCommand, KeysCommand, LogFormat, ModelCommand,
-    UserCommand,
+    Cli, Command, CommonArgs, ConfigCommand, DbCommand, GuardCommand, KeysCommand, LogFormat,
+    ModelCommand, UserCommand,
 };
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Chat(a) => crate::client::chat::run(a).await,
+        Command::Key(c) => crate::client::admin::run_key(c).await,
+        Command::Tenant(c) => crate::client::admin::run_tenant(c).await,
+        Command::User(UserCommand::Create(a)) if a.server.is_some() => {
+            crate::client::admin::run_user(UserCommand::Create(a)).await
+        }
+        Command::User(
+            c @ (UserCommand::List(_)
+            | UserCommand::Disable(_)
+            | UserCommand::Enable(_)
+            | UserCommand::SetRole(_)
+            | UserCommand::ResetPassword(_)
+            | UserCommand::Sessions(_)
+            | UserCommand::Revoke(_)),
+        ) => crate::client::admin::run_user(c).await,
+        Command::Db(DbCommand::Migrate(a)) => {
+            init_logging(LogFormat::Text);
+            let cfg = load_config(&a.common, None)?;
+            let (_store, _auth) = open_identity(&cfg).await?;
+            println!(
+                "database {} is at the current schema",
+                cfg.data_dir.join("palisade.db").display()
+            );
+            Ok(0)
+        }
+        other => run_local(other).await.map(|()| 0),
+    }
+}
+
+async fn run_local(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(a) => {
             init_logging(a.log_format);
             let cfg = load_config(&a.common, a.listen.clone())?;
@@ -47,10 +79,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(&a.common, None)?;
             let password = read_password(a.password_stdin)?;
             let (_store, auth) = open_identity(&cfg).await?;
+            let role = if a.admin { "admin".to_string() } else { a.role };
             let user = auth
                 .create_user(CreateUser {
                     email: a.email,
-                    ..CreateUser::local(DEFAULT_TENANT, &a.username, &password, &a.role)
+                    ..CreateUser::local(DEFAULT_TENANT, &a.username, &password, &role)
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -101,6 +134,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(())
         }
+        Command::Chat(_) | Command::Key(_) | Command::Tenant(_) | Command::Db(_) => Ok(()),
+        Command::User(_) => Ok(()),
     }
 }
 
@@ -372,6 +407,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ..ChatPolicy::default()
     };
     let guard = build_guard(&cfg)?;
+    let guard_policies = Arc::new(palisade_core::guard_policies::GuardPolicies::new(
+        guard.clone(),
+        Arc::new(store.clone()),
+    ));
+    let applied = guard_policies.load().await?;
+    if applied > 0 {
+        tracing::info!(tenants = applied, "guard policies set by admins applied");
+    }
     let chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
         .with_guard(guard);
     let state = AppState {
@@ -383,6 +426,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         body_limit_bytes: cfg.http.body_limit_bytes as usize,
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
         compat_routes: cfg.auth.compat_routes,
+        guard_policies,
+        ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new()),
     };
     // Pick up signing keys added by `palisade keys rotate`.
     let keys = auth.keys().clone();

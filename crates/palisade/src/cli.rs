@@ -34,6 +34,19 @@ pub enum Command {
     /// Manage the token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Chat with a Palisade server in the terminal (REPL), or ask one question (-m, or piped
+    /// standard input) for scripts. Exit codes: 0 ok, 1 error, 3 blocked by the content guard,
+    /// 4 not signed in or not allowed, 5 rate-limited or server busy, 130 stopped with Ctrl-C.
+    Chat(ChatArgs),
+    /// Manage API keys of your account (through the server's API).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage tenants (through the server's API; platform administrators).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// The database of the data dir.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// The content guard (LLM firewall): scan text, measure detection on a labelled file.
     #[command(subcommand)]
     Guard(GuardCommand),
@@ -116,8 +129,25 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a user account.
+    /// Create a user account: on the data dir (no server needed; `--admin` for the first
+    /// administrator), or through a running server's API with `--server URL`.
+    #[command(alias = "setup-admin")]
     Create(UserCreateArgs),
+    /// List users (through the API).
+    List(UserListArgs),
+    /// Disable an account: it cannot sign in and its sessions end (through the API).
+    Disable(UserTargetArgs),
+    /// Enable a disabled account (through the API).
+    Enable(UserTargetArgs),
+    /// Change a user's role; their sessions end (through the API).
+    SetRole(UserSetRoleArgs),
+    /// Give a user a temporary password that must be changed at the next sign-in (through the
+    /// API); their sessions end.
+    ResetPassword(UserTargetArgs),
+    /// A user's sign-in sessions (through the API).
+    Sessions(UserTargetArgs),
+    /// End every session of a user at once (through the API).
+    Revoke(UserTargetArgs),
     /// Import users from a YAML file (spec 000's users.yaml: username, password or bcrypt
     /// hash, role). bcrypt hashes are upgraded to Argon2id at each user's next login.
     Import(UserImportArgs),
@@ -147,6 +177,166 @@ pub struct UserCreateArgs {
     /// Read the password from standard input (first line) instead of prompting.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Create an administrator (same as `--role admin`).
+    #[arg(long)]
+    pub admin: bool,
+    /// Create the account through this server's API instead of on the data dir (the server
+    /// generates a temporary password that must be changed at the first sign-in).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Trust this CA certificate (PEM) for `--server`.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Print JSON (with `--server`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the server is and how to trust it (the client commands).
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The server's address.
+    #[arg(
+        long,
+        env = "PALISADE_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub server: String,
+    /// Trust this CA certificate (PEM) for a server with a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// The data dir of a server on this machine: its certificate is pinned (only it is
+    /// trusted) [default: $PALISADE_DATA_DIR or ~/.local/share/palisade].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Ask this one question, print the answer and exit.
+    #[arg(short, long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// Print the one-shot answer as JSON (content, session_id, model, tokens, latency).
+    #[arg(long)]
+    pub json: bool,
+    /// The model to use (`models` in the REPL lists them).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Continue this conversation (an id from `sessions`).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Longest answer, in tokens.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Sign in as this user (asked when absent).
+    #[arg(long)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UserListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only users whose name or e-mail contains this.
+    #[arg(long)]
+    pub search: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UserTargetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The user's login name (or id).
+    pub username: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UserSetRoleArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The user's login name (or id).
+    pub username: String,
+    /// The new role.
+    pub role: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for your account; it is shown once.
+    Create(KeyCreateArgs),
+    /// Your API keys (never their secrets).
+    List(JsonClientArgs),
+    /// Revoke one of your API keys at once.
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonClientArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyCreateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A name to recognise the key by.
+    #[arg(long)]
+    pub name: String,
+    /// Days until it expires (none: it does not expire).
+    #[arg(long)]
+    pub expires_in_days: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRevokeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The key's id (from `palisade key list`).
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create(TenantCreateArgs),
+    /// List tenants.
+    List(JsonClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantCreateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the database of the data dir (spec 002's --init-db); the server also
+    /// does this at start.
+    #[command(alias = "init")]
+    Migrate(DbMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbMigrateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Subcommand)]

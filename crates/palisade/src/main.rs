@@ -2,6 +2,7 @@
 
 mod app;
 mod cli;
+mod client;
 mod guardcli;
 mod import;
 mod model;
@@ -22,7 +23,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(app::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -362,3 +362,113 @@ async fn guard_check_cli() {
         "Mail jane@example.com about the report"
     );
 }
+
+/// A tenant's guard policy changed through the admin API applies at once, survives a restart,
+/// is refused when invalid or out of reach, and resets to the configured one.
+#[tokio::test]
+async fn tenant_policy_at_run_time() {
+    let (upstream, up) = common::stub::start().await;
+    let cfg = config(&upstream);
+    let cfg_path = cfg.path().to_str().unwrap().to_string();
+    let s = Server::start(&[("PALISADE_CONFIG", &cfg_path)]);
+    let admin = s.admin_token().await;
+    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
+    let tenant = me["tenant_id"].as_str().unwrap().to_string();
+    let path = format!("/api/admin/guard/tenants/{tenant}");
+    let mail = json!({"model": "onprem", "messages": [{"role": "user",
+        "content": "Write to jane.doe@example.com about the meeting"}]});
+
+    // The defaults: personal data is only logged for internal models.
+    let v: Value = s.get(&admin, &path).await.json().await.unwrap();
+    assert_eq!(v["enabled"], true);
+    assert_eq!(v["overrides"]["injection_threshold"], Value::Null);
+    assert_eq!(v["effective"]["internal"]["pii"], "log");
+    assert_eq!(v["defaults"]["external"]["pii"], "pseudonymise");
+    assert_eq!(v1(&s, &admin, mail.clone()).await.status(), StatusCode::OK);
+
+    // Block personal data for this tenant's internal models: applies to the next request.
+    let r = s
+        .put(
+            &admin,
+            &path,
+            json!({"internal": {"pii": "block"}, "injection_threshold": 0.5}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["effective"]["internal"]["pii"], "block");
+    assert_eq!(v["effective"]["external"]["pii"], "pseudonymise");
+    assert_eq!(v["effective"]["injection_threshold"], 0.5);
+    let hits = up.bodies.lock().unwrap().len();
+    let r = v1(&s, &admin, mail.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_of(r).await["categories"], json!(["pii"]));
+    assert_eq!(
+        up.bodies.lock().unwrap().len(),
+        hits,
+        "nothing reached the model"
+    );
+
+    // Invalid policies are refused with typed errors; nothing changes.
+    for (body, status, code) in [
+        (
+            json!({"injection_threshold": 2.0}),
+            422,
+            "invalid_threshold",
+        ),
+        (json!({"internal": {"pii": "shred"}}), 422, "invalid_body"),
+        (
+            json!({"internal": {"colour": "block"}}),
+            422,
+            "invalid_body",
+        ),
+        (
+            json!({"system_prompt": "x".repeat(2001)}),
+            422,
+            "system_prompt_too_long",
+        ),
+    ] {
+        let r = s.put(&admin, &path, body).await;
+        assert_eq!(
+            common::error_code(r, StatusCode::from_u16(status).unwrap()).await,
+            code
+        );
+    }
+    let r = s
+        .put(
+            &admin,
+            "/api/admin/guard/tenants/0190a0a0-0000-7000-8000-000000000999",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = s
+        .put(&admin, "/api/admin/guard/tenants/nope", json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Ordinary users may not read or change it.
+    let (_, user, _) = s.new_user(&admin, "gp-user", "user", None).await;
+    let r = s.get(&user, &path).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s.put(&user, &path, json!({})).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Stored: a restart keeps it.
+    let s = s.restart(&[("PALISADE_CONFIG", &cfg_path)]);
+    let admin = s.admin_token().await;
+    let v: Value = s.get(&admin, &path).await.json().await.unwrap();
+    assert_eq!(v["effective"]["internal"]["pii"], "block");
+    let r = v1(&s, &admin, mail.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Reset: the defaults apply again.
+    let r = s.delete(&admin, &path).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["effective"]["internal"]["pii"], "log");
+    assert_eq!(
+        v["overrides"],
+        json!({"internal": {}, "external": {}, "injection_threshold": null, "system_prompt": null})
+    );
+    assert_eq!(v1(&s, &admin, mail).await.status(), StatusCode::OK);
+}

@@ -102,7 +102,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 /// CSRF defence for cookie-authenticated calls: the custom header, and a same-origin `Origin`.
 /// The request's own host: the `Host` header (HTTP/1.1) or the URI's authority (HTTP/2 carries
 /// it in `:authority`, which browsers use over TLS).
-fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+pub(crate) fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

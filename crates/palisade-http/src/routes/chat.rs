@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
 
-fn message_json(m: StoredMessage) -> MessageResponse {
+pub(crate) fn message_json(m: StoredMessage) -> MessageResponse {
     MessageResponse {
         id: m.id.to_string(),
         session_id: m.session_id.to_string(),

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod compat;
+pub mod guard;
 pub mod health;
 pub mod models;
 pub mod openai;
+pub mod ws;

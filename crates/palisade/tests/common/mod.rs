@@ -211,6 +211,16 @@ impl Server {
             .unwrap()
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn patch(&self, token: &str, path: &str, body: Value) -> Response {
         self.client
             .patch(self.url(path))

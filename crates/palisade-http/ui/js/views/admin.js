@@ -12,6 +12,7 @@ const SECTIONS = [
   { key: 'tenants', title: 'Tenants', perm: 'tenants:manage', draw: tenants },
   { key: 'roles', title: 'Roles', perm: 'roles:read', draw: roles },
   { key: 'models', title: 'Models', perm: 'models:manage', draw: models },
+  { key: 'guard', title: 'Guard policy', perm: 'guard:manage', draw: guardPolicy },
   { key: 'events', title: 'Security events', perm: 'audit:read', draw: events },
 ];
 
@@ -386,5 +387,128 @@ async function events(box) {
     );
   } catch (e) {
     failed(box, e);
+  }
+}
+
+// What each policy field means, in the order the form shows them.
+const GUARD_FIELDS = [
+  ['injection', 'Prompt injection and jailbreaks (input)'],
+  ['pii', 'Personal data in prompts'],
+  ['secret', 'Secrets and keys in prompts'],
+  ['toxicity', 'Abusive or harmful language in prompts'],
+  ['output_pii', 'Personal data in answers'],
+  ['output_secret', 'Secrets in answers'],
+  ['output_toxicity', 'Abusive language in answers'],
+  ['leak', 'Answer reveals the system prompt'],
+  ['unsafe_markup', 'Unsafe links and outside images in answers'],
+];
+const GUARD_ACTIONS = ['allow', 'log', 'redact', 'pseudonymise', 'block'];
+
+/** A tenant's content-guard policy: per zone and category, inherit or an action. */
+async function guardPolicy(box) {
+  loading(box);
+  let tenants;
+  try {
+    if (session.can('tenants:manage')) {
+      const r = await api.api('GET', '/api/admin/tenants');
+      tenants = Array.isArray(r) ? r : r.tenants || [];
+    } else {
+      tenants = [{ id: session.me.tenant_id, name: 'Your tenant' }];
+    }
+  } catch (e) {
+    failed(box, e);
+    return;
+  }
+  const picker = h('select', { id: 'guard-tenant', name: 'tenant' }, tenants.map((t) => h('option', { value: t.id }, t.name)));
+  const form = h('div', {});
+  picker.addEventListener('change', () => draw(picker.value));
+  clear(box).append(
+    h('p', { class: 'muted' }, 'What the content guard does with each finding, per trust zone: internal models run inside the organisation, external ones outside it. “Inherit” keeps the server-wide setting (shown in brackets). Changes apply at once and are stored.'),
+    field('Tenant', picker),
+    form,
+  );
+  draw(picker.value);
+
+  async function draw(tenant) {
+    loading(form);
+    let v;
+    try {
+      v = await api.api('GET', `/api/admin/guard/tenants/${encodeURIComponent(tenant)}`);
+    } catch (e) {
+      failed(form, e);
+      return;
+    }
+    const ov = v.overrides || {};
+    // Thresholds travel as 32-bit floats (0.6499999…): show three decimals.
+    const round = (x) => (x === null || x === undefined ? '' : String(Math.round(x * 1000) / 1000));
+    const select = (zone, key) => {
+      const current = (ov[zone] || {})[key] || '';
+      const inherited = v.defaults[zone][key];
+      return h(
+        'select',
+        { name: `${zone}.${key}`, 'aria-label': `${zone === 'internal' ? 'Internal' : 'External'} models: ${GUARD_FIELDS.find((f) => f[0] === key)[1]}` },
+        h('option', { value: '', selected: current === '' }, `inherit (${inherited})`),
+        GUARD_ACTIONS.map((a) => h('option', { value: a, selected: current === a }, a)),
+      );
+    };
+    const threshold = h('input', {
+      name: 'injection_threshold',
+      type: 'number',
+      min: 0.05,
+      max: 1,
+      step: 0.01,
+      value: round(ov.injection_threshold),
+      placeholder: round(v.defaults.injection_threshold),
+    });
+    const prompt = h('textarea', { name: 'system_prompt', rows: 3, maxlength: 2000 }, ov.system_prompt || '');
+    const status = h('p', { class: 'small', role: 'status' });
+    const body = h(
+      'form',
+      { class: 'stack', novalidate: true },
+      v.enabled ? null : h('p', { class: 'error', role: 'alert' }, 'The content guard is turned off on this server (guard.enabled = false): nothing below applies.'),
+      table(
+        ['Finding', 'Internal models', 'External models'],
+        GUARD_FIELDS.map(([key, label]) => [label, select('internal', key), select('external', key)]),
+        'Guard actions',
+      ),
+      field('Injection threshold (0.05–1; lower blocks more)', threshold, 'Empty: the server-wide ' + round(v.defaults.injection_threshold) + '.'),
+      field('Extra rules for the hardened system prompt', prompt, 'Added to every conversation of this tenant; keep it short, every word costs time on each request.'),
+      h('div', { class: 'toolbar' },
+        h('button', { class: 'primary', type: 'submit' }, 'Save policy'),
+        h('button', {
+          class: 'ghost',
+          type: 'button',
+          onclick: async () => {
+            try {
+              await api.api('DELETE', `/api/admin/guard/tenants/${encodeURIComponent(tenant)}`);
+              announce('Guard policy reset');
+              draw(tenant);
+            } catch (ex) {
+              toast(errorText(ex), 'error');
+            }
+          },
+        }, 'Reset to defaults'),
+        status),
+    );
+    body.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const policy = { internal: {}, external: {} };
+      for (const el of body.querySelectorAll('select')) {
+        const [zone, key] = el.name.split('.');
+        if (el.value) policy[zone][key] = el.value;
+      }
+      if (threshold.value !== '') policy.injection_threshold = Number(threshold.value);
+      if (prompt.value.trim()) policy.system_prompt = prompt.value.trim();
+      try {
+        await api.api('PUT', `/api/admin/guard/tenants/${encodeURIComponent(tenant)}`, policy);
+        status.textContent = 'Saved';
+        status.className = 'small success';
+        announce('Guard policy saved');
+      } catch (ex) {
+        status.textContent = errorText(ex);
+        status.className = 'small error';
+      }
+    });
+    clear(form).append(body);
   }
 }

@@ -1,0 +1,65 @@
+//! `/api/admin/guard/tenants/{id}`: a tenant's content-guard policy, read and changed at run
+//! time (needs `guard:manage`).
+
+use axum::extract::State;
+use axum::Json;
+use palisade_core::access::GuardManage;
+use palisade_core::guard::{TenantGuardPolicy, TenantPolicyView};
+use palisade_core::ids::TenantId;
+use serde_json::{json, Value};
+
+use crate::auth::Perm;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::AppState;
+
+fn view_json(tenant: TenantId, v: TenantPolicyView) -> Json<Value> {
+    Json(json!({
+        "tenant_id": tenant.to_string(),
+        "enabled": v.enabled,
+        "overrides": v.overrides.unwrap_or_default(),
+        "effective": {
+            "injection_threshold": v.injection_threshold,
+            "internal": v.internal,
+            "external": v.external,
+        },
+        "defaults": {
+            "injection_threshold": v.default_injection_threshold,
+            "internal": v.default_internal,
+            "external": v.default_external,
+        },
+    }))
+}
+
+/// `GET /api/admin/guard/tenants/{id}`.
+pub async fn get_policy(
+    State(s): State<AppState>,
+    Perm(g): Perm<GuardManage>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant: TenantId = id.parse()?;
+    Ok(view_json(tenant, s.guard_policies.get(&g, tenant)?))
+}
+
+/// `PUT /api/admin/guard/tenants/{id}`: the whole policy (absent fields inherit).
+pub async fn put_policy(
+    State(s): State<AppState>,
+    Perm(g): Perm<GuardManage>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(policy): ApiJson<TenantGuardPolicy>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant: TenantId = id.parse()?;
+    Ok(view_json(
+        tenant,
+        s.guard_policies.put(&g, tenant, policy).await?,
+    ))
+}
+
+/// `DELETE /api/admin/guard/tenants/{id}`: back to the configured policy.
+pub async fn reset_policy(
+    State(s): State<AppState>,
+    Perm(g): Perm<GuardManage>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant: TenantId = id.parse()?;
+    Ok(view_json(tenant, s.guard_policies.reset(&g, tenant).await?))
+}

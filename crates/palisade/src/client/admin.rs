@@ -1,0 +1,423 @@
+//! Admin verbs through the API (`palisade user list|create --server|disable|...`,
+//! `palisade key ...`, `palisade tenant ...`): the server checks permissions and records them
+//! like any admin action. Tables for people, `--json` for scripts.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::render::sanitize;
+use super::{ensure_signed_in, exit, ApiFailure, Conn};
+use crate::cli::{
+    ClientArgs, JsonClientArgs, KeyCommand, TenantCommand, UserCommand, UserCreateArgs,
+};
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(x) => sanitize(x),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as an aligned table.
+fn table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(head.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+async fn connect(client: &ClientArgs) -> anyhow::Result<Conn> {
+    let mut conn = Conn::new(client)?;
+    ensure_signed_in(&mut conn, None).await?;
+    Ok(conn)
+}
+
+/// Finds a user's id by login name (or accepts an id).
+async fn user_id(conn: &mut Conn, name: &str) -> Result<String, ApiFailure> {
+    let v = conn
+        .get(&format!(
+            "/api/admin/users?limit=100&search={}",
+            urlencode(name)
+        ))
+        .await?;
+    v["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["username"] == name || u["id"] == name)
+        .and_then(|u| u["id"].as_str().map(String::from))
+        .ok_or_else(|| ApiFailure {
+            status: Some(reqwest::StatusCode::NOT_FOUND),
+            code: "not_found".into(),
+            message: format!("no user `{}`", sanitize(name)),
+            retry_after: None,
+            categories: Vec::new(),
+        })
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_user(u: &Value, json_out: bool) {
+    if json_out {
+        println!("{u}");
+    } else {
+        println!(
+            "{} ({}) {} {}",
+            s(&u["username"]),
+            s(&u["role"]),
+            if u["is_active"] == true {
+                "active"
+            } else {
+                "disabled"
+            },
+            s(&u["id"])
+        );
+    }
+}
+
+/// Runs an admin verb; returns the exit code.
+pub async fn run_user(cmd: UserCommand) -> anyhow::Result<i32> {
+    let out = match cmd {
+        UserCommand::List(a) => {
+            let mut conn = connect(&a.client).await?;
+            let q = a
+                .search
+                .map(|x| format!("&search={}", urlencode(&x)))
+                .unwrap_or_default();
+            let v = conn.get(&format!("/api/admin/users?limit=100{q}")).await;
+            v.map(|v| {
+                if a.json {
+                    println!("{}", v["users"]);
+                } else {
+                    table(
+                        &["USERNAME", "ROLE", "STATUS", "2FA", "LAST SIGN-IN", "ID"],
+                        v["users"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|u| {
+                                vec![
+                                    s(&u["username"]),
+                                    s(&u["role"]),
+                                    if u["is_active"] == true {
+                                        "active".into()
+                                    } else {
+                                        "disabled".into()
+                                    },
+                                    if u["totp_enabled"] == true {
+                                        "on".into()
+                                    } else {
+                                        "off".into()
+                                    },
+                                    s(&u["last_login_at"]),
+                                    s(&u["id"]),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            })
+        }
+        UserCommand::Disable(a) => set_active(&a.client, &a.username, false, a.json).await?,
+        UserCommand::Enable(a) => set_active(&a.client, &a.username, true, a.json).await?,
+        UserCommand::SetRole(a) => {
+            let mut conn = connect(&a.client).await?;
+            match user_id(&mut conn, &a.username).await {
+                Ok(id) => conn
+                    .call(
+                        Method::PATCH,
+                        &format!("/api/admin/users/{id}"),
+                        Some(json!({"role": a.role})),
+                    )
+                    .await
+                    .map(|u| print_user(&u, a.json)),
+                Err(f) => Err(f),
+            }
+        }
+        UserCommand::ResetPassword(a) => {
+            let mut conn = connect(&a.client).await?;
+            match user_id(&mut conn, &a.username).await {
+                Ok(id) => conn
+                    .call(
+                        Method::POST,
+                        &format!("/api/admin/users/{id}/reset-password"),
+                        None,
+                    )
+                    .await
+                    .map(|v| {
+                        if a.json {
+                            println!("{v}");
+                        } else {
+                            println!(
+                                "temporary password for {}: {}\n(shown once; it must be changed at the next sign-in)",
+                                sanitize(&a.username),
+                                s(&v["temporary_password"])
+                            );
+                        }
+                    }),
+                Err(f) => Err(f),
+            }
+        }
+        UserCommand::Sessions(a) => {
+            let mut conn = connect(&a.client).await?;
+            match user_id(&mut conn, &a.username).await {
+                Ok(id) => conn
+                    .get(&format!("/api/admin/users/{id}/sessions"))
+                    .await
+                    .map(|v| {
+                        let rows = v
+                            .as_array()
+                            .cloned()
+                            .or_else(|| v["sessions"].as_array().cloned())
+                            .unwrap_or_default();
+                        if a.json {
+                            println!("{}", Value::Array(rows));
+                        } else {
+                            table(
+                                &["STARTED", "LAST USED", "IP", "CLIENT", "ID"],
+                                rows.iter()
+                                    .map(|x| {
+                                        vec![
+                                            s(&x["created_at"]),
+                                            s(&x["last_used_at"]),
+                                            s(&x["ip"]),
+                                            s(&x["user_agent"]).chars().take(40).collect(),
+                                            s(&x["id"]),
+                                        ]
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }),
+                Err(f) => Err(f),
+            }
+        }
+        UserCommand::Revoke(a) => {
+            let mut conn = connect(&a.client).await?;
+            match user_id(&mut conn, &a.username).await {
+                Ok(id) => conn
+                    .call(
+                        Method::DELETE,
+                        &format!("/api/admin/users/{id}/sessions"),
+                        None,
+                    )
+                    .await
+                    .map(|_| println!("every session of {} ended", sanitize(&a.username))),
+                Err(f) => Err(f),
+            }
+        }
+        UserCommand::Create(a) => create_remote(a).await?,
+        UserCommand::Import(_) => Ok(()),
+    };
+    Ok(finish(out))
+}
+
+async fn set_active(
+    client: &ClientArgs,
+    username: &str,
+    active: bool,
+    json_out: bool,
+) -> anyhow::Result<Result<(), ApiFailure>> {
+    let mut conn = connect(client).await?;
+    Ok(match user_id(&mut conn, username).await {
+        Ok(id) => conn
+            .call(
+                Method::PATCH,
+                &format!("/api/admin/users/{id}"),
+                Some(json!({"is_active": active})),
+            )
+            .await
+            .map(|u| print_user(&u, json_out)),
+        Err(f) => Err(f),
+    })
+}
+
+async fn create_remote(a: UserCreateArgs) -> anyhow::Result<Result<(), ApiFailure>> {
+    let client = ClientArgs {
+        server: a.server.clone().unwrap_or_default(),
+        ca_cert: a.ca_cert.clone(),
+        data_dir: a.common.data_dir.clone(),
+    };
+    let mut conn = connect(&client).await?;
+    let role = if a.admin { "admin".to_string() } else { a.role };
+    let mut body = json!({"username": a.username, "role": role});
+    if let Some(e) = a.email {
+        body["email"] = json!(e);
+    }
+    Ok(conn
+        .call(Method::POST, "/api/admin/users", Some(body))
+        .await
+        .map(|v| {
+            if a.json {
+                println!("{v}");
+            } else {
+                print_user(&v["user"], false);
+                if let Some(p) = v["temporary_password"].as_str() {
+                    println!(
+                        "temporary password: {p}\n(shown once; it must be changed at the first sign-in)"
+                    );
+                }
+            }
+        }))
+}
+
+pub async fn run_key(cmd: KeyCommand) -> anyhow::Result<i32> {
+    let out = match cmd {
+        KeyCommand::Create(a) => {
+            let mut conn = connect(&a.client).await?;
+            let mut body = json!({"name": a.name});
+            if let Some(d) = a.expires_in_days {
+                body["expires_in_days"] = json!(d);
+            }
+            conn.call(Method::POST, "/api/auth/api-keys", Some(body))
+                .await
+                .map(|v| {
+                    if a.json {
+                        println!("{v}");
+                    } else {
+                        println!(
+                            "API key {} ({}):\n{}\n(shown once; keep it in a secret store)",
+                            s(&v["name"]),
+                            s(&v["id"]),
+                            s(&v["api_key"])
+                        );
+                    }
+                })
+        }
+        KeyCommand::List(JsonClientArgs { client, json }) => {
+            let mut conn = connect(&client).await?;
+            conn.get("/api/auth/api-keys").await.map(|v| {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .or_else(|| v["keys"].as_array().cloned())
+                    .unwrap_or_default();
+                if json {
+                    println!("{}", Value::Array(rows));
+                } else {
+                    table(
+                        &["NAME", "PREFIX", "CREATED", "EXPIRES", "STATUS", "ID"],
+                        rows.iter()
+                            .map(|k| {
+                                vec![
+                                    s(&k["name"]),
+                                    s(&k["prefix"]),
+                                    s(&k["created_at"]),
+                                    s(&k["expires_at"]),
+                                    if k["revoked"] == true {
+                                        "revoked".into()
+                                    } else {
+                                        "active".into()
+                                    },
+                                    s(&k["id"]),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            })
+        }
+        KeyCommand::Revoke(a) => {
+            let mut conn = connect(&a.client).await?;
+            conn.call(
+                Method::DELETE,
+                &format!("/api/auth/api-keys/{}", urlencode(&a.id)),
+                None,
+            )
+            .await
+            .map(|_| println!("key revoked"))
+        }
+    };
+    Ok(finish(out))
+}
+
+pub async fn run_tenant(cmd: TenantCommand) -> anyhow::Result<i32> {
+    let out = match cmd {
+        TenantCommand::Create(a) => {
+            let mut conn = connect(&a.client).await?;
+            conn.call(
+                Method::POST,
+                "/api/admin/tenants",
+                Some(json!({"name": a.name})),
+            )
+            .await
+            .map(|v| {
+                if a.json {
+                    println!("{v}");
+                } else {
+                    println!("tenant {} created: {}", s(&v["name"]), s(&v["id"]));
+                }
+            })
+        }
+        TenantCommand::List(JsonClientArgs { client, json }) => {
+            let mut conn = connect(&client).await?;
+            conn.get("/api/admin/tenants").await.map(|v| {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .or_else(|| v["tenants"].as_array().cloned())
+                    .unwrap_or_default();
+                if json {
+                    println!("{}", Value::Array(rows));
+                } else {
+                    table(
+                        &["NAME", "STATUS", "CREATED", "ID"],
+                        rows.iter()
+                            .map(|t| {
+                                vec![
+                                    s(&t["name"]),
+                                    if t["is_active"] == true {
+                                        "active".into()
+                                    } else {
+                                        "disabled".into()
+                                    },
+                                    s(&t["created_at"]),
+                                    s(&t["id"]),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            })
+        }
+    };
+    Ok(finish(out))
+}
+
+fn finish(out: Result<(), ApiFailure>) -> i32 {
+    match out {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            eprintln!("error: {f}");
+            f.exit_code()
+        }
+    }
+}
