@@ -266,6 +266,11 @@ fn multi(patterns: &[&str]) -> Option<regex_automata::meta::Regex> {
 
 /// The indices of the patterns of `re` that match somewhere in `text`.
 fn matching(re: &regex_automata::meta::Regex, text: &str) -> Vec<usize> {
+    // Most text matches nothing: a plain yes/no scan first is cheaper than tracking every
+    // pattern's matches.
+    if !re.is_match(text) {
+        return Vec::new();
+    }
     let mut found = regex_automata::PatternSet::new(re.pattern_len());
     re.which_overlapping_matches(&regex_automata::Input::new(text), &mut found);
     found.iter().map(|p| p.as_usize()).collect()

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,7 +171,7 @@ fn build_guard(cfg: &Config) -> anyhow::Result<Arc<palisade_guard::PalisadeGuard
     Ok(Arc::new(guard))
 }
 
-fn load_config(common: &CommonArgs, listen: Option<String>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(common: &CommonArgs, listen: Option<String>) -> anyhow::Result<Config> {
     let cli = CliOverrides {
         data_dir: common.data_dir.clone(),
         listen,
@@ -196,11 +196,23 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 
 /// Creates the data dir (owner-only) and opens the store and the identity service.
 async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)> {
+    open_identity_in(cfg, false).await
+}
+
+/// As [`open_identity`]; `memory`: the database lives in memory (an `--embedded` run without a
+/// data dir), keys and certificate still in `cfg.data_dir`.
+async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, Arc<AuthService>)> {
     create_private_dir(&cfg.data_dir)?;
     let db = cfg.data_dir.join("palisade.db");
-    let store = Store::open_sqlite(&db)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
+    let store = if memory {
+        Store::open_in_memory()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the in-memory database: {e}"))?
+    } else {
+        Store::open_sqlite(&db)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?
+    };
     let keys = KeyRing::load_or_create(&cfg.data_dir.join("keys"), "palisade", "palisade")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let a = &cfg.auth;
@@ -372,10 +384,85 @@ impl Readiness for StoreReadiness {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    serve_with(cfg, None).await
+}
+
+/// What an in-process (`palisade chat --embedded`) server tells its client.
+pub struct Embedded {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub username: String,
+    pub password: String,
+}
+
+/// How an embedded server is run: where the database is, and whom to tell when it listens.
+pub struct EmbeddedRun {
+    pub memory: bool,
+    pub ready: tokio::sync::oneshot::Sender<Embedded>,
+}
+
+/// The local account of embedded runs: an administrator whose random password is kept in the
+/// data dir (0600), so a kept `--data-dir` signs in again next time.
+async fn embedded_user(
+    cfg: &Config,
+    store: &Store,
+    auth: &AuthService,
+) -> anyhow::Result<(String, String)> {
+    let secret = cfg.data_dir.join("embedded-user.secret");
+    let password = match std::fs::read_to_string(&secret) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => {
+            let mut b = [0u8; 24];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+            write_private_file(&secret, p.as_bytes())?;
+            p
+        }
+    };
+    if store
+        .find_by_username(DEFAULT_TENANT, "local")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_none()
+    {
+        auth.create_user(CreateUser {
+            skip_policy: true,
+            ..CreateUser::local(DEFAULT_TENANT, "local", &password, "admin")
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the local user: {e}"))?;
+    }
+    Ok(("local".into(), password))
+}
+
+fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Runs the whole server; `embedded`: in-process for `palisade chat --embedded` (no banner, a
+/// local account instead of the first-admin bootstrap).
+pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let addr: SocketAddr = cfg.listen_addr()?;
-    let (store, auth) = open_identity(&cfg).await?;
-    bootstrap_admin(&store, &auth).await?;
+    let memory = embedded.as_ref().is_some_and(|e| e.memory);
+    let is_embedded = embedded.is_some();
+    let (store, auth) = open_identity_in(&cfg, memory).await?;
+    let local_user = match &embedded {
+        Some(_) => Some(embedded_user(&cfg, &store, &auth).await?),
+        None => {
+            bootstrap_admin(&store, &auth).await?;
+            None
+        }
+    };
 
     let model_path = crate::model::locate(
         cfg.model.file.as_deref(),
@@ -457,14 +544,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        h.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
+    // An embedded server ends with its client's process; Ctrl-C there stops an answer.
+    if !is_embedded {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            h.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+    }
 
-    {
+    if let (Some(run), Some((username, password))) = (embedded, local_user) {
+        let _ = run.ready.send(Embedded {
+            url: format!("https://{local}"),
+            data_dir: cfg.data_dir.clone(),
+            username,
+            password,
+        });
+    } else {
         let mut out = std::io::stdout().lock();
         writeln!(out, "palisade {} ready", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "  data dir:  {}", cfg.data_dir.display())?;

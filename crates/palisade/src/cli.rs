@@ -233,6 +233,13 @@ pub struct ChatArgs {
     /// Sign in as this user (asked when absent).
     #[arg(long)]
     pub username: Option<String>,
+    /// No server: run the engine, guard and store in this process (spec 002's in-memory
+    /// mode). Conversations live in memory unless `--data-dir DIR` keeps them in DIR.
+    #[arg(long)]
+    pub embedded: bool,
+    /// Configuration file of the embedded run (models, guard, limits).
+    #[arg(long, env = "PALISADE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -51,9 +51,74 @@ struct Chat {
     tty: bool,
 }
 
+/// A directory removed when the run ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the whole server in this process on a loopback port and signs in as its local user.
+async fn embedded(args: &ChatArgs) -> anyhow::Result<(Conn, Option<TempDir>)> {
+    use rand::RngCore;
+    let (dir, temp, memory) = match &args.client.data_dir {
+        Some(d) => (d.clone(), None, false),
+        None => {
+            let mut b = [0u8; 8];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            let d = std::env::temp_dir().join(format!(
+                "palisade-embedded-{}-{}",
+                std::process::id(),
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ));
+            (d.clone(), Some(TempDir(d)), true)
+        }
+    };
+    let common = crate::cli::CommonArgs {
+        config: args.config.clone(),
+        data_dir: Some(dir),
+    };
+    let cfg = crate::app::load_config(&common, Some("127.0.0.1:0".into()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(crate::app::serve_with(
+        cfg,
+        Some(crate::app::EmbeddedRun { memory, ready: tx }),
+    ));
+    let info = match rx.await {
+        Ok(i) => i,
+        Err(_) => {
+            // The server ended before it listened: its error says why.
+            return Err(match server.await {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the embedded server did not start"),
+            });
+        }
+    };
+    let mut conn = Conn::new(&crate::cli::ClientArgs {
+        server: info.url,
+        ca_cert: None,
+        data_dir: Some(info.data_dir),
+    })?;
+    conn.ephemeral();
+    conn.login(&info.username, &info.password, || {
+        anyhow::bail!("the embedded user has no second factor")
+    })
+    .await?;
+    if memory {
+        eprintln!("embedded mode: conversations are kept in memory for this run only (--data-dir DIR keeps them)");
+    }
+    Ok((conn, temp))
+}
+
 /// Entry point of `palisade chat`; returns the process exit code.
 pub async fn run(args: ChatArgs) -> anyhow::Result<i32> {
-    let mut conn = Conn::new(&args.client)?;
+    let (mut conn, _temp) = if args.embedded {
+        embedded(&args).await?
+    } else {
+        (Conn::new(&args.client)?, None)
+    };
     let one_shot = args.message.is_some() || !std::io::stdin().is_terminal();
     if one_shot {
         let question = match &args.message {

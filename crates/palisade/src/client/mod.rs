@@ -189,6 +189,12 @@ impl Conn {
         })
     }
 
+    /// Forgets any saved or environment credential and never saves one (embedded runs).
+    pub fn ephemeral(&mut self) {
+        self.cred = Credential::None;
+        self.store.path = None;
+    }
+
     pub fn signed_in(&self) -> bool {
         !matches!(self.cred, Credential::None)
     }
