@@ -65,14 +65,21 @@ pub fn run(quick: bool, token_ms: f64) -> anyhow::Result<Value> {
     for t in texts.iter().take(16) {
         let _ = guard.scan(t);
     }
-    let started = Instant::now();
+    // Five passes over the texts; the median pass is reported (the machine is shared, so a
+    // single pass can land on a busy moment), the best one alongside.
     let mut findings = 0usize;
-    for t in &texts {
-        let s = guard.scan(t);
-        findings += s.values.len() + s.toxicity.len();
+    let mut passes = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let started = Instant::now();
+        for t in &texts {
+            let s = guard.scan(t);
+            findings += s.values.len() + s.toxicity.len();
+        }
+        passes.push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
     }
-    let secs = started.elapsed().as_secs_f64();
-    let mb_s = bytes as f64 / 1e6 / secs;
+    passes.sort_by(f64::total_cmp);
+    let mb_s = passes[passes.len() / 2];
+    let mb_s_best = passes[passes.len() - 1];
 
     // 2. Input guard latency on a 2 kB prompt (the whole check, as the pipeline runs it).
     let iterations = if quick { 2_000 } else { 10_000 };
@@ -142,7 +149,9 @@ pub fn run(quick: bool, token_ms: f64) -> anyhow::Result<Value> {
     println!("\ncontent guard, one thread (default policy, external zone)");
     println!("| measure | value | target |");
     println!("|---|---:|---:|");
-    println!("| full input scan, ordinary prose | {mb_s:.1} MB/s | >= 50 MB/s |");
+    println!(
+        "| full input scan, ordinary prose (median / best of 5 passes) | {mb_s:.1} / {mb_s_best:.1} MB/s | >= 50 MB/s |"
+    );
     println!(
         "| input guard on a 2 kB prompt, p50 / p99 | {:.3} / {:.3} ms | p99 < 1 ms |",
         percentile(&lat, 0.5),
@@ -155,6 +164,7 @@ pub fn run(quick: bool, token_ms: f64) -> anyhow::Result<Value> {
     );
     Ok(json!({
         "scan_mb_per_s": mb_s,
+        "scan_mb_per_s_best": mb_s_best,
         "scan_bytes": bytes,
         "scan_findings": findings,
         "input_2kb_p50_ms": percentile(&lat, 0.5),
