@@ -83,7 +83,11 @@ fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<
         .arg(dir.path())
         .env("PALISADE_ADMIN_PASSWORD", PASSWORD)
         .env("PALISADE_MODEL__PARALLEL", streams.to_string())
-        .env("PALISADE_LOG", "warn");
+        .env("PALISADE_LOG", "warn")
+        // Limits stay on (every request pays for its check) but high enough not to throttle
+        // the load the benchmark itself generates.
+        .env("PALISADE_LIMITS__CHAT_PER_USER", "1000000/s")
+        .env("PALISADE_LIMITS__API_PER_USER", "1000000/s");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -35,6 +35,32 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The LLM firewall (see `docs/guard.md`).
     pub guard: GuardSettings,
+    /// Request limits (see `docs/limits.md`).
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: rates written `N/UNIT` (UNIT: s, min, h, day, month), `""` for none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    /// Chat API requests (`/api/chat/message`) per user (spec 003: 10 per second).
+    pub chat_per_user: String,
+    /// `/v1` and scoped-generate requests per user (spec 003: 100 per minute).
+    pub api_per_user: String,
+    /// Chat and API requests per tenant, all its users together (none by default).
+    pub requests_per_tenant: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            chat_per_user: "10/s".into(),
+            api_per_user: "100/min".into(),
+            requests_per_tenant: String::new(),
+        }
+    }
 }
 
 /// How remote providers are called.
@@ -401,6 +427,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             cache: CacheConfig::default(),
             guard: GuardSettings::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

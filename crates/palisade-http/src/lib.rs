@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod routes;
 pub mod ui;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub compat_routes: bool,
     /// Tenants' guard policies (admin API).
     pub guard_policies: Arc<palisade_core::guard_policies::GuardPolicies>,
+    /// Request limits per user and tenant (`None`: off).
+    pub limits: Option<Arc<dyn limits::RequestLimits>>,
     /// Single-use tickets of the WebSocket handshake.
     pub ws_tickets: Arc<routes::ws::WsTickets>,
 }
@@ -200,7 +203,12 @@ pub fn router(state: AppState) -> Router {
             "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
         ),
     ];
+    // Layers run outside in: authentication first, then the limits (which need the caller).
     let mut app = api
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::enforce,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,

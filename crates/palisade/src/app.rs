@@ -130,6 +130,7 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
                 palisade_core::models::validate_spec(&spec, &roles)
                     .map_err(|e| anyhow::anyhow!("configuration `models.{}`: {e}", spec.name))?;
             }
+            route_limits(&cfg)?;
             println!("configuration is valid");
             println!("{}", serde_json::to_string_pretty(&cfg)?);
             Ok(())
@@ -152,6 +153,28 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The request limits of `[limits]` (in this process; shared Redis counters come with
+/// scale-out).
+fn route_limits(
+    cfg: &Config,
+) -> anyhow::Result<Option<Arc<dyn palisade_http::limits::RequestLimits>>> {
+    let l = &cfg.limits;
+    if !l.enabled {
+        tracing::warn!("request limits are turned off (limits.enabled = false)");
+        return Ok(None);
+    }
+    let rate = |key: &str, v: &str| {
+        palisade_limits::Rate::parse(v)
+            .map_err(|e| anyhow::anyhow!("configuration `limits.{key}`: {e}"))
+    };
+    Ok(Some(Arc::new(crate::limits::RouteLimits::new(
+        Arc::new(palisade_limits::MemoryBackend::new()),
+        rate("chat_per_user", &l.chat_per_user)?,
+        rate("api_per_user", &l.api_per_user)?,
+        rate("requests_per_tenant", &l.requests_per_tenant)?,
+    ))))
 }
 
 /// The LLM firewall from `[guard]`, with its extra word lists read from disk.
@@ -514,6 +537,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
         compat_routes: cfg.auth.compat_routes,
         guard_policies,
+        limits: route_limits(&cfg)?,
         ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new()),
     };
     // Pick up signing keys added by `palisade keys rotate`.

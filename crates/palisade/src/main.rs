@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod guardcli;
 mod import;
+mod limits;
 mod model;
 mod tls;
 

@@ -43,6 +43,7 @@ fn crates_depend_only_inwards() {
         "palisade-guard",
         "palisade-auth",
         "palisade-config",
+        "palisade-limits",
     ];
     let mut bad = Vec::new();
     for (name, ds) in &deps {

@@ -76,6 +76,9 @@ impl Server {
             .env("PALISADE_LOG", "warn")
             // Tests log in often from one address; the per-IP limit has its own test.
             .env("PALISADE_AUTH__IP_LIMIT_PER_MINUTE", "100000")
+            // Likewise the per-user request limits (tests/limits_e2e.rs sets its own).
+            .env("PALISADE_LIMITS__CHAT_PER_USER", "100000/s")
+            .env("PALISADE_LIMITS__API_PER_USER", "100000/s")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

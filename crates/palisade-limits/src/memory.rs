@@ -1,0 +1,162 @@
+//! Counters in this process (the default; one replica).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::{gcra_status, gcra_step, Backend, Check, Decision, Dimension, LimitError, Status};
+
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Tat(u64),
+    Count(u64),
+}
+
+/// In-memory counters behind one lock (a decision touches a handful of keys).
+pub struct MemoryBackend {
+    cells: Mutex<HashMap<String, Cell>>,
+    started: Instant,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self {
+            cells: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn now(&self, given: Option<u64>) -> u64 {
+        given.unwrap_or_else(|| {
+            u64::try_from(self.started.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+        })
+    }
+
+    /// Counters held (idle ones are dropped as the map grows).
+    pub fn len(&self) -> usize {
+        self.cells.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for MemoryBackend {
+    async fn acquire(&self, checks: &[Check], now_us: Option<u64>) -> Result<Decision, LimitError> {
+        let now = self.now(now_us);
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if cells.len() > 100_000 {
+            // A rate counter whose TAT has passed is the same as no counter.
+            cells.retain(|_, c| match c {
+                Cell::Tat(t) => *t > now,
+                Cell::Count(n) => *n > 0,
+            });
+        }
+        // First decide, then charge: all or nothing.
+        let mut next = Vec::with_capacity(checks.len());
+        for (i, c) in checks.iter().enumerate() {
+            match c.dimension {
+                Dimension::Concurrent => {
+                    let n = match cells.get(&c.key) {
+                        Some(Cell::Count(n)) => *n,
+                        _ => 0,
+                    };
+                    if n.saturating_add(c.cost) > c.amount {
+                        return Ok(Decision::Denied {
+                            index: i,
+                            key: c.key.clone(),
+                            amount: c.amount,
+                            retry_after: std::time::Duration::from_secs(1),
+                            impossible: c.cost > c.amount,
+                        });
+                    }
+                    next.push(Cell::Count(n + c.cost));
+                }
+                _ => {
+                    let tat = match cells.get(&c.key) {
+                        Some(Cell::Tat(t)) => *t,
+                        _ => 0,
+                    };
+                    let (interval, period) = c.gcra();
+                    match gcra_step(tat, now, interval, period, c.cost) {
+                        Ok(t) => next.push(Cell::Tat(t)),
+                        Err((wait, impossible)) => {
+                            return Ok(Decision::Denied {
+                                index: i,
+                                key: c.key.clone(),
+                                amount: c.amount,
+                                retry_after: std::time::Duration::from_micros(wait),
+                                impossible,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(checks.len());
+        for (c, cell) in checks.iter().zip(next) {
+            cells.insert(c.key.clone(), cell);
+            out.push(match cell {
+                Cell::Count(n) => Status {
+                    key: c.key.clone(),
+                    amount: c.amount,
+                    remaining: c.amount.saturating_sub(n),
+                    reset_secs: 0,
+                },
+                Cell::Tat(t) => {
+                    let (interval, period) = c.gcra();
+                    let (remaining, reset_secs) = gcra_status(t, now, interval, period);
+                    Status {
+                        key: c.key.clone(),
+                        amount: c.amount,
+                        remaining,
+                        reset_secs,
+                    }
+                }
+            });
+        }
+        Ok(Decision::Allowed(out))
+    }
+
+    async fn release(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+    ) -> Result<(), LimitError> {
+        let now = self.now(now_us);
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        match (check.dimension, cells.get(&check.key).copied()) {
+            (Dimension::Concurrent, Some(Cell::Count(n))) => {
+                let left = n.saturating_sub(amount);
+                if left == 0 {
+                    cells.remove(&check.key);
+                } else {
+                    cells.insert(check.key.clone(), Cell::Count(left));
+                }
+            }
+            (Dimension::Concurrent, _) => {}
+            (_, Some(Cell::Tat(t))) => {
+                let (interval, _) = check.gcra();
+                let back = t.saturating_sub(interval.saturating_mul(amount));
+                if back <= now {
+                    cells.remove(&check.key);
+                } else {
+                    cells.insert(check.key.clone(), Cell::Tat(back));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! Counters on Redis, shared by every replica: one Lua script decides and charges all checks of
+//! a request atomically (one round trip), on Redis's clock so replicas' clocks do not matter.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::{gcra_status, Backend, Check, Decision, Dimension, LimitError, Status};
+
+/// Mirrors `gcra_step` and the concurrency rule of the memory backend. Numbers are Lua doubles:
+/// microsecond timestamps stay exact (below 2^53).
+const ACQUIRE: &str = r"
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local n = #KEYS
+local nxt = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 5
+  local kind = ARGV[b + 1]
+  local interval = tonumber(ARGV[b + 2])
+  local period = tonumber(ARGV[b + 3])
+  local amount = tonumber(ARGV[b + 4])
+  local cost = tonumber(ARGV[b + 5])
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if kind == 'c' then
+    if cur + cost > amount then
+      local imp = 0
+      if cost > amount then imp = 1 end
+      return {0, i, 1000000, imp}
+    end
+    nxt[i] = cur + cost
+  else
+    local inc = interval * cost
+    local tat = math.max(cur, now) + inc
+    if tat - now > period then
+      local imp = 0
+      if inc > period then imp = 1 end
+      return {0, i, string.format('%.0f', tat - now - period), imp}
+    end
+    nxt[i] = tat
+  end
+end
+local out = {1, string.format('%.0f', now)}
+for i = 1, n do
+  local kind = ARGV[1 + (i - 1) * 5 + 1]
+  local v = string.format('%.0f', nxt[i])
+  if kind == 'c' then
+    redis.call('SET', KEYS[i], v, 'EX', 3600)
+  else
+    redis.call('SET', KEYS[i], v, 'PX', math.floor((nxt[i] - now) / 1000) + 1)
+  end
+  out[#out + 1] = v
+end
+return out
+";
+
+const RELEASE: &str = r"
+local now
+if ARGV[4] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[4])
+end
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local kind = ARGV[1]
+local interval = tonumber(ARGV[2])
+local amount = tonumber(ARGV[3])
+if kind == 'c' then
+  local left = cur - amount
+  if left <= 0 then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], string.format('%.0f', left), 'KEEPTTL')
+  end
+else
+  local back = cur - interval * amount
+  if back <= now then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.floor((back - now) / 1000) + 1)
+  end
+end
+return 1
+";
+
+/// Counters in Redis under `palisade:limit:`.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    acquire: redis::Script,
+    release: redis::Script,
+    prefix: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LimitError {
+    LimitError::Unavailable(e.to_string())
+}
+
+impl RedisBackend {
+    /// Connects (and reconnects on its own later) to `url`, e.g. `redis://127.0.0.1:6379`.
+    pub async fn connect(url: &str) -> Result<RedisBackend, LimitError> {
+        Self::connect_with_prefix(url, "palisade:limit:").await
+    }
+
+    /// As [`connect`](Self::connect) with another key prefix (tests, several deployments on one
+    /// Redis).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<RedisBackend, LimitError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+            .await
+            .map_err(|_| LimitError::Unavailable("connecting to Redis timed out".into()))?
+            .map_err(unavailable)?;
+        Ok(RedisBackend {
+            conn,
+            acquire: redis::Script::new(ACQUIRE),
+            release: redis::Script::new(RELEASE),
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+fn kind(c: &Check) -> &'static str {
+    match c.dimension {
+        Dimension::Concurrent => "c",
+        _ => "r",
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for RedisBackend {
+    async fn acquire(&self, checks: &[Check], now_us: Option<u64>) -> Result<Decision, LimitError> {
+        let mut inv = self.acquire.prepare_invoke();
+        inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        for c in checks {
+            let (interval, period) = c.gcra();
+            inv.key(format!("{}{}", self.prefix, c.key))
+                .arg(kind(c))
+                .arg(interval)
+                .arg(period)
+                .arg(c.amount)
+                .arg(c.cost);
+        }
+        let mut conn = self.conn.clone();
+        let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let num = |v: Option<&redis::Value>| -> u64 {
+            match v {
+                Some(redis::Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
+                Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                Some(redis::Value::SimpleString(s)) => s.parse().unwrap_or(0),
+                _ => 0,
+            }
+        };
+        if num(out.first()) == 0 {
+            let i = usize::try_from(num(out.get(1)))
+                .unwrap_or(1)
+                .saturating_sub(1);
+            let c = checks
+                .get(i)
+                .ok_or_else(|| LimitError::Unavailable("unexpected script answer".into()))?;
+            return Ok(Decision::Denied {
+                index: i,
+                key: c.key.clone(),
+                amount: c.amount,
+                retry_after: Duration::from_micros(num(out.get(2))),
+                impossible: num(out.get(3)) == 1,
+            });
+        }
+        let now = num(out.get(1));
+        let statuses = checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let v = num(out.get(i + 2));
+                match c.dimension {
+                    Dimension::Concurrent => Status {
+                        key: c.key.clone(),
+                        amount: c.amount,
+                        remaining: c.amount.saturating_sub(v),
+                        reset_secs: 0,
+                    },
+                    _ => {
+                        let (interval, period) = c.gcra();
+                        let (remaining, reset_secs) = gcra_status(v, now, interval, period);
+                        Status {
+                            key: c.key.clone(),
+                            amount: c.amount,
+                            remaining,
+                            reset_secs,
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(Decision::Allowed(statuses))
+    }
+
+    async fn release(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+    ) -> Result<(), LimitError> {
+        let (interval, _) = check.gcra();
+        let mut inv = self.release.prepare_invoke();
+        inv.key(format!("{}{}", self.prefix, check.key))
+            .arg(kind(check))
+            .arg(interval)
+            .arg(amount)
+            .arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
