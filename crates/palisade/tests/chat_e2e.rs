@@ -224,6 +224,9 @@ async fn full_queue_answers_503_with_retry_after() {
     let s = Server::start(&[
         ("PALISADE_MODEL__PARALLEL", "1"),
         ("PALISADE_MODEL__QUEUE_SIZE", "0"),
+        // Retries before the first token end at once, while the long answer still holds the
+        // slot (on a fast machine the default backoff outlasts a 1,000-token answer).
+        ("PALISADE_PROVIDERS__RETRY_BACKOFF_MS", "1"),
     ]);
     let token = s.admin_token().await;
     let r = s
