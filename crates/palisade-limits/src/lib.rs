@@ -193,6 +193,23 @@ pub(crate) fn gcra_status(tat: u64, now: u64, interval: u64, period: u64) -> (u6
     (remaining, used.div_ceil(1_000_000))
 }
 
+/// A check's status after it was charged: `value` is the counter (concurrency) or the new TAT.
+pub(crate) fn status_of(c: &Check, value: u64, now: u64) -> Status {
+    let (remaining, reset_secs) = match c.dimension {
+        Dimension::Concurrent => (c.amount.saturating_sub(value), 0),
+        _ => {
+            let (interval, period) = c.gcra();
+            gcra_status(value, now, interval, period)
+        }
+    };
+    Status {
+        key: c.key.clone(),
+        amount: c.amount,
+        remaining,
+        reset_secs,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::panic)]
 mod tests {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::{gcra_status, gcra_step, Backend, Check, Decision, Dimension, LimitError, Status};
+use crate::{gcra_step, status_of, Backend, Check, Decision, Dimension, LimitError};
 
 #[derive(Debug, Clone, Copy)]
 enum Cell {
@@ -106,24 +106,8 @@ impl Backend for MemoryBackend {
         let mut out = Vec::with_capacity(checks.len());
         for (c, cell) in checks.iter().zip(next) {
             cells.insert(c.key.clone(), cell);
-            out.push(match cell {
-                Cell::Count(n) => Status {
-                    key: c.key.clone(),
-                    amount: c.amount,
-                    remaining: c.amount.saturating_sub(n),
-                    reset_secs: 0,
-                },
-                Cell::Tat(t) => {
-                    let (interval, period) = c.gcra();
-                    let (remaining, reset_secs) = gcra_status(t, now, interval, period);
-                    Status {
-                        key: c.key.clone(),
-                        amount: c.amount,
-                        remaining,
-                        reset_secs,
-                    }
-                }
-            });
+            let (Cell::Count(v) | Cell::Tat(v)) = cell;
+            out.push(status_of(c, v, now));
         }
         Ok(Decision::Allowed(out))
     }

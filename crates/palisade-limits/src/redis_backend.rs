@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::{gcra_status, Backend, Check, Decision, Dimension, LimitError, Status};
+use crate::{status_of, Backend, Check, Decision, Dimension, LimitError};
 
 /// Mirrors `gcra_step` and the concurrency rule of the memory backend. Numbers are Lua doubles:
 /// microsecond timestamps stay exact (below 2^53).
@@ -178,27 +178,7 @@ impl Backend for RedisBackend {
         let statuses = checks
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let v = num(out.get(i + 2));
-                match c.dimension {
-                    Dimension::Concurrent => Status {
-                        key: c.key.clone(),
-                        amount: c.amount,
-                        remaining: c.amount.saturating_sub(v),
-                        reset_secs: 0,
-                    },
-                    _ => {
-                        let (interval, period) = c.gcra();
-                        let (remaining, reset_secs) = gcra_status(v, now, interval, period);
-                        Status {
-                            key: c.key.clone(),
-                            amount: c.amount,
-                            remaining,
-                            reset_secs,
-                        }
-                    }
-                }
-            })
+            .map(|(i, c)| status_of(c, num(out.get(i + 2)), now))
             .collect();
         Ok(Decision::Allowed(statuses))
     }

@@ -85,6 +85,14 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// The rows of a list answer: the array itself, or the array under `field`.
+fn list_rows(v: &Value, field: &str) -> Vec<Value> {
+    v.as_array()
+        .or_else(|| v[field].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn print_user(u: &Value, json_out: bool) {
     if json_out {
         println!("{u}");
@@ -150,22 +158,23 @@ pub async fn run_user(cmd: UserCommand) -> anyhow::Result<i32> {
         UserCommand::Enable(a) => set_active(&a.client, &a.username, true, a.json).await?,
         UserCommand::SetRole(a) => {
             let mut conn = connect(&a.client).await?;
-            match user_id(&mut conn, &a.username).await {
-                Ok(id) => conn
-                    .call(
-                        Method::PATCH,
-                        &format!("/api/admin/users/{id}"),
-                        Some(json!({"role": a.role})),
-                    )
-                    .await
-                    .map(|u| print_user(&u, a.json)),
-                Err(f) => Err(f),
+            async {
+                let id = user_id(&mut conn, &a.username).await?;
+                conn.call(
+                    Method::PATCH,
+                    &format!("/api/admin/users/{id}"),
+                    Some(json!({"role": a.role})),
+                )
+                .await
+                .map(|u| print_user(&u, a.json))
             }
+            .await
         }
         UserCommand::ResetPassword(a) => {
             let mut conn = connect(&a.client).await?;
-            match user_id(&mut conn, &a.username).await {
-                Ok(id) => conn
+            async {
+let id = user_id(&mut conn, &a.username).await?;
+conn
                     .call(
                         Method::POST,
                         &format!("/api/admin/users/{id}/reset-password"),
@@ -182,22 +191,18 @@ pub async fn run_user(cmd: UserCommand) -> anyhow::Result<i32> {
                                 s(&v["temporary_password"])
                             );
                         }
-                    }),
-                Err(f) => Err(f),
-            }
+                    })
+}
+.await
         }
         UserCommand::Sessions(a) => {
             let mut conn = connect(&a.client).await?;
-            match user_id(&mut conn, &a.username).await {
-                Ok(id) => conn
-                    .get(&format!("/api/admin/users/{id}/sessions"))
+            async {
+                let id = user_id(&mut conn, &a.username).await?;
+                conn.get(&format!("/api/admin/users/{id}/sessions"))
                     .await
                     .map(|v| {
-                        let rows = v
-                            .as_array()
-                            .cloned()
-                            .or_else(|| v["sessions"].as_array().cloned())
-                            .unwrap_or_default();
+                        let rows = list_rows(&v, "sessions");
                         if a.json {
                             println!("{}", Value::Array(rows));
                         } else {
@@ -216,23 +221,23 @@ pub async fn run_user(cmd: UserCommand) -> anyhow::Result<i32> {
                                     .collect(),
                             );
                         }
-                    }),
-                Err(f) => Err(f),
+                    })
             }
+            .await
         }
         UserCommand::Revoke(a) => {
             let mut conn = connect(&a.client).await?;
-            match user_id(&mut conn, &a.username).await {
-                Ok(id) => conn
-                    .call(
-                        Method::DELETE,
-                        &format!("/api/admin/users/{id}/sessions"),
-                        None,
-                    )
-                    .await
-                    .map(|_| println!("every session of {} ended", sanitize(&a.username))),
-                Err(f) => Err(f),
+            async {
+                let id = user_id(&mut conn, &a.username).await?;
+                conn.call(
+                    Method::DELETE,
+                    &format!("/api/admin/users/{id}/sessions"),
+                    None,
+                )
+                .await
+                .map(|_| println!("every session of {} ended", sanitize(&a.username)))
             }
+            .await
         }
         UserCommand::Create(a) => create_remote(a).await?,
         UserCommand::Import(_) => Ok(()),
@@ -247,17 +252,17 @@ async fn set_active(
     json_out: bool,
 ) -> anyhow::Result<Result<(), ApiFailure>> {
     let mut conn = connect(client).await?;
-    Ok(match user_id(&mut conn, username).await {
-        Ok(id) => conn
-            .call(
-                Method::PATCH,
-                &format!("/api/admin/users/{id}"),
-                Some(json!({"is_active": active})),
-            )
-            .await
-            .map(|u| print_user(&u, json_out)),
-        Err(f) => Err(f),
-    })
+    Ok(async {
+        let id = user_id(&mut conn, username).await?;
+        conn.call(
+            Method::PATCH,
+            &format!("/api/admin/users/{id}"),
+            Some(json!({"is_active": active})),
+        )
+        .await
+        .map(|u| print_user(&u, json_out))
+    }
+    .await)
 }
 
 async fn create_remote(a: UserCreateArgs) -> anyhow::Result<Result<(), ApiFailure>> {
@@ -315,11 +320,7 @@ pub async fn run_key(cmd: KeyCommand) -> anyhow::Result<i32> {
         KeyCommand::List(JsonClientArgs { client, json }) => {
             let mut conn = connect(&client).await?;
             conn.get("/api/auth/api-keys").await.map(|v| {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .or_else(|| v["keys"].as_array().cloned())
-                    .unwrap_or_default();
+                let rows = list_rows(&v, "keys");
                 if json {
                     println!("{}", Value::Array(rows));
                 } else {
@@ -380,11 +381,7 @@ pub async fn run_tenant(cmd: TenantCommand) -> anyhow::Result<i32> {
         TenantCommand::List(JsonClientArgs { client, json }) => {
             let mut conn = connect(&client).await?;
             conn.get("/api/admin/tenants").await.map(|v| {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .or_else(|| v["tenants"].as_array().cloned())
-                    .unwrap_or_default();
+                let rows = list_rows(&v, "tenants");
                 if json {
                     println!("{}", Value::Array(rows));
                 } else {

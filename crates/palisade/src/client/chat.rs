@@ -140,25 +140,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<i32> {
             );
             return Ok(exit::AUTH);
         }
-        let mut chat = Chat {
-            conn,
-            session: args.session.clone(),
-            model: args.model.clone(),
-            max_tokens: args.max_tokens,
-            listed: Vec::new(),
-            tty: std::io::stdout().is_terminal(),
-        };
+        let mut chat = Chat::new(conn, &args);
         return chat.one_shot(question.trim(), args.json).await;
     }
     ensure_signed_in(&mut conn, args.username.as_deref()).await?;
-    let mut chat = Chat {
-        conn,
-        session: args.session.clone(),
-        model: args.model.clone(),
-        max_tokens: args.max_tokens,
-        listed: Vec::new(),
-        tty: std::io::stdout().is_terminal(),
-    };
+    let mut chat = Chat::new(conn, &args);
     tokio::task::block_in_place(|| chat.repl())
 }
 
@@ -194,6 +180,17 @@ fn editor() -> Reedline {
 }
 
 impl Chat {
+    fn new(conn: Conn, args: &ChatArgs) -> Chat {
+        Chat {
+            conn,
+            session: args.session.clone(),
+            model: args.model.clone(),
+            max_tokens: args.max_tokens,
+            listed: Vec::new(),
+            tty: std::io::stdout().is_terminal(),
+        }
+    }
+
     fn repl(&mut self) -> anyhow::Result<i32> {
         let rt = tokio::runtime::Handle::current();
         let mut ed = editor();
@@ -552,17 +549,9 @@ impl Chat {
                             if i > 0 {
                                 // A line is complete: replace its raw text with the styled one.
                                 if self.tty {
-                                    let rows = line.chars().count().max(1).div_ceil(width);
-                                    if rows > 1 {
-                                        let _ = write!(out, "\x1b[{}A", rows - 1);
-                                    }
-                                    let _ = write!(out, "\r\x1b[J");
+                                    redraw(&mut out, &line, width, &mut renderer);
                                 }
-                                let _ = if self.tty {
-                                    writeln!(out, "{}", renderer.line(&line))
-                                } else {
-                                    writeln!(out)
-                                };
+                                let _ = writeln!(out);
                                 line.clear();
                             }
                             let clean = sanitize(part);
@@ -594,14 +583,7 @@ impl Chat {
                             .unwrap_or("the answer failed")
                             .to_string(),
                         retry_after: None,
-                        categories: ev["categories"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|c| c.as_str().map(String::from))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
+                        categories: super::categories(&ev["categories"]),
                     });
                 }
                 _ => {}
@@ -612,11 +594,7 @@ impl Chat {
         }
         if show {
             if self.tty && !line.is_empty() {
-                let rows = line.chars().count().max(1).div_ceil(width);
-                if rows > 1 {
-                    let _ = write!(out, "\x1b[{}A", rows - 1);
-                }
-                let _ = write!(out, "\r\x1b[J{}", renderer.line(&line));
+                redraw(&mut out, &line, width, &mut renderer);
             }
             let _ = writeln!(out);
         }
@@ -698,6 +676,16 @@ impl Chat {
             }
         }
     }
+}
+
+/// Replaces the raw text of the line just printed (`rows` terminal rows of `width`) with its
+/// styled form; the cursor stays at its end.
+fn redraw(out: &mut impl Write, line: &str, width: usize, renderer: &mut Renderer) {
+    let rows = line.chars().count().max(1).div_ceil(width);
+    if rows > 1 {
+        let _ = write!(out, "\x1b[{}A", rows - 1);
+    }
+    let _ = write!(out, "\r\x1b[J{}", renderer.line(line));
 }
 
 fn paint_error(s: &str) -> String {

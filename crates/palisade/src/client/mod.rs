@@ -98,6 +98,17 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+/// The guard categories of an error (`["injection", ...]`).
+pub(crate) fn categories(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The parsed events of a streamed answer.
 pub type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Value, ApiFailure>> + Send>>;
@@ -228,14 +239,7 @@ impl Conn {
                 .map(String::from)
                 .unwrap_or_else(|| format!("the server answered {status}")),
             retry_after,
-            categories: e["categories"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|c| c.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            categories: categories(&e["categories"]),
         }
     }
 
