@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 mod gateway;
 mod guard;
+mod limits;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade engine benchmark (through the HTTP API)")]
@@ -48,6 +49,8 @@ enum Scenario {
     Gateway,
     /// The content guard: scan throughput, input latency, output cost per token.
     Guard,
+    /// Limit decisions (memory and Redis) and the limited /v1 path.
+    Limits,
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
@@ -87,7 +90,10 @@ fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<
         // Limits stay on (every request pays for its check) but high enough not to throttle
         // the load the benchmark itself generates.
         .env("PALISADE_LIMITS__CHAT_PER_USER", "1000000/s")
-        .env("PALISADE_LIMITS__API_PER_USER", "1000000/s");
+        .env("PALISADE_LIMITS__API_PER_USER", "1000000/s")
+        .env("PALISADE_LIMITS__TOKENS_PER_USER", "1000000000/day")
+        .env("PALISADE_LIMITS__COMPUTE_PER_USER", "10000000/day")
+        .env("PALISADE_LIMITS__STREAMS_PER_USER", "100000");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -257,6 +263,11 @@ async fn main() -> anyhow::Result<()> {
     if all || args.scenario == Scenario::Gateway {
         doc.insert("gateway_overhead".into(), gateway_scenario(&args).await?);
     }
+    if all || args.scenario == Scenario::Limits {
+        let mut figures = limits::run(args.quick).await?;
+        figures["v1_path"] = limited_path(&args).await?;
+        doc.insert("limits".into(), figures);
+    }
     if all || args.scenario == Scenario::Guard {
         let quick = args.quick;
         let figures = tokio::task::spawn_blocking(move || guard::run(quick, token_ms)).await??;
@@ -367,6 +378,87 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
         }));
     }
     Ok(json!({"window_s": window.as_secs(), "rounds": rounds, "rows": rows}))
+}
+
+/// The limited `/v1` path at concurrency 16 against the stub upstream: limits off, counters in
+/// memory, counters in Redis (when one answers on 127.0.0.1:6379).
+async fn limited_path(args: &Args) -> anyhow::Result<Value> {
+    let (rounds, window) = if args.quick {
+        (1u32, Duration::from_secs(3))
+    } else {
+        (3, Duration::from_secs(6))
+    };
+    let stub = gateway::start_stub()?;
+    let cfg = gateway::config_file(stub)?;
+    let cfg_path = cfg.path().to_string_lossy().to_string();
+    let redis_up = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
+        Duration::from_secs(1),
+    )
+    .is_ok();
+    let mut variants: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("off", vec![("PALISADE_LIMITS__ENABLED", "false")]),
+        ("memory", vec![]),
+    ];
+    if redis_up {
+        variants.push((
+            "redis",
+            vec![("PALISADE_REDIS__URL", "redis://127.0.0.1:6379")],
+        ));
+    }
+    let body = json!({"model": "stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16});
+    println!();
+    println!("the limited /v1 path: POST /v1/chat/completions at concurrency 16 (stub upstream), limits off vs on; {}s window, median of {rounds} rounds", window.as_secs());
+    println!("| limits | p50 ms | p99 ms | req/s |");
+    println!("|---|---:|---:|---:|");
+    let mut out = serde_json::Map::new();
+    for (name, extra) in variants {
+        let mut env = vec![("PALISADE_CONFIG", cfg_path.as_str())];
+        env.extend(extra);
+        let s = start(&args.server, 1, &env)?;
+        let login: Value = s
+            .client
+            .post(format!("{}/api/auth/login", s.base))
+            .json(&json!({"username": "admin", "password": PASSWORD}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["access_token"].as_str().context("login failed")?;
+        let key = gateway::api_key(&s.client, &s.base, token).await?;
+        let url = format!("{}/v1/chat/completions", s.base);
+        let mut f = Vec::new();
+        for _ in 0..rounds {
+            f.push(
+                gateway::closed_loop(
+                    &s.client,
+                    &url,
+                    Some(&key),
+                    &body,
+                    16,
+                    Duration::from_millis(500),
+                    window,
+                )
+                .await,
+            );
+        }
+        let med = |g: fn(&gateway::Figures) -> f64| median(f.iter().map(g).collect());
+        let (p50, p99, rps) = (med(|x| x.p50_us), med(|x| x.p99_us), med(|x| x.rps));
+        let errors: u64 = f.iter().map(|x| x.errors).sum();
+        println!(
+            "| {name} | {:.2} | {:.2} | {rps:.0} |",
+            p50 / 1e3,
+            p99 / 1e3
+        );
+        if errors > 0 {
+            println!("  ({errors} failed requests)");
+        }
+        out.insert(
+            name.into(),
+            json!({"p50_ms": p50 / 1e3, "p99_ms": p99 / 1e3, "rps": rps, "errors": errors}),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 /// Engine throughput: one stream vs N concurrent streams; returns the ratio and the figures.

@@ -171,6 +171,8 @@ async function mainFlow(browser) {
   await screen(page, 'chat');
 
   step = 'stop';
+  // A slow upstream model: the small local model may finish a "long" story in a few tokens.
+  await page.getByLabel('Model').selectOption('slow');
   await page.getByLabel('Message', { exact: true }).fill('Write a very long story about a lighthouse keeper, with many chapters and details.');
   await page.keyboard.press('Enter');
   await page.waitForFunction(() => {
@@ -192,6 +194,7 @@ async function mainFlow(browser) {
   assert((await page.locator('.msg.assistant').count()) >= 2, 'the stopped answer was stored');
   const kept = await page.locator('.msg.assistant .meta').last().innerText();
   assert(/stopped/.test(kept), `the stored answer is partial (${kept})`);
+  await page.getByLabel('Model').selectOption('smollm2-135m');
 
   step = 'model switch';
   const options = await page.locator('select.model-picker option').allTextContents();
@@ -202,6 +205,29 @@ async function mainFlow(browser) {
   assert(/banana split/.test(echoed), `the other model answered (${echoed})`);
   const meta2 = await page.locator('.msg.assistant .meta').last().innerText();
   assert(meta2.startsWith('cloud'), `metadata names the model (${meta2})`);
+  await page.getByLabel('Model').selectOption('smollm2-135m');
+
+  step = 'budget spent';
+  // `tight` may compute for one second a day: an answer stopped after 1.5 s overdraws it, and
+  // the next message is refused with the wait in plain words.
+  await page.getByLabel('Model').selectOption('tight');
+  await page.getByLabel('Message', { exact: true }).fill('Tell me a long story.');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => {
+    const b = [...document.querySelectorAll('.msg.assistant .bubble')].pop();
+    return b && b.dataset.raw && b.dataset.raw.length > 20;
+  }, null, { timeout: 60_000 });
+  await page.waitForTimeout(1500);
+  await page.getByRole('button', { name: 'Stop' }).click();
+  await page.waitForFunction(() => document.querySelector('.messages').getAttribute('aria-busy') === 'false');
+  await page.getByLabel('Message', { exact: true }).fill('One more, please.');
+  await page.keyboard.press('Enter');
+  const spent = page.locator('.msg.notice.error').last();
+  await spent.waitFor();
+  const spentText = await spent.innerText();
+  assert(/budget is spent/.test(spentText) && /compute time of this model/.test(spentText), `the refusal names the budget (${spentText})`);
+  assert(/Enough is back in \d+ [hd]/.test(spentText), `the refusal says when to try again (${spentText})`);
+  await screen(page, 'chat-budget-spent');
   await page.getByLabel('Model').selectOption('smollm2-135m');
 
   step = 'guard block';
@@ -241,6 +267,14 @@ async function mainFlow(browser) {
   await page.getByRole('heading', { name: 'Sessions and devices' }).waitFor();
   await page.locator('table').waitFor();
   await screen(page, 'settings-sessions');
+  await page.getByRole('link', { name: 'Usage' }).click();
+  await page.getByRole('heading', { name: 'Usage', level: 2 }).waitFor();
+  await page.locator('svg.chart').waitFor();
+  const limitsTable = await page.getByRole('region', { name: 'Your limits' }).innerText().catch(() => '');
+  const today = await page.getByRole('definition').first().innerText();
+  assert(Number(today.replace(/\D/g, '')) >= 3, `today's requests are counted (${today})`);
+  log(`usage: today ${today} requests; limits: ${limitsTable.replace(/\s+/g, ' ').slice(0, 120) || 'none'}`);
+  await screen(page, 'settings-usage');
   await page.getByRole('link', { name: 'Appearance' }).click();
   await screen(page, 'settings-appearance');
 
@@ -261,7 +295,7 @@ async function mainFlow(browser) {
   await page.getByRole('heading', { name: 'Users', level: 2 }).waitFor();
   await page.locator('td', { hasText: 'admin' }).first().waitFor();
   await screen(page, 'admin-users');
-  for (const [tab, name] of [['Tenants', 'admin-tenants'], ['Roles', 'admin-roles'], ['Models', 'admin-models'], ['Security events', 'admin-events']]) {
+  for (const [tab, name] of [['Tenants', 'admin-tenants'], ['Roles', 'admin-roles'], ['Models', 'admin-models'], ['Security events', 'admin-events'], ['Usage', 'admin-usage']]) {
     await page.getByRole('link', { name: tab }).click();
     await page.getByRole('heading', { name: tab, level: 2 }).waitFor();
     await page.locator('table').first().waitFor();

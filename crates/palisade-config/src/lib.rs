@@ -35,8 +35,79 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The LLM firewall (see `docs/guard.md`).
     pub guard: GuardSettings,
-    /// Request limits (see `docs/limits.md`).
+    /// Request limits, budgets and concurrency (see `docs/limits.md`).
     pub limits: LimitsConfig,
+    /// Shared state for several replicas (see `docs/limits.md`, `docs/deployment.md`).
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`: the Redis that replicas share.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT/DB` (`rediss://` for TLS), or a reference to it,
+    /// `env::NAME` or `file::PATH`, so a password need not sit in the config file. The
+    /// password is never logged.
+    pub url: Option<String>,
+}
+
+impl RedisConfig {
+    /// The URL, with an `env::`/`file::` reference resolved.
+    pub fn resolved_url(&self) -> Result<Option<String>, ConfigError> {
+        match self.url.as_deref() {
+            None => Ok(None),
+            Some(r) if r.starts_with("env::") || r.starts_with("file::") => {
+                resolve_secret("redis.url", r).map(Some)
+            }
+            Some(u) => Ok(Some(u.to_string())),
+        }
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn display_url(&self) -> Option<String> {
+        self.url
+            .as_deref()
+            .map(|u| match (u.find("://"), u.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+                }
+                _ => u.to_string(),
+            })
+    }
+}
+
+/// Where limit counters live.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// Redis when `redis.url` is set, else this process's memory.
+    #[default]
+    Auto,
+    Memory,
+    Redis,
+}
+
+/// `[limits.roles.NAME]`: a role's own per-user figures (unset keys keep the defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleLimits {
+    pub chat_per_user: Option<String>,
+    pub api_per_user: Option<String>,
+    pub tokens_per_user: Option<String>,
+    pub compute_per_user: Option<String>,
+    pub streams_per_user: Option<u32>,
+}
+
+/// `[limits.models.NAME]`: what one model may serve, all callers together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelLimits {
+    /// Prompt + completion tokens, e.g. `"2000000/day"`.
+    pub tokens: String,
+    /// Compute-seconds, e.g. `"36000/day"`.
+    pub compute: String,
+    /// Streams at the same time (0: no limit).
+    pub streams: u32,
 }
 
 /// `[limits]`: rates written `N/UNIT` (UNIT: s, min, h, day, month), `""` for none.
@@ -50,6 +121,29 @@ pub struct LimitsConfig {
     pub api_per_user: String,
     /// Chat and API requests per tenant, all its users together (none by default).
     pub requests_per_tenant: String,
+    /// Prompt + completion tokens per user (reserved from the prompt and `max_tokens`, settled
+    /// to real usage).
+    pub tokens_per_user: String,
+    /// Tokens per API key.
+    pub tokens_per_key: String,
+    /// Tokens per tenant.
+    pub tokens_per_tenant: String,
+    /// Compute-seconds (wall time of the engine or upstream) per user, e.g. `"3600/day"`.
+    pub compute_per_user: String,
+    /// Compute-seconds per tenant.
+    pub compute_per_tenant: String,
+    /// Answers streaming at the same time per user (0: no limit).
+    pub streams_per_user: u32,
+    /// Answers streaming at the same time per tenant (0: no limit).
+    pub streams_per_tenant: u32,
+    /// Answers streaming at the same time on this server (or all replicas, with Redis).
+    pub streams_global: u32,
+    /// Where counters live: `auto` (Redis when `redis.url` is set), `memory` or `redis`.
+    pub backend: LimitsBackend,
+    /// Per-role figures, e.g. `[limits.roles.user] tokens_per_user = "200000/day"`.
+    pub roles: BTreeMap<String, RoleLimits>,
+    /// Per-model budgets, e.g. `[limits.models.gpt-4o] tokens = "5000000/day"`.
+    pub models: BTreeMap<String, ModelLimits>,
 }
 
 impl Default for LimitsConfig {
@@ -59,6 +153,17 @@ impl Default for LimitsConfig {
             chat_per_user: "10/s".into(),
             api_per_user: "100/min".into(),
             requests_per_tenant: String::new(),
+            tokens_per_user: "1000000/day".into(),
+            tokens_per_key: String::new(),
+            tokens_per_tenant: String::new(),
+            compute_per_user: "7200/day".into(),
+            compute_per_tenant: String::new(),
+            streams_per_user: 4,
+            streams_per_tenant: 0,
+            streams_global: 0,
+            backend: LimitsBackend::Auto,
+            roles: BTreeMap::new(),
+            models: BTreeMap::new(),
         }
     }
 }
@@ -345,6 +450,9 @@ pub struct ModelConfig {
     pub parallel: u32,
     /// Requests that may wait for a free slot; beyond it they get 503 + Retry-After.
     pub queue_size: u32,
+    /// Percent of `parallel + queue_size` one tenant may hold (at least `parallel`), so one
+    /// tenant's flood leaves room for the others; free slots go to the least-served tenant.
+    pub tenant_share_percent: u32,
     /// CPU threads for decoding (0 = all cores).
     pub threads: u32,
     pub default_max_tokens: u32,
@@ -362,6 +470,7 @@ impl Default for ModelConfig {
             context_size: 2048,
             parallel: 8,
             queue_size: 32,
+            tenant_share_percent: 75,
             threads: 0,
             default_max_tokens: 512,
             max_tokens_cap: 2048,
@@ -396,12 +505,17 @@ impl Default for ChatConfig {
 pub struct HttpConfig {
     /// Largest accepted request body.
     pub body_limit_bytes: u64,
+    /// Reverse proxies (addresses or CIDR ranges, e.g. `"10.0.0.0/8"`) whose
+    /// `X-Forwarded-For` is believed. From any other peer the header is ignored and the TCP
+    /// peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: 256 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -428,6 +542,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             guard: GuardSettings::default(),
             limits: LimitsConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -513,7 +628,7 @@ impl Config {
             });
         }
         let m = &self.model;
-        let checks: [(&'static str, bool, &str); 6] = [
+        let checks: [(&'static str, bool, &str); 7] = [
             (
                 "model.context_size",
                 (256..=131_072).contains(&m.context_size),
@@ -521,6 +636,11 @@ impl Config {
             ),
             ("model.parallel", (1..=64).contains(&m.parallel), "1..=64"),
             ("model.queue_size", m.queue_size <= 10_000, "0..=10000"),
+            (
+                "model.tenant_share_percent",
+                (1..=100).contains(&m.tenant_share_percent),
+                "1..=100",
+            ),
             ("model.max_tokens_cap", m.max_tokens_cap >= 1, ">= 1"),
             (
                 "model.default_max_tokens",
@@ -581,10 +701,17 @@ impl Config {
         if self.cache.enabled
             && self.cache.backend == CacheBackend::Redis
             && self.cache.redis_url.is_none()
+            && self.redis.url.is_none()
         {
             return Err(ConfigError::Invalid {
                 key: "cache.redis_url",
-                message: "the redis cache backend needs `cache.redis_url`".into(),
+                message: "the redis cache backend needs `redis.url` (or `cache.redis_url`)".into(),
+            });
+        }
+        if self.limits.backend == LimitsBackend::Redis && self.redis.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "limits.backend",
+                message: "the redis limits backend needs `redis.url`".into(),
             });
         }
         if self.providers.breaker_failures == 0 || self.providers.breaker_cooldown_secs == 0 {

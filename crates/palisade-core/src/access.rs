@@ -36,6 +36,8 @@ pub const MODELS_MANAGE: &str = "models:manage";
 /// Change the content guard's policy of a tenant (platform administrators; a custom role given
 /// it manages its own tenant only).
 pub const GUARD_MANAGE: &str = "guard:manage";
+/// Read the usage of the caller's tenant (platform administrators: of every tenant).
+pub const USAGE_READ: &str = "usage:read";
 /// Every permission (the platform administrator).
 pub const ALL: &str = "*";
 
@@ -51,6 +53,7 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[
     LLM_GENERATE,
     MODELS_MANAGE,
     GUARD_MANAGE,
+    USAGE_READ,
     ALL,
 ];
 
@@ -240,6 +243,7 @@ impl RoleRegistry {
                     USERS_MANAGE,
                     ROLES_READ,
                     AUDIT_READ,
+                    USAGE_READ,
                     CHAT_SEND,
                     CHAT_SYSTEM_PROMPT,
                     API_KEYS_MANAGE,
@@ -249,7 +253,7 @@ impl RoleRegistry {
             ),
             builtin(
                 ROLE_AUDITOR,
-                &[AUDIT_READ, ROLES_READ],
+                &[AUDIT_READ, ROLES_READ, USAGE_READ],
                 "reads the audit trail",
             ),
             builtin(

@@ -25,6 +25,10 @@ use crate::provider::{
     ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, PromptMessage,
     ProviderError, Role,
 };
+use crate::quota::{
+    Consumed, Demand, Door, LimitState, Quotas, Reservation, Unlimited, UsageQuery,
+    UsageRepository, UsageRow,
+};
 use palisade_types::models::ModelSpec;
 
 /// Where the conversation of a run is stored.
@@ -149,6 +153,49 @@ pub struct ChatService {
     registry: Arc<ModelRegistry>,
     policy: ChatPolicy,
     guard: Arc<dyn Guard>,
+    quotas: Arc<dyn Quotas>,
+    usage: Option<Arc<dyn UsageRepository>>,
+}
+
+/// An admitted request's budget hold and its usage row, closed once when it ends.
+struct Accounting {
+    reservation: Box<dyn Reservation>,
+    usage: Option<Arc<dyn UsageRepository>>,
+    row: UsageRow,
+    prompt_estimate: u64,
+}
+
+impl Accounting {
+    /// Settles the reservation to `used` and adds the request to the day's usage.
+    async fn close(self, mut used: Consumed, guard_blocked: bool) {
+        if used.prompt_tokens == 0 && used.completion_tokens > 0 {
+            // Providers that end early (client gone) report no prompt count: the estimate
+            // stands in for it.
+            used.prompt_tokens = self.prompt_estimate;
+        }
+        self.reservation.settle(used).await;
+        if let Some(repo) = self.usage {
+            let mut row = self.row;
+            row.requests = 1;
+            row.prompt_tokens = used.prompt_tokens;
+            row.completion_tokens = used.completion_tokens;
+            row.compute_ms = used.compute_ms;
+            row.guard_blocks = u64::from(guard_blocked);
+            if let Err(e) = repo.add_usage(&row).await {
+                tracing::error!(error = %e, "could not record usage");
+            }
+        }
+    }
+}
+
+/// An upper estimate of a prompt's tokens before it is tokenized: about three bytes per token
+/// for text, plus the chat template's framing and the server's system prompt.
+fn estimate_prompt_tokens(messages: &[PromptMessage]) -> u64 {
+    let text: u64 = messages
+        .iter()
+        .map(|m| (m.content.len() as u64).div_ceil(3) + 8)
+        .sum();
+    text + 128
 }
 
 /// A conversation after the input guard: what the model sees, and how its answer is checked.
@@ -199,6 +246,139 @@ impl ChatService {
             registry,
             policy,
             guard: Arc::new(NoGuard),
+            quotas: Arc::new(Unlimited),
+            usage: None,
+        }
+    }
+
+    /// Token, compute and stream budgets (pipeline step 4).
+    pub fn with_quotas(mut self, quotas: Arc<dyn Quotas>) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Where each request's usage is counted (pipeline step 10).
+    pub fn with_usage(mut self, usage: Arc<dyn UsageRepository>) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// The caller's own usage in a window (`YYYY-MM-DD` days, UTC) and what is left of each
+    /// limit that applies to them.
+    pub async fn own_usage(
+        &self,
+        who: &Principal,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> CoreResult<(UsageQuery, Vec<UsageRow>, Vec<LimitState>)> {
+        let (from_day, to_day) = UsageQuery::window(from, to, now_millis())?;
+        let q = UsageQuery {
+            tenant: Some(who.tenant_id),
+            user: Some(who.user_id),
+            from_day,
+            to_day,
+        };
+        let rows = match &self.usage {
+            Some(repo) => repo.usage(&q).await?,
+            None => Vec::new(),
+        };
+        let limits = self.quotas.status(who).await;
+        Ok((q, rows, limits))
+    }
+
+    /// Usage for administrators (`usage:read`): their own tenant, or any (platform
+    /// administrators; `tenant = None` is every tenant), optionally one user.
+    pub async fn usage_report(
+        &self,
+        who: &Principal,
+        tenant: Option<crate::ids::TenantId>,
+        user: Option<crate::ids::UserId>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> CoreResult<(UsageQuery, Vec<UsageRow>)> {
+        if !who.can(crate::access::USAGE_READ) {
+            return Err(CoreError::denied(
+                "permission_denied",
+                "your role may not read usage",
+            ));
+        }
+        let tenant = if who.is_platform_admin() {
+            tenant
+        } else {
+            match tenant {
+                Some(t) if t != who.tenant_id => return Err(CoreError::NotFound("tenant")),
+                _ => Some(who.tenant_id),
+            }
+        };
+        let (from_day, to_day) = UsageQuery::window(from, to, now_millis())?;
+        let q = UsageQuery {
+            tenant,
+            user,
+            from_day,
+            to_day,
+        };
+        let rows = match &self.usage {
+            Some(repo) => repo.usage(&q).await?,
+            None => Vec::new(),
+        };
+        Ok((q, rows))
+    }
+
+    /// Admits a request against the budgets; a refusal is counted in the day's usage.
+    async fn admit(
+        &self,
+        who: &Principal,
+        door: Door,
+        spec: &ModelSpec,
+        prompt: &[PromptMessage],
+        max_tokens: u32,
+    ) -> CoreResult<Accounting> {
+        let demand = Demand {
+            door,
+            model: spec.name.clone(),
+            prompt_tokens: estimate_prompt_tokens(prompt),
+            max_tokens: u64::from(max_tokens),
+        };
+        let row = UsageRow::for_request(who, &spec.name, now_millis());
+        match self.quotas.reserve(who, &demand).await {
+            Ok(reservation) => Ok(Accounting {
+                reservation,
+                usage: self.usage.clone(),
+                row,
+                prompt_estimate: demand.prompt_tokens,
+            }),
+            Err(e) => {
+                if let (Some(repo), CoreError::TooManyRequests { .. }) = (&self.usage, &e) {
+                    let mut row = row;
+                    row.rate_limited = 1;
+                    if let Err(err) = repo.add_usage(&row).await {
+                        tracing::error!(error = %err, "could not record usage");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The input guard, with a refusal closing the request's accounting.
+    async fn guard_admitted(
+        &self,
+        who: &Principal,
+        spec: &ModelSpec,
+        prompt: Vec<PromptMessage>,
+        vault: Pseudonyms,
+        acct: Accounting,
+    ) -> CoreResult<(Guarded, Accounting)> {
+        match self.guard_input(who, spec, prompt, vault) {
+            Ok(g) => Ok((g, acct)),
+            Err(e) => {
+                acct.close(
+                    Consumed::default(),
+                    matches!(e, CoreError::GuardBlocked { .. }),
+                )
+                .await;
+                Err(e)
+            }
         }
     }
 
@@ -347,11 +527,14 @@ impl ChatService {
             role: Role::User,
             content: message.to_string(),
         });
-        let guarded = self.guard_input(who, &spec, prompt, vault)?;
+        let acct = self
+            .admit(who, Door::Chat, &spec, &prompt, params.max_tokens)
+            .await?;
+        let (guarded, acct) = self.guard_admitted(who, &spec, prompt, vault, acct).await?;
         self.run(
             who,
             &spec,
-            guarded,
+            (guarded, acct),
             params,
             input.request_id,
             Some(existing.map_or_else(|| Target::New(title_from(message)), Target::Existing)),
@@ -410,11 +593,16 @@ impl ChatService {
         let target = input
             .store
             .then(|| Target::New(title_from(last_user.trim())));
-        let guarded = self.guard_input(who, &spec, prompt, Pseudonyms::default())?;
+        let acct = self
+            .admit(who, Door::Api, &spec, &prompt, params.max_tokens)
+            .await?;
+        let (guarded, acct) = self
+            .guard_admitted(who, &spec, prompt, Pseudonyms::default(), acct)
+            .await?;
         self.run(
             who,
             &spec,
-            guarded,
+            (guarded, acct),
             params,
             input.request_id,
             target,
@@ -430,7 +618,7 @@ impl ChatService {
         &self,
         who: &Principal,
         spec: &ModelSpec,
-        guarded: Guarded,
+        (guarded, acct): (Guarded, Accounting),
         params: GenerationParams,
         request_id: String,
         target: Option<Target>,
@@ -444,7 +632,7 @@ impl ChatService {
             findings,
             vault,
         } = guarded;
-        let routed = self
+        let routed = match self
             .provider
             .generate_routed(GenerationRequest {
                 model: spec.name.clone(),
@@ -452,9 +640,18 @@ impl ChatService {
                 params,
                 request_id,
                 cache_scope: Some(who.tenant_id.to_string()),
+                tenant: Some(who.tenant_id.to_string()),
                 canary: Some(canary),
             })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                acct.close(Consumed::default(), false).await;
+                return Err(e.into());
+            }
+        };
+        let computing = Instant::now();
 
         // Generation is admitted: from here on the conversation is recorded.
         let now = now_millis();
@@ -503,8 +700,10 @@ impl ChatService {
             fallback_from: routed.fallback_from.clone(),
             cached: routed.cached,
             started,
+            computing,
             output,
             input_findings: findings,
+            acct,
         };
         tokio::spawn(pump.run(routed.stream, tx));
 
@@ -568,6 +767,7 @@ impl ChatService {
                 params,
                 request_id,
                 cache_scope: None,
+                tenant: None,
                 canary: None,
             })
             .await?;
@@ -609,21 +809,24 @@ impl ChatService {
         };
         let params = self.params(&sampling, &spec)?;
         let started = Instant::now();
+        let messages = vec![PromptMessage {
+            role: Role::User,
+            content: prompt.to_string(),
+        }];
+        let max_tokens = params.max_tokens;
+        let acct = self
+            .admit(who, Door::Api, &spec, &messages, max_tokens)
+            .await?;
+        let (guarded, acct) = self
+            .guard_admitted(who, &spec, messages, Pseudonyms::default(), acct)
+            .await?;
         let Guarded {
             prompt: messages,
             canary,
             mut output,
             ..
-        } = self.guard_input(
-            who,
-            &spec,
-            vec![PromptMessage {
-                role: Role::User,
-                content: prompt.to_string(),
-            }],
-            Pseudonyms::default(),
-        )?;
-        let routed = self
+        } = guarded;
+        let routed = match self
             .provider
             .generate_routed(GenerationRequest {
                 model: spec.name.clone(),
@@ -631,10 +834,40 @@ impl ChatService {
                 params,
                 request_id,
                 cache_scope: Some(who.tenant_id.to_string()),
+                tenant: Some(who.tenant_id.to_string()),
                 canary: Some(canary),
             })
-            .await?;
-        let mut stream = routed.stream;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                acct.close(Consumed::default(), false).await;
+                return Err(e.into());
+            }
+        };
+        let computing = Instant::now();
+        let mut used = Consumed::default();
+        let result = Self::collect_one(routed.stream, output.as_mut(), &mut used).await;
+        used.compute_ms = u64::try_from(computing.elapsed().as_millis()).unwrap_or(u64::MAX);
+        acct.close(used, matches!(result, Err(CoreError::GuardBlocked { .. })))
+            .await;
+        let content = result?;
+        Ok(OneShot {
+            content,
+            model: routed.model,
+            tokens_used: u32::try_from(used.completion_tokens).unwrap_or(u32::MAX),
+            prompt_tokens: u32::try_from(used.prompt_tokens).unwrap_or(u32::MAX),
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Reads a one-shot generation to its end through the output guard; `used` counts the
+    /// tokens as they come (the provider's usage replaces the count at the end).
+    async fn collect_one(
+        mut stream: crate::provider::GenerationStream,
+        output: &mut dyn OutputGuard,
+        used: &mut Consumed,
+    ) -> CoreResult<String> {
         let mut content = String::new();
         let take = |step: OutputStep, content: &mut String| match step {
             OutputStep::Emit(s) => {
@@ -645,18 +878,16 @@ impl ChatService {
         };
         while let Some(ev) = stream.next().await {
             match ev? {
-                GenerationEvent::Text(t) => take(output.push(&t), &mut content)?,
+                GenerationEvent::Text(t) => {
+                    used.completion_tokens += 1;
+                    take(output.push(&t), &mut content)?;
+                }
                 GenerationEvent::Done { usage, .. } => {
+                    used.prompt_tokens = u64::from(usage.prompt_tokens);
+                    used.completion_tokens = u64::from(usage.completion_tokens);
                     take(output.finish(), &mut content)?;
                     log_findings("output", &output.findings());
-                    return Ok(OneShot {
-                        content,
-                        model: routed.model,
-                        tokens_used: usage.completion_tokens,
-                        prompt_tokens: usage.prompt_tokens,
-                        latency_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                    });
+                    return Ok(content);
                 }
             }
         }
@@ -837,8 +1068,11 @@ struct Pump {
     fallback_from: Option<String>,
     cached: bool,
     started: Instant,
+    /// When the engine or upstream took the request (compute time is measured from here).
+    computing: Instant,
     output: Box<dyn OutputGuard>,
     input_findings: Vec<FindingSummary>,
+    acct: Accounting,
 }
 
 impl Pump {
@@ -947,6 +1181,13 @@ impl Pump {
             meta.partial = true;
         }
         meta.latency_ms = self.started.elapsed().as_millis() as u64;
+        let used = Consumed {
+            prompt_tokens: u64::from(meta.prompt_tokens),
+            completion_tokens: u64::from(meta.completion_tokens),
+            compute_ms: u64::try_from(self.computing.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        let acct = self.acct;
+        acct.close(used, blocked.is_some()).await;
 
         let stored = StoredMessage {
             id: MessageId::new(),

@@ -13,5 +13,6 @@ pub mod ids;
 pub mod models;
 pub mod ports;
 pub mod provider;
+pub mod quota;
 
 pub use error::{CoreError, CoreResult};

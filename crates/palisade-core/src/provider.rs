@@ -80,6 +80,8 @@ pub struct GenerationRequest {
     pub request_id: String,
     /// Isolation scope of the response cache (the tenant); `None` disables caching.
     pub cache_scope: Option<String>,
+    /// Whose request this is (the tenant), so model queues share their capacity fairly.
+    pub tenant: Option<String>,
     /// The per-request canary in the system prompt: the cache key ignores it, so guarded
     /// requests still share cached answers.
     pub canary: Option<String>,

@@ -94,14 +94,19 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The peer address and user agent of a request.
 pub(crate) fn client_info(parts_ext: &axum::http::Extensions, headers: &HeaderMap) -> ClientInfo {
     ClientInfo {
-        ip: parts_ext
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string()),
+        ip: client_addr(parts_ext).map(|ip| ip.to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
     }
+}
+
+/// The client's address: as resolved through trusted proxies, else the TCP peer.
+pub(crate) fn client_addr(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<crate::client_ip::ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
 }
 
 /// Per-IP attempt limiter for the credential routes.
@@ -138,8 +143,8 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
     let path = req.uri().path().to_string();
     if let Some(limiter) = &state.auth_limiter {
         if method == Method::POST && IP_LIMITED_ROUTES.contains(&path.as_str()) {
-            if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-                if let Err(wait) = limiter.check(addr.ip()) {
+            if let Some(ip) = client_addr(req.extensions()) {
+                if let Err(wait) = limiter.check(ip) {
                     return ApiError::from(CoreError::too_many(
                         "rate_limited",
                         format!("too many attempts from your address; try again in {wait} s"),

@@ -2,6 +2,7 @@
 //! request ids, body limits, security headers and SSE streaming. It sees only core ports.
 
 pub mod auth;
+pub mod client_ip;
 pub mod error;
 pub mod limits;
 pub mod routes;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub limits: Option<Arc<dyn limits::RequestLimits>>,
     /// Single-use tickets of the WebSocket handshake.
     pub ws_tickets: Arc<routes::ws::WsTickets>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<client_ip::TrustedProxies>,
 }
 
 async fn not_found() -> ApiError {
@@ -138,6 +141,8 @@ pub fn router(state: AppState) -> Router {
             patch(routes::admin::update_tenant),
         )
         .route("/api/admin/roles", get(routes::admin::list_roles))
+        .route("/api/usage", get(routes::usage::own))
+        .route("/api/admin/usage", get(routes::usage::admin))
         .route("/api/admin/invites", post(routes::admin::create_invite))
         .route(
             "/api/admin/security-events",
@@ -212,6 +217,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            client_ip::resolve,
         ))
         .layer(DefaultBodyLimit::max(state.body_limit_bytes));
     for (name, value) in headers {

@@ -165,6 +165,15 @@ pub trait Backend: Send + Sync + 'static {
         amount: u64,
         now_us: Option<u64>,
     ) -> Result<(), LimitError>;
+
+    /// Charges `amount` more without asking (usage beyond the reservation, compute time spent).
+    /// A counter may go over its limit this way; later requests wait until it is paid back.
+    async fn charge(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+    ) -> Result<(), LimitError>;
 }
 
 /// The outcome of one GCRA step (shared by both backends, so their semantics are identical;

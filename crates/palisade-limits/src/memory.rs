@@ -143,4 +143,28 @@ impl Backend for MemoryBackend {
         }
         Ok(())
     }
+
+    async fn charge(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+    ) -> Result<(), LimitError> {
+        let now = self.now(now_us);
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = match (check.dimension, cells.get(&check.key).copied()) {
+            (Dimension::Concurrent, Some(Cell::Count(n))) => Cell::Count(n.saturating_add(amount)),
+            (Dimension::Concurrent, _) => Cell::Count(amount),
+            (_, cur) => {
+                let tat = match cur {
+                    Some(Cell::Tat(t)) => t,
+                    _ => 0,
+                };
+                let (interval, _) = check.gcra();
+                Cell::Tat(tat.max(now).saturating_add(interval.saturating_mul(amount)))
+            }
+        };
+        cells.insert(check.key.clone(), cell);
+        Ok(())
+    }
 }

@@ -59,6 +59,7 @@ end
 return out
 ";
 
+/// Gives back (ARGV[5] = 'release') or charges without asking (ARGV[5] = 'charge').
 const RELEASE: &str = r"
 local now
 if ARGV[4] == '' then
@@ -71,6 +72,15 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local kind = ARGV[1]
 local interval = tonumber(ARGV[2])
 local amount = tonumber(ARGV[3])
+if ARGV[5] == 'charge' then
+  if kind == 'c' then
+    redis.call('SET', KEYS[1], string.format('%.0f', cur + amount), 'EX', 3600)
+  else
+    local tat = math.max(cur, now) + interval * amount
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+  end
+  return 1
+end
 if kind == 'c' then
   local left = cur - amount
   if left <= 0 then
@@ -189,13 +199,35 @@ impl Backend for RedisBackend {
         amount: u64,
         now_us: Option<u64>,
     ) -> Result<(), LimitError> {
+        self.adjust(check, amount, now_us, "release").await
+    }
+
+    async fn charge(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+    ) -> Result<(), LimitError> {
+        self.adjust(check, amount, now_us, "charge").await
+    }
+}
+
+impl RedisBackend {
+    async fn adjust(
+        &self,
+        check: &Check,
+        amount: u64,
+        now_us: Option<u64>,
+        how: &str,
+    ) -> Result<(), LimitError> {
         let (interval, _) = check.gcra();
         let mut inv = self.release.prepare_invoke();
         inv.key(format!("{}{}", self.prefix, check.key))
             .arg(kind(check))
             .arg(interval)
             .arg(amount)
-            .arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+            .arg(now_us.map(|n| n.to_string()).unwrap_or_default())
+            .arg(how);
         let mut conn = self.conn.clone();
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(())

@@ -207,6 +207,49 @@ async fn suite(b: &dyn Backend, t0: u64) {
             .unwrap()
     ));
 
+    // A token budget: reserve 600 of 1000, settle to 200 used (400 back), then usage beyond
+    // the reservation is charged without asking and overdraws the budget.
+    let tokens = check("u:hana:tokens:100", Dimension::Tokens, 1000, 100, 600);
+    assert_eq!(
+        remaining(
+            &b.acquire(std::slice::from_ref(&tokens), Some(t0))
+                .await
+                .unwrap()
+        ),
+        vec![400]
+    );
+    b.release(&tokens, 400, Some(t0)).await.unwrap();
+    let probe = Check {
+        cost: 0,
+        ..tokens.clone()
+    };
+    assert_eq!(
+        remaining(
+            &b.acquire(std::slice::from_ref(&probe), Some(t0))
+                .await
+                .unwrap()
+        ),
+        vec![800]
+    );
+    b.charge(&tokens, 1000, Some(t0)).await.unwrap();
+    match b
+        .acquire(std::slice::from_ref(&probe), Some(t0))
+        .await
+        .unwrap()
+    {
+        // 1200 used of 1000 per 100 s (0.1 s per token): 200 tokens' worth of waiting.
+        Decision::Denied { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(20)),
+        d => panic!("an overdrawn budget admitted a request: {d:?}"),
+    }
+    // A stream counter charged without asking counts like an acquired one.
+    let held = check("u:hana:concurrent", Dimension::Concurrent, 1, 0, 1);
+    b.charge(&held, 1, Some(t0)).await.unwrap();
+    assert!(!allowed(
+        &b.acquire(std::slice::from_ref(&held), Some(t0))
+            .await
+            .unwrap()
+    ));
+
     // Without an explicit clock the backend's own is used.
     let live = check("u:gina:requests:1", Dimension::Requests, 2, 1, 1);
     for _ in 0..2 {

@@ -50,6 +50,7 @@ async fn one(engine: Arc<LlamaEngine>, topic: &str, max_tokens: u32) -> Run {
         },
         request_id: "bench".into(),
         cache_scope: None,
+        tenant: None,
         canary: None,
     };
     let mut s = engine.generate(req).await.unwrap();

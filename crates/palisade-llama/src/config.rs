@@ -32,6 +32,9 @@ pub struct EngineConfig {
     pub threads: u32,
     /// Requests allowed to wait when all `parallel` slots are busy; beyond that `Overloaded`.
     pub queue_capacity: u32,
+    /// Percent of the capacity (`parallel + queue_capacity`) one tenant may hold, so a flood
+    /// from one tenant leaves room for the others (at least `parallel` places per tenant).
+    pub tenant_share_percent: u32,
     /// `max_tokens` used when a request asks for 0.
     pub default_max_tokens: u32,
     /// Hard cap on the answer length, whatever the request asks.
@@ -55,6 +58,7 @@ impl EngineConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             threads: default_threads(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            tenant_share_percent: 75,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
             convert_weights: true,

@@ -119,6 +119,7 @@ impl LlamaEngine {
         let shared = Arc::new(Shared::new(
             cfg.parallel as usize,
             cfg.queue_capacity as usize,
+            cfg.tenant_share_percent as usize,
         ));
         let (commands, rx) = std::sync::mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<u32, String>>(1);
@@ -280,9 +281,10 @@ impl ChatProvider for LlamaEngine {
             return Err(ProviderError::UnknownModel);
         }
         validate_params(&req.params)?;
+        let tenant = req.tenant.clone().unwrap_or_default();
         let permit = self
             .shared
-            .try_acquire()
+            .try_acquire(&tenant)
             .map_err(|retry_after_secs| ProviderError::Overloaded { retry_after_secs })?;
 
         let requested = self.requested_max_tokens(&req.params);
@@ -328,6 +330,7 @@ impl ChatProvider for LlamaEngine {
             stop: req.params.stop,
             truncated_turns: prepared.truncated_turns,
             tx,
+            tenant,
             _permit: permit,
             enqueued: Instant::now(),
         };

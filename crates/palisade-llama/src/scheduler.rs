@@ -35,6 +35,9 @@ pub(crate) struct Job {
     pub stop: Vec<String>,
     pub truncated_turns: u32,
     pub tx: EventSender,
+    /// Whose request (the tenant; empty when unknown): free slots go to the tenant with the
+    /// fewest sequences running.
+    pub tenant: String,
     /// Holds the request's place in the engine's capacity until the job is dropped.
     pub _permit: Permit,
     pub enqueued: Instant,
@@ -220,13 +223,42 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Moves queued requests into free slots, oldest first.
+    /// The queued request to admit next: the oldest of the tenant with the fewest running
+    /// sequences, so one tenant's backlog cannot keep another's requests waiting (each free
+    /// slot goes to the least-served tenant that is waiting).
+    fn next_fair(&self) -> Option<usize> {
+        let running = |tenant: &str| {
+            self.slots
+                .iter()
+                .flatten()
+                .filter(|s| s.job.tenant == tenant)
+                .count()
+        };
+        let mut best: Option<(usize, usize)> = None;
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, job) in self.queue.iter().enumerate() {
+            if seen.contains(&job.tenant.as_str()) {
+                continue;
+            }
+            seen.push(&job.tenant);
+            let n = running(&job.tenant);
+            if best.is_none_or(|(_, m)| n < m) {
+                best = Some((i, n));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Moves queued requests into free slots, fairly between tenants.
     fn admit(&mut self) {
         while !self.queue.is_empty() {
             let Some(slot) = self.slots.iter().position(Option::is_none) else {
                 return;
             };
-            let Some(job) = self.queue.pop_front() else {
+            let Some(job) = self.next_fair().and_then(|i| self.queue.remove(i)) else {
                 return;
             };
             let seq_id = i32::try_from(slot).unwrap_or(i32::MAX);

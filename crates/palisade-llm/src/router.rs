@@ -288,6 +288,7 @@ impl Router {
                         params: params.clone(),
                         request_id: req.request_id.clone(),
                         cache_scope: None,
+                        tenant: req.tenant.clone(),
                         canary: None,
                     })
                     .await

@@ -329,6 +329,7 @@ fn request(model: &str) -> GenerationRequest {
         params: GenerationParams::default(),
         request_id: "req-123".into(),
         cache_scope: Some("tenant-a".into()),
+        tenant: None,
         canary: None,
     }
 }

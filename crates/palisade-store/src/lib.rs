@@ -7,6 +7,7 @@ mod keys;
 mod models;
 mod rows;
 mod tokens;
+mod usage;
 mod users;
 
 use std::path::Path;

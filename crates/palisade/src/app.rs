@@ -130,9 +130,17 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
                 palisade_core::models::validate_spec(&spec, &roles)
                     .map_err(|e| anyhow::anyhow!("configuration `models.{}`: {e}", spec.name))?;
             }
-            route_limits(&cfg)?;
+            crate::limits::LimitRules::from_config(&cfg.limits)?;
+            cfg.redis.resolved_url()?;
             println!("configuration is valid");
-            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            let mut shown = cfg.clone();
+            shown.redis.url = cfg.redis.display_url();
+            shown.cache.redis_url = shown.cache.redis_url.map(|u| {
+                palisade_config::RedisConfig { url: Some(u) }
+                    .display_url()
+                    .unwrap_or_default()
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Chat(_) | Command::Key(_) | Command::Tenant(_) | Command::Db(_) => Ok(()),
@@ -155,26 +163,43 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-/// The request limits of `[limits]` (in this process; shared Redis counters come with
-/// scale-out).
-fn route_limits(
-    cfg: &Config,
-) -> anyhow::Result<Option<Arc<dyn palisade_http::limits::RequestLimits>>> {
+/// Request limits and budgets of `[limits]`, counted in this process or, with `redis.url`
+/// (or `limits.backend = "redis"`), in Redis shared by every replica.
+struct Limits {
+    requests: Arc<dyn palisade_http::limits::RequestLimits>,
+    budgets: Arc<dyn palisade_core::quota::Quotas>,
+}
+
+async fn build_limits(cfg: &Config) -> anyhow::Result<Option<Limits>> {
+    use palisade_config::LimitsBackend;
     let l = &cfg.limits;
     if !l.enabled {
-        tracing::warn!("request limits are turned off (limits.enabled = false)");
+        tracing::warn!("limits are turned off (limits.enabled = false)");
         return Ok(None);
     }
-    let rate = |key: &str, v: &str| {
-        palisade_limits::Rate::parse(v)
-            .map_err(|e| anyhow::anyhow!("configuration `limits.{key}`: {e}"))
+    let rules = Arc::new(crate::limits::LimitRules::from_config(l)?);
+    let url = cfg.redis.resolved_url()?;
+    let backend: Arc<dyn palisade_limits::Backend> = match (l.backend, url) {
+        (LimitsBackend::Memory, _) | (LimitsBackend::Auto, None) => {
+            Arc::new(palisade_limits::MemoryBackend::new())
+        }
+        (_, Some(url)) => {
+            let shown = cfg.redis.display_url().unwrap_or_default();
+            let b = palisade_limits::RedisBackend::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("limits: Redis at {shown}: {e}"))?;
+            tracing::info!(redis = %shown, "limit counters are shared in Redis");
+            Arc::new(b)
+        }
+        (LimitsBackend::Redis, None) => anyhow::bail!("limits.backend = \"redis\" needs redis.url"),
     };
-    Ok(Some(Arc::new(crate::limits::RouteLimits::new(
-        Arc::new(palisade_limits::MemoryBackend::new()),
-        rate("chat_per_user", &l.chat_per_user)?,
-        rate("api_per_user", &l.api_per_user)?,
-        rate("requests_per_tenant", &l.requests_per_tenant)?,
-    ))))
+    Ok(Some(Limits {
+        requests: Arc::new(crate::limits::RouteLimits::new(
+            backend.clone(),
+            rules.clone(),
+        )),
+        budgets: Arc::new(crate::limits::Budgets::new(backend, rules)),
+    }))
 }
 
 /// The LLM firewall from `[guard]`, with its extra word lists read from disk.
@@ -497,6 +522,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     ecfg.context_size = cfg.model.context_size;
     ecfg.parallel = cfg.model.parallel;
     ecfg.queue_capacity = cfg.model.queue_size;
+    ecfg.tenant_share_percent = cfg.model.tenant_share_percent;
     if cfg.model.threads > 0 {
         ecfg.threads = cfg.model.threads;
     }
@@ -525,8 +551,13 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     if applied > 0 {
         tracing::info!(tenants = applied, "guard policies set by admins applied");
     }
-    let chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
-        .with_guard(guard);
+    let limits = build_limits(&cfg).await?;
+    let mut chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
+        .with_guard(guard)
+        .with_usage(Arc::new(store.clone()));
+    if let Some(l) = &limits {
+        chat = chat.with_quotas(l.budgets.clone());
+    }
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),
@@ -537,8 +568,12 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
         compat_routes: cfg.auth.compat_routes,
         guard_policies,
-        limits: route_limits(&cfg)?,
+        limits: limits.map(|l| l.requests),
         ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new()),
+        trusted_proxies: Arc::new(
+            palisade_http::client_ip::TrustedProxies::parse(&cfg.http.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("configuration `http.trusted_proxies`: {e}"))?,
+        ),
     };
     // Pick up signing keys added by `palisade keys rotate`.
     let keys = auth.keys().clone();
@@ -717,7 +752,9 @@ async fn model_router(
     let c = &cfg.cache;
     if c.enabled {
         let ttl = Duration::from_secs(c.ttl_secs.max(1));
-        let cache = match (c.backend, c.redis_url.as_deref()) {
+        let shared = cfg.redis.resolved_url()?;
+        let url = c.redis_url.clone().or(shared);
+        let cache = match (c.backend, url.as_deref()) {
             (CacheBackend::Redis, Some(url)) => ResponseCache::redis(url, ttl)
                 .await
                 .map_err(|e| anyhow::anyhow!("configuration `cache.redis_url`: {e}"))?,

@@ -55,6 +55,21 @@ provider = "openai"
 base_url = "{upstream}/ok/v1"
 trust_zone = "internal"
 description = "A second model (stub upstream)"
+
+[models.slow]
+provider = "openai"
+base_url = "{upstream}/slow/v1"
+trust_zone = "internal"
+description = "A long, slow answer (stub upstream)"
+
+[models.tight]
+provider = "openai"
+base_url = "{upstream}/slow/v1"
+trust_zone = "internal"
+description = "A slow model with a budget of one compute-second a day"
+
+[limits.models.tight]
+compute = "1/day"
 "#
     )
     .unwrap();

@@ -9,4 +9,5 @@ pub mod guard;
 pub mod health;
 pub mod models;
 pub mod openai;
+pub mod usage;
 pub mod ws;

@@ -53,7 +53,7 @@ export async function loadMe() {
 function nav(active) {
   const link = (hash, label, key) =>
     h('a', { href: hash, class: 'navlink', 'aria-current': active === key ? 'page' : null }, label);
-  const isAdmin = ['users:manage', 'tenants:manage', 'roles:read', 'models:manage', 'audit:read'].some(
+  const isAdmin = ['users:manage', 'tenants:manage', 'roles:read', 'models:manage', 'audit:read', 'usage:read'].some(
     (p) => session.can(p),
   );
   return h(

@@ -17,6 +17,20 @@ export function guardText(categories, stage = 'message') {
     : `Your message was not sent to the model: ${reason}. Rephrase it without that content, or ask your administrator about the policy.`;
 }
 
+/** `42 s`, `5 min`, `3 h 20 min`. */
+export function waitText(secs) {
+  if (secs < 120) return `${secs} s`;
+  if (secs < 3600) return `${Math.round(secs / 60)} min`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.round((secs % 3600) / 60)} min`;
+  return `${Math.floor(secs / 86400)} d ${Math.round((secs % 86400) / 3600)} h`;
+}
+
+/** The limit named in a refusal: "budget reached (tokens per user: …); …" → "tokens per user: …". */
+function budgetName(message) {
+  const m = /\(([^)]*)\)/.exec(message || '');
+  return m ? m[1] : 'a limit';
+}
+
 export function errorText(e) {
   if (!e) return 'Something went wrong.';
   const wait = e.retryAfter ? ` Try again in ${e.retryAfter} s.` : ' Try again in a moment.';
@@ -29,6 +43,12 @@ export function errorText(e) {
       return 'This account is locked after too many failed logins. An administrator can unlock it.';
     case 'rate_limited':
       return 'Too many requests.' + wait;
+    case 'quota_exceeded':
+      return `Your usage budget is spent (${budgetName(e.message)}).` + (e.retryAfter ? ` Enough is back in ${waitText(e.retryAfter)}.` : '') + ' See Settings → Usage.';
+    case 'too_many_streams':
+      return 'Too many answers are being written for you at once. Wait for one to finish.' + wait;
+    case 'request_too_large':
+      return 'This request needs more than your whole budget. Ask for a shorter answer or send a shorter message.';
     case 'mfa_failed':
       return 'That code is wrong or was already used.';
     case 'guard_blocked':

@@ -72,6 +72,7 @@ pub fn request(messages: Vec<PromptMessage>, params: GenerationParams) -> Genera
         params,
         request_id: "test".to_string(),
         cache_scope: None,
+        tenant: None,
         canary: None,
     }
 }

@@ -382,6 +382,38 @@ impl Chat {
             Some(s) => println!("conversation: {s}"),
             None => println!("conversation: new"),
         }
+        if let Ok(u) = self.conn.get("/api/usage").await {
+            let t = &u["today"];
+            println!(
+                "today:        {} requests, {} tokens ({} in, {} out), {:.1} s compute{}",
+                t["requests"],
+                t["total_tokens"],
+                t["prompt_tokens"],
+                t["completion_tokens"],
+                t["compute_seconds"].as_f64().unwrap_or(0.0),
+                match t["guard_blocks"].as_u64() {
+                    Some(n) if n > 0 => format!(", {n} blocked by the guard"),
+                    _ => String::new(),
+                }
+            );
+            let limits = u["limits"].as_array().cloned().unwrap_or_default();
+            if limits.is_empty() {
+                println!("limits:       none");
+            }
+            for (i, l) in limits.iter().enumerate() {
+                let reset = match l["reset_seconds"].as_u64() {
+                    Some(0) | None => String::new(),
+                    Some(s) => format!(", full again in {}", human_secs(s)),
+                };
+                println!(
+                    "{:<14}{} left of {} ({}){reset}",
+                    if i == 0 { "limits:" } else { "" },
+                    l["remaining"],
+                    l["limit"],
+                    sanitize(l["name"].as_str().unwrap_or("?")),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -701,5 +733,15 @@ fn paint_dim(s: &str) -> String {
         format!("\x1b[2m{s}\x1b[0m")
     } else {
         s.to_string()
+    }
+}
+
+/// `42 s`, `5 min`, `3 h 20 min`, `2 d 4 h`.
+fn human_secs(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
     }
 }

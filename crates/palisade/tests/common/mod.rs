@@ -79,6 +79,9 @@ impl Server {
             // Likewise the per-user request limits (tests/limits_e2e.rs sets its own).
             .env("PALISADE_LIMITS__CHAT_PER_USER", "100000/s")
             .env("PALISADE_LIMITS__API_PER_USER", "100000/s")
+            .env("PALISADE_LIMITS__TOKENS_PER_USER", "off")
+            .env("PALISADE_LIMITS__COMPUTE_PER_USER", "off")
+            .env("PALISADE_LIMITS__STREAMS_PER_USER", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

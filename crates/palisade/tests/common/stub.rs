@@ -1,7 +1,7 @@
 //! A small OpenAI-compatible upstream on 127.0.0.1 for end-to-end tests of the providers:
 //! `/{mode}/v1/chat/completions` answers by mode: `ok` (echoes the last user message, streamed
 //! or not, with usage), `fail500`, `stall` (headers, then nothing) and `stall-after` (one
-//! token, then nothing), `leak` (repeats its system prompt) and `secret` (an AWS key split
+//! token, then nothing), `slow` (a long answer, one word every 40 ms), `leak` (repeats its system prompt) and `secret` (an AWS key split
 //! across chunks, a card number and an outside image). It records hits, the bodies and the
 //! `X-Request-Id` it was sent.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -122,6 +122,20 @@ async fn handle(
                 .to_string(),
             ))
             .unwrap(),
+        "slow" => {
+            // A long answer trickling out: long enough that a client can always stop it.
+            let words = futures::stream::unfold(0usize, |i| async move {
+                if i >= 1500 {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+                Some((Ok::<Bytes, Infallible>(chunk(&format!("word{i} "), None)), i + 1))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(words))
+                .unwrap()
+        }
         "stall" => sse(vec![], true),
         "stall-after" => sse(vec![chunk("partial", None)], true),
         _ => Response::builder()

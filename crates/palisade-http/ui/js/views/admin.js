@@ -6,6 +6,7 @@ import { h, clear, field, toast, dialog, fmtDate, announce } from '../dom.js';
 import { errorText } from '../messages.js';
 import { session } from '../main.js';
 import { tabs, table } from './settings.js';
+import { adminUsage } from './usage.js';
 
 const SECTIONS = [
   { key: 'users', title: 'Users', perm: 'users:manage', draw: users },
@@ -14,7 +15,26 @@ const SECTIONS = [
   { key: 'models', title: 'Models', perm: 'models:manage', draw: models },
   { key: 'guard', title: 'Guard policy', perm: 'guard:manage', draw: guardPolicy },
   { key: 'events', title: 'Security events', perm: 'audit:read', draw: events },
+  { key: 'usage', title: 'Usage', perm: 'usage:read', draw: usage },
 ];
+
+/** Usage of the tenant (or all tenants), with user names when the caller may list users. */
+function usage(box) {
+  let names;
+  adminUsage(box, async () => {
+    if (names) return names;
+    names = {};
+    if (session.can('users:manage')) {
+      try {
+        const r = await api.api('GET', '/api/admin/users?limit=100');
+        for (const u of r.users) names[u.id] = u.username;
+      } catch {
+        // Ids stand in for names.
+      }
+    }
+    return names;
+  });
+}
 
 export function adminView(tab) {
   const allowed = SECTIONS.filter((s) => session.can(s.perm));

@@ -4,12 +4,14 @@ import { h, clear, field, toast, dialog, fmtDate, announce } from '../dom.js';
 import { errorText } from '../messages.js';
 import { session, applyTheme, loadMe } from '../main.js';
 import { encode } from '../../vendor/uqr.mjs';
+import { ownUsage } from './usage.js';
 
 const TABS = [
   ['account', 'Account'],
   ['security', 'Two-factor'],
   ['keys', 'API keys'],
   ['sessions', 'Sessions'],
+  ['usage', 'Usage'],
   ['appearance', 'Appearance'],
 ];
 
@@ -34,7 +36,7 @@ export function settingsView(tab) {
     tabs('#/settings', shown, active, 'Settings sections'),
     panel,
   );
-  ({ account, security, keys, sessions, appearance })[active](panel);
+  ({ account, security, keys, sessions, usage, appearance })[active](panel);
   return view;
 }
 
@@ -366,6 +368,11 @@ async function sessions(panel) {
     }
   }
   draw();
+}
+
+function usage(panel) {
+  section(panel, 'Usage');
+  ownUsage(panel);
 }
 
 function appearance(panel) {
