@@ -79,6 +79,22 @@ impl Drop for Server {
     }
 }
 
+/// Signs in as the benchmark's administrator; the access token.
+async fn admin_token(s: &Server) -> anyhow::Result<String> {
+    let login: Value = s
+        .client
+        .post(format!("{}/api/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(login["access_token"]
+        .as_str()
+        .context("login failed")?
+        .to_string())
+}
+
 fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(bin);
@@ -303,16 +319,8 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
     let cfg = gateway::config_file(stub)?;
     let cfg_path = cfg.path().to_string_lossy().to_string();
     let s = start(&args.server, 1, &[("PALISADE_CONFIG", cfg_path.as_str())])?;
-    let login: Value = s
-        .client
-        .post(format!("{}/api/auth/login", s.base))
-        .json(&json!({"username": "admin", "password": PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().context("login failed")?;
-    let key = gateway::api_key(&s.client, &s.base, token).await?;
+    let token = admin_token(&s).await?;
+    let key = gateway::api_key(&s.client, &s.base, &token).await?;
     let body = json!({"model": "stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16});
     let direct_url = format!("http://{stub}/v1/chat/completions");
     let palisade_url = format!("{}/v1/chat/completions", s.base);
@@ -416,16 +424,8 @@ async fn limited_path(args: &Args) -> anyhow::Result<Value> {
         let mut env = vec![("PALISADE_CONFIG", cfg_path.as_str())];
         env.extend(extra);
         let s = start(&args.server, 1, &env)?;
-        let login: Value = s
-            .client
-            .post(format!("{}/api/auth/login", s.base))
-            .json(&json!({"username": "admin", "password": PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = login["access_token"].as_str().context("login failed")?;
-        let key = gateway::api_key(&s.client, &s.base, token).await?;
+        let token = admin_token(&s).await?;
+        let key = gateway::api_key(&s.client, &s.base, &token).await?;
         let url = format!("{}/v1/chat/completions", s.base);
         let mut f = Vec::new();
         for _ in 0..rounds {
@@ -470,18 +470,7 @@ async fn engine(args: &Args) -> anyhow::Result<(f64, Value)> {
     };
     let max_tokens = 256u32;
     let s = start(&args.server, args.streams, &[])?;
-    let login: Value = s
-        .client
-        .post(format!("{}/api/auth/login", s.base))
-        .json(&json!({"username": "admin", "password": PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"]
-        .as_str()
-        .context("login failed")?
-        .to_string();
+    let token = admin_token(&s).await?;
 
     // Warm-up: page the model in, fill caches.
     let now = Instant::now();
