@@ -1,11 +1,11 @@
 //! The cost of a limit decision, in process: one request's admission (request rate, token
 //! reservation, compute pre-check, stream slot) and its settlement (tokens given back, compute
-//! charged, stream released), on the in-memory backend and on Redis.
+//! charged, stream released, in one call), on the in-memory backend and on Redis.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_limits::{Backend, Check, Decision, Dimension, MemoryBackend, RedisBackend};
+use palisade_limits::{Adjust, Backend, Check, Decision, Dimension, MemoryBackend, RedisBackend};
 use serde_json::{json, Value};
 
 fn checks(user: usize) -> Vec<Check> {
@@ -30,9 +30,21 @@ async fn request(b: &dyn Backend, cs: &[Check]) -> anyhow::Result<()> {
         Decision::Allowed(_) => {}
         d => anyhow::bail!("the benchmark's limits refused a request: {d:?}"),
     }
-    b.release(&cs[1], 400, None).await?;
-    b.charge(&cs[2], 50, None).await?;
-    b.release(&cs[3], 1, None).await?;
+    let settle = |i: usize, amount: u64, charge: bool| Adjust {
+        check: cs[i].clone(),
+        amount,
+        charge,
+    };
+    // As the server settles: one call (one round trip on Redis).
+    b.adjust(
+        &[
+            settle(1, 400, false),
+            settle(2, 50, true),
+            settle(3, 1, false),
+        ],
+        None,
+    )
+    .await?;
     Ok(())
 }
 

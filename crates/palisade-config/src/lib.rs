@@ -39,6 +39,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Shared state for several replicas (see `docs/limits.md`, `docs/deployment.md`).
     pub redis: RedisConfig,
+    /// The tamper-evident audit trail (see `docs/audit.md`).
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit trail's hash chains.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The key that chains the audit trail (HMAC-SHA-256): a reference, `env::NAME` or
+    /// `file::PATH`, to 64 hex digits. Default: `audit.key` in the data dir, created at the
+    /// first start, readable by its owner only.
+    pub key: Option<String>,
 }
 
 /// `[redis]`: the Redis that replicas share.
@@ -140,6 +152,11 @@ pub struct LimitsConfig {
     pub streams_global: u32,
     /// Where counters live: `auto` (Redis when `redis.url` is set), `memory` or `redis`.
     pub backend: LimitsBackend,
+    /// What happens at a limit: 0 (the default) refuses at once with 429 and `Retry-After`;
+    /// N > 0 holds the request up to N seconds for a stream slot or a request-rate window to
+    /// free, and refuses only if none does (a budget that resets later than that is refused at
+    /// once). At most 300.
+    pub queue_seconds: u32,
     /// Per-role figures, e.g. `[limits.roles.user] tokens_per_user = "200000/day"`.
     pub roles: BTreeMap<String, RoleLimits>,
     /// Per-model budgets, e.g. `[limits.models.gpt-4o] tokens = "5000000/day"`.
@@ -162,6 +179,7 @@ impl Default for LimitsConfig {
             streams_per_tenant: 0,
             streams_global: 0,
             backend: LimitsBackend::Auto,
+            queue_seconds: 0,
             roles: BTreeMap::new(),
             models: BTreeMap::new(),
         }
@@ -543,6 +561,7 @@ impl Default for Config {
             guard: GuardSettings::default(),
             limits: LimitsConfig::default(),
             redis: RedisConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -628,7 +647,7 @@ impl Config {
             });
         }
         let m = &self.model;
-        let checks: [(&'static str, bool, &str); 7] = [
+        let checks: [(&'static str, bool, &str); 8] = [
             (
                 "model.context_size",
                 (256..=131_072).contains(&m.context_size),
@@ -646,6 +665,11 @@ impl Config {
                 "model.default_max_tokens",
                 (1..=m.max_tokens_cap).contains(&m.default_max_tokens),
                 "1..=model.max_tokens_cap",
+            ),
+            (
+                "limits.queue_seconds",
+                self.limits.queue_seconds <= 300,
+                "0..=300",
             ),
             (
                 "chat.max_message_chars",

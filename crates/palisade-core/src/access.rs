@@ -38,6 +38,9 @@ pub const MODELS_MANAGE: &str = "models:manage";
 pub const GUARD_MANAGE: &str = "guard:manage";
 /// Read the usage of the caller's tenant (platform administrators: of every tenant).
 pub const USAGE_READ: &str = "usage:read";
+/// Change limit overrides: of the users and keys of the caller's tenant (platform
+/// administrators: of every tenant, and tenants' own limits).
+pub const LIMITS_MANAGE: &str = "limits:manage";
 /// Every permission (the platform administrator).
 pub const ALL: &str = "*";
 
@@ -54,6 +57,7 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[
     MODELS_MANAGE,
     GUARD_MANAGE,
     USAGE_READ,
+    LIMITS_MANAGE,
     ALL,
 ];
 
@@ -244,6 +248,7 @@ impl RoleRegistry {
                     ROLES_READ,
                     AUDIT_READ,
                     USAGE_READ,
+                    LIMITS_MANAGE,
                     CHAT_SEND,
                     CHAT_SYSTEM_PROMPT,
                     API_KEYS_MANAGE,
@@ -373,6 +378,7 @@ need! {
     LlmGenerate => LLM_GENERATE,
     ModelsManage => MODELS_MANAGE,
     GuardManage => GUARD_MANAGE,
+    LimitsManage => LIMITS_MANAGE,
 }
 
 /// Proof that `principal` holds permission `P`. It can only be made by [`Grant::check`], so a

@@ -34,8 +34,12 @@ use palisade_types::models::ModelSpec;
 /// Where the conversation of a run is stored.
 enum Target {
     Existing(ChatSession),
-    New(String),
+    /// A new conversation: its title and system prompt.
+    New(String, Option<String>),
 }
+
+/// Longest system prompt of a conversation (characters): it is sent with every request.
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 4000;
 
 /// Limits and defaults of the chat pipeline (from configuration). Per-model limits
 /// (`max_tokens`, context size) live in the model registry.
@@ -81,6 +85,8 @@ pub struct ChatInput {
     pub model: Option<String>,
     pub sampling: SamplingInput,
     pub request_id: String,
+    /// The system prompt of a new conversation (needs `chat:system_prompt`).
+    pub system_prompt: Option<String>,
 }
 
 /// A whole conversation sent at once (OpenAI's `/v1/chat/completions`).
@@ -324,6 +330,18 @@ impl ChatService {
         Ok((q, rows))
     }
 
+    /// Counts a request refused before it reached the pipeline (a request-rate limit) in the
+    /// day's usage; the model is not known yet and is recorded as `""`.
+    pub async fn count_refusal(&self, who: &Principal) {
+        if let Some(repo) = &self.usage {
+            let mut row = UsageRow::for_request(who, "", now_millis());
+            row.rate_limited = 1;
+            if let Err(err) = repo.add_usage(&row).await {
+                tracing::error!(error = %err, "could not record usage");
+            }
+        }
+    }
+
     /// Admits a request against the budgets; a refusal is counted in the day's usage.
     async fn admit(
         &self,
@@ -498,7 +516,25 @@ impl ChatService {
             None => None,
         };
 
+        let system = match (&input.system_prompt, &existing) {
+            (None, Some(s)) => s.system_prompt.clone(),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(CoreError::validation(
+                    "system_prompt_not_here",
+                    "an existing conversation's system prompt is changed with \
+                     PATCH /api/chat/sessions/{id}",
+                ))
+            }
+            (Some(text), None) => self.check_system_prompt(who, text)?,
+        };
         let mut prompt = Vec::new();
+        if let Some(text) = &system {
+            prompt.push(PromptMessage {
+                role: Role::System,
+                content: text.clone(),
+            });
+        }
         let mut vault = Pseudonyms::default();
         if let Some(session) = &existing {
             if let Some(v) = self.repo.load_vault(who.tenant_id, session.id).await? {
@@ -537,7 +573,10 @@ impl ChatService {
             (guarded, acct),
             params,
             input.request_id,
-            Some(existing.map_or_else(|| Target::New(title_from(message)), Target::Existing)),
+            Some(existing.map_or_else(
+                || Target::New(title_from(message), system),
+                Target::Existing,
+            )),
             message.to_string(),
         )
         .await
@@ -592,7 +631,7 @@ impl ChatService {
         };
         let target = input
             .store
-            .then(|| Target::New(title_from(last_user.trim())));
+            .then(|| Target::New(title_from(last_user.trim()), None));
         let acct = self
             .admit(who, Door::Api, &spec, &prompt, params.max_tokens)
             .await?;
@@ -658,12 +697,13 @@ impl ChatService {
         let stored = target.is_some();
         let session_id = match target {
             Some(Target::Existing(s)) => s.id,
-            Some(Target::New(title)) => {
+            Some(Target::New(title, system_prompt)) => {
                 let s = ChatSession {
                     id: SessionId::new(),
                     tenant_id: who.tenant_id,
                     user_id: who.user_id,
                     title,
+                    system_prompt,
                     created_at: now,
                     updated_at: now,
                 };
@@ -1023,6 +1063,85 @@ impl ChatService {
         if self
             .repo
             .rename_session(who.tenant_id, who.user_id, session, title, now_millis())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(CoreError::NotFound("session"))
+        }
+    }
+
+    /// Checks a conversation's system prompt: the caller's permission, its size and form, and
+    /// the input guard (an injection planted there would otherwise ride along with every
+    /// message). `Ok(None)`: empty, i.e. no system prompt.
+    fn check_system_prompt(&self, who: &Principal, text: &str) -> CoreResult<Option<String>> {
+        if !who.can(crate::access::CHAT_SYSTEM_PROMPT) {
+            return Err(CoreError::denied(
+                "system_prompt_not_allowed",
+                "your role may not set a system prompt",
+            ));
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let chars = text.chars().count();
+        if chars > MAX_SYSTEM_PROMPT_CHARS {
+            return Err(CoreError::validation(
+                "system_prompt_too_long",
+                format!(
+                    "the system prompt has {chars} characters; the limit is \
+                     {MAX_SYSTEM_PROMPT_CHARS}"
+                ),
+            ));
+        }
+        if text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+        {
+            return Err(CoreError::validation(
+                "invalid_system_prompt",
+                "the system prompt may not contain control characters",
+            ));
+        }
+        let spec = self.resolve_model(who, None)?;
+        let scope = GuardScope {
+            tenant: who.tenant_id,
+            zone: spec.trust_zone,
+            model: spec.name.clone(),
+        };
+        let verdict = self.guard.check_input(
+            &scope,
+            vec![PromptMessage {
+                role: Role::System,
+                content: text.to_string(),
+            }],
+            &mut Pseudonyms::default(),
+        );
+        log_findings("system prompt", &verdict.findings);
+        if let Some(categories) = verdict.blocked {
+            return Err(CoreError::GuardBlocked { categories });
+        }
+        Ok(Some(text.to_string()))
+    }
+
+    /// Sets or (with `""`) removes a conversation's system prompt.
+    pub async fn set_system_prompt(
+        &self,
+        who: &Principal,
+        session: SessionId,
+        text: &str,
+    ) -> CoreResult<()> {
+        let text = self.check_system_prompt(who, text)?;
+        if self
+            .repo
+            .set_session_system_prompt(
+                who.tenant_id,
+                who.user_id,
+                session,
+                text.as_deref(),
+                now_millis(),
+            )
             .await?
         {
             Ok(())

@@ -118,6 +118,9 @@ pub struct ChatSession {
     pub tenant_id: TenantId,
     pub user_id: UserId,
     pub title: String,
+    /// The conversation's own system prompt, sent after the server's (needs
+    /// `chat:system_prompt` to set).
+    pub system_prompt: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

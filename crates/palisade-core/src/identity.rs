@@ -163,9 +163,15 @@ pub struct SecurityEvent {
     /// Who acted, when not the user themself (an administrator).
     pub actor_id: Option<UserId>,
     pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The `X-Request-Id` of the request that caused it.
+    pub request_id: Option<String>,
     /// Structured facts (changed fields, reasons); no secrets.
     pub detail: serde_json::Value,
     pub created_at: Millis,
+    /// Its place in its tenant's audit chain and its hash (set when read back).
+    pub chain_seq: Option<i64>,
+    pub hash: Option<String>,
 }
 
 impl SecurityEvent {
@@ -176,8 +182,12 @@ impl SecurityEvent {
             user_id: None,
             actor_id: None,
             ip: None,
+            user_agent: None,
+            request_id: None,
             detail: serde_json::Value::Null,
             created_at: crate::entities::now_millis(),
+            chain_seq: None,
+            hash: None,
         }
     }
 
@@ -199,6 +209,13 @@ impl SecurityEvent {
 
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
+        self
+    }
+
+    /// The request it came from: its id and the client's user agent.
+    pub fn request(mut self, request_id: Option<String>, user_agent: Option<String>) -> Self {
+        self.request_id = request_id;
+        self.user_agent = user_agent;
         self
     }
 }

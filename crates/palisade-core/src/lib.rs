@@ -2,6 +2,7 @@
 //! implement, the identity service traits and the chat pipeline service that ties them together.
 
 pub mod access;
+pub mod audit;
 pub mod auth_api;
 pub mod chat;
 pub mod entities;
@@ -10,6 +11,7 @@ pub mod guard;
 pub mod guard_policies;
 pub mod identity;
 pub mod ids;
+pub mod limit_policies;
 pub mod models;
 pub mod ports;
 pub mod provider;

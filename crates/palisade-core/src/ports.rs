@@ -95,6 +95,8 @@ pub trait ApiKeyRepository: Send + Sync + 'static {
     async fn insert_key(&self, key: &ApiKey) -> CoreResult<()>;
     /// The key with this prefix, whatever its tenant (the key names its tenant).
     async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>>;
+    /// The key with this id, whatever its tenant.
+    async fn find_key_by_id(&self, id: ApiKeyId) -> CoreResult<Option<ApiKey>>;
     async fn list_keys(&self, tenant: TenantId, user: UserId) -> CoreResult<Vec<ApiKey>>;
     /// Revokes the user's key; false when the user has no such key.
     async fn revoke_key(&self, tenant: TenantId, user: UserId, id: ApiKeyId) -> CoreResult<bool>;
@@ -219,6 +221,16 @@ pub trait ChatRepository: Send + Sync + 'static {
         user: UserId,
         id: SessionId,
         title: &str,
+        now: Millis,
+    ) -> CoreResult<bool>;
+    /// Sets (`Some`) or removes (`None`) the conversation's system prompt; false when no such
+    /// session for this user.
+    async fn set_session_system_prompt(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: SessionId,
+        system_prompt: Option<&str>,
         now: Millis,
     ) -> CoreResult<bool>;
     /// Deletes the session and its messages; false when no such session for this user.

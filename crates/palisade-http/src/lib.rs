@@ -43,6 +43,8 @@ pub struct AppState {
     pub compat_routes: bool,
     /// Tenants' guard policies (admin API).
     pub guard_policies: Arc<palisade_core::guard_policies::GuardPolicies>,
+    /// Limit overrides per tenant, user and key (admin API).
+    pub limit_policies: Arc<palisade_core::limit_policies::LimitPolicies>,
     /// Request limits per user and tenant (`None`: off).
     pub limits: Option<Arc<dyn limits::RequestLimits>>,
     /// Single-use tickets of the WebSocket handshake.
@@ -143,6 +145,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/roles", get(routes::admin::list_roles))
         .route("/api/usage", get(routes::usage::own))
         .route("/api/admin/usage", get(routes::usage::admin))
+        .route("/api/admin/limits", get(routes::limits::list))
+        .route(
+            "/api/admin/limits/{scope}/{subject}",
+            put(routes::limits::put).delete(routes::limits::reset),
+        )
         .route("/api/admin/invites", post(routes::admin::create_invite))
         .route(
             "/api/admin/security-events",

@@ -81,6 +81,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             retry_after_secs,
         } => {
             tracing::info!(user_id = %who.user_id, limit = %label, "rate limit reached");
+            state.chat.count_refusal(&who).await;
             let mut resp = ApiError::from(CoreError::too_many(
                 "rate_limited",
                 format!("rate limit reached ({label}); try again in {retry_after_secs} s"),

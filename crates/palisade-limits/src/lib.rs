@@ -10,7 +10,8 @@
 //!
 //! A request's checks are decided together: all are admitted or none is charged. Two backends
 //! with identical semantics: [`MemoryBackend`] (one process) and [`RedisBackend`] (shared by
-//! replicas; one Lua script, one round trip per decision, Redis's clock).
+//! replicas; one Lua script, one round trip per decision and one per settlement, Redis's
+//! clock).
 
 mod memory;
 mod redis_backend;
@@ -158,13 +159,24 @@ pub trait Backend: Send + Sync + 'static {
     /// backend's own clock.
     async fn acquire(&self, checks: &[Check], now_us: Option<u64>) -> Result<Decision, LimitError>;
 
+    /// Applies several corrections at once (a request's settlement: streams given back, tokens
+    /// settled to real usage, compute time charged); one round trip on Redis.
+    async fn adjust(&self, changes: &[Adjust], now_us: Option<u64>) -> Result<(), LimitError>;
+
     /// Gives back `amount` of a check's cost (unused reservation; a finished stream).
     async fn release(
         &self,
         check: &Check,
         amount: u64,
         now_us: Option<u64>,
-    ) -> Result<(), LimitError>;
+    ) -> Result<(), LimitError> {
+        let change = Adjust {
+            check: check.clone(),
+            amount,
+            charge: false,
+        };
+        self.adjust(std::slice::from_ref(&change), now_us).await
+    }
 
     /// Charges `amount` more without asking (usage beyond the reservation, compute time spent).
     /// A counter may go over its limit this way; later requests wait until it is paid back.
@@ -173,7 +185,23 @@ pub trait Backend: Send + Sync + 'static {
         check: &Check,
         amount: u64,
         now_us: Option<u64>,
-    ) -> Result<(), LimitError>;
+    ) -> Result<(), LimitError> {
+        let change = Adjust {
+            check: check.clone(),
+            amount,
+            charge: true,
+        };
+        self.adjust(std::slice::from_ref(&change), now_us).await
+    }
+}
+
+/// One correction of a counter after the fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjust {
+    pub check: Check,
+    pub amount: u64,
+    /// `true`: charge `amount` without asking; `false`: give `amount` back.
+    pub charge: bool,
 }
 
 /// The outcome of one GCRA step (shared by both backends, so their semantics are identical;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::{gcra_step, status_of, Backend, Check, Decision, Dimension, LimitError};
+use crate::{gcra_step, status_of, Adjust, Backend, Check, Decision, Dimension, LimitError};
 
 #[derive(Debug, Clone, Copy)]
 enum Cell {
@@ -112,59 +112,46 @@ impl Backend for MemoryBackend {
         Ok(Decision::Allowed(out))
     }
 
-    async fn release(
-        &self,
-        check: &Check,
-        amount: u64,
-        now_us: Option<u64>,
-    ) -> Result<(), LimitError> {
+    async fn adjust(&self, changes: &[Adjust], now_us: Option<u64>) -> Result<(), LimitError> {
         let now = self.now(now_us);
         let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        match (check.dimension, cells.get(&check.key).copied()) {
-            (Dimension::Concurrent, Some(Cell::Count(n))) => {
-                let left = n.saturating_sub(amount);
-                if left == 0 {
-                    cells.remove(&check.key);
-                } else {
-                    cells.insert(check.key.clone(), Cell::Count(left));
+        for Adjust {
+            check,
+            amount,
+            charge,
+        } in changes
+        {
+            let (cur, amount) = (cells.get(&check.key).copied(), *amount);
+            let (interval, _) = check.gcra();
+            let next = match (check.dimension, cur, *charge) {
+                (Dimension::Concurrent, Some(Cell::Count(n)), true) => {
+                    Some(Cell::Count(n.saturating_add(amount)))
                 }
-            }
-            (Dimension::Concurrent, _) => {}
-            (_, Some(Cell::Tat(t))) => {
-                let (interval, _) = check.gcra();
-                let back = t.saturating_sub(interval.saturating_mul(amount));
-                if back <= now {
-                    cells.remove(&check.key);
-                } else {
-                    cells.insert(check.key.clone(), Cell::Tat(back));
+                (Dimension::Concurrent, _, true) => Some(Cell::Count(amount)),
+                (Dimension::Concurrent, Some(Cell::Count(n)), false) => {
+                    Some(Cell::Count(n.saturating_sub(amount))).filter(|_| n > amount)
                 }
-            }
-            _ => {}
+                (Dimension::Concurrent, _, false) => None,
+                (_, cur, true) => {
+                    let tat = match cur {
+                        Some(Cell::Tat(t)) => t,
+                        _ => 0,
+                    };
+                    Some(Cell::Tat(
+                        tat.max(now).saturating_add(interval.saturating_mul(amount)),
+                    ))
+                }
+                (_, Some(Cell::Tat(t)), false) => {
+                    let back = t.saturating_sub(interval.saturating_mul(amount));
+                    Some(Cell::Tat(back)).filter(|_| back > now)
+                }
+                (_, _, false) => None,
+            };
+            match next {
+                Some(cell) => cells.insert(check.key.clone(), cell),
+                None => cells.remove(&check.key),
+            };
         }
-        Ok(())
-    }
-
-    async fn charge(
-        &self,
-        check: &Check,
-        amount: u64,
-        now_us: Option<u64>,
-    ) -> Result<(), LimitError> {
-        let now = self.now(now_us);
-        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
-        let cell = match (check.dimension, cells.get(&check.key).copied()) {
-            (Dimension::Concurrent, Some(Cell::Count(n))) => Cell::Count(n.saturating_add(amount)),
-            (Dimension::Concurrent, _) => Cell::Count(amount),
-            (_, cur) => {
-                let tat = match cur {
-                    Some(Cell::Tat(t)) => t,
-                    _ => 0,
-                };
-                let (interval, _) = check.gcra();
-                Cell::Tat(tat.max(now).saturating_add(interval.saturating_mul(amount)))
-            }
-        };
-        cells.insert(check.key.clone(), cell);
         Ok(())
     }
 }

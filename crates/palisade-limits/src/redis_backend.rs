@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::{status_of, Backend, Check, Decision, Dimension, LimitError};
+use crate::{status_of, Adjust, Backend, Check, Decision, Dimension, LimitError};
 
 /// Mirrors `gcra_step` and the concurrency rule of the memory backend. Numbers are Lua doubles:
 /// microsecond timestamps stay exact (below 2^53).
@@ -59,44 +59,47 @@ end
 return out
 ";
 
-/// Gives back (ARGV[5] = 'release') or charges without asking (ARGV[5] = 'charge').
-const RELEASE: &str = r"
+/// Corrections after the fact, all keys in one call: per key, ARGV holds kind, interval, amount
+/// and `charge` (charge without asking) or `release` (give back).
+const ADJUST: &str = r"
 local now
-if ARGV[4] == '' then
+if ARGV[1] == '' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 else
-  now = tonumber(ARGV[4])
+  now = tonumber(ARGV[1])
 end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local kind = ARGV[1]
-local interval = tonumber(ARGV[2])
-local amount = tonumber(ARGV[3])
-if ARGV[5] == 'charge' then
-  if kind == 'c' then
-    redis.call('SET', KEYS[1], string.format('%.0f', cur + amount), 'EX', 3600)
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 4
+  local kind = ARGV[b + 1]
+  local interval = tonumber(ARGV[b + 2])
+  local amount = tonumber(ARGV[b + 3])
+  local how = ARGV[b + 4]
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if how == 'charge' then
+    if kind == 'c' then
+      redis.call('SET', KEYS[i], string.format('%.0f', cur + amount), 'EX', 3600)
+    else
+      local tat = math.max(cur, now) + interval * amount
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+    end
+  elseif kind == 'c' then
+    local left = cur - amount
+    if left <= 0 then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', left), 'KEEPTTL')
+    end
   else
-    local tat = math.max(cur, now) + interval * amount
-    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+    local back = cur - interval * amount
+    if back <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', back), 'PX', math.floor((back - now) / 1000) + 1)
+    end
   end
-  return 1
 end
-if kind == 'c' then
-  local left = cur - amount
-  if left <= 0 then
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('SET', KEYS[1], string.format('%.0f', left), 'KEEPTTL')
-  end
-else
-  local back = cur - interval * amount
-  if back <= now then
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.floor((back - now) / 1000) + 1)
-  end
-end
-return 1
+return #KEYS
 ";
 
 /// Counters in Redis under `palisade:limit:`.
@@ -104,7 +107,7 @@ return 1
 pub struct RedisBackend {
     conn: ConnectionManager,
     acquire: redis::Script,
-    release: redis::Script,
+    adjust: redis::Script,
     prefix: String,
 }
 
@@ -129,7 +132,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn,
             acquire: redis::Script::new(ACQUIRE),
-            release: redis::Script::new(RELEASE),
+            adjust: redis::Script::new(ADJUST),
             prefix: prefix.to_string(),
         })
     }
@@ -193,41 +196,20 @@ impl Backend for RedisBackend {
         Ok(Decision::Allowed(statuses))
     }
 
-    async fn release(
-        &self,
-        check: &Check,
-        amount: u64,
-        now_us: Option<u64>,
-    ) -> Result<(), LimitError> {
-        self.adjust(check, amount, now_us, "release").await
-    }
-
-    async fn charge(
-        &self,
-        check: &Check,
-        amount: u64,
-        now_us: Option<u64>,
-    ) -> Result<(), LimitError> {
-        self.adjust(check, amount, now_us, "charge").await
-    }
-}
-
-impl RedisBackend {
-    async fn adjust(
-        &self,
-        check: &Check,
-        amount: u64,
-        now_us: Option<u64>,
-        how: &str,
-    ) -> Result<(), LimitError> {
-        let (interval, _) = check.gcra();
-        let mut inv = self.release.prepare_invoke();
-        inv.key(format!("{}{}", self.prefix, check.key))
-            .arg(kind(check))
-            .arg(interval)
-            .arg(amount)
-            .arg(now_us.map(|n| n.to_string()).unwrap_or_default())
-            .arg(how);
+    async fn adjust(&self, changes: &[Adjust], now_us: Option<u64>) -> Result<(), LimitError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.adjust.prepare_invoke();
+        inv.arg(now_us.map(|n| n.to_string()).unwrap_or_default());
+        for a in changes {
+            let (interval, _) = a.check.gcra();
+            inv.key(format!("{}{}", self.prefix, a.check.key))
+                .arg(kind(&a.check))
+                .arg(interval)
+                .arg(a.amount)
+                .arg(if a.charge { "charge" } else { "release" });
+        }
         let mut conn = self.conn.clone();
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         Ok(())

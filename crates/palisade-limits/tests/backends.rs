@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use palisade_limits::{Backend, Check, Decision, Dimension, MemoryBackend, RedisBackend};
+use palisade_limits::{Adjust, Backend, Check, Decision, Dimension, MemoryBackend, RedisBackend};
 
 const S: u64 = 1_000_000;
 
@@ -249,6 +249,50 @@ async fn suite(b: &dyn Backend, t0: u64) {
             .await
             .unwrap()
     ));
+
+    // A settlement in one call: a stream given back, unused tokens given back, compute time
+    // charged; each counter ends as if corrected one by one.
+    let slot = check("u:ivan:concurrent", Dimension::Concurrent, 1, 0, 1);
+    let budget = check("u:ivan:tokens:100", Dimension::Tokens, 1000, 100, 700);
+    let compute = check(
+        "u:ivan:compute_ms:100",
+        Dimension::ComputeMs,
+        10_000,
+        100,
+        0,
+    );
+    let all = [slot.clone(), budget.clone(), compute.clone()];
+    assert_eq!(
+        remaining(&b.acquire(&all, Some(t0)).await.unwrap()),
+        vec![0, 300, 10_000]
+    );
+    let settle = |check: &Check, amount, charge| Adjust {
+        check: check.clone(),
+        amount,
+        charge,
+    };
+    b.adjust(
+        &[
+            settle(&slot, 1, false),
+            settle(&budget, 500, false),
+            settle(&compute, 4_000, true),
+        ],
+        Some(t0),
+    )
+    .await
+    .unwrap();
+    let probes: Vec<Check> = all
+        .iter()
+        .map(|c| Check {
+            cost: 0,
+            ..c.clone()
+        })
+        .collect();
+    assert_eq!(
+        remaining(&b.acquire(&probes, Some(t0)).await.unwrap()),
+        vec![1, 800, 6_000]
+    );
+    b.adjust(&[], Some(t0)).await.unwrap();
 
     // Without an explicit clock the backend's own is used.
     let live = check("u:gina:requests:1", Dimension::Requests, 2, 1, 1);

@@ -22,6 +22,7 @@ fn session_from(row: &SqliteRow) -> CoreResult<ChatSession> {
         tenant_id: id(row, "tenant_id")?,
         user_id: id(row, "user_id")?,
         title: get(row, "title")?,
+        system_prompt: get(row, "system_prompt")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
     })
@@ -64,13 +65,14 @@ fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
 impl ChatRepository for Store {
     async fn create_session(&self, s: &ChatSession) -> CoreResult<()> {
         sqlx::query(
-            "INSERT INTO chat_sessions (id, tenant_id, user_id, title, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chat_sessions (id, tenant_id, user_id, title, system_prompt, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.to_string())
         .bind(s.tenant_id.to_string())
         .bind(s.user_id.to_string())
         .bind(&s.title)
+        .bind(&s.system_prompt)
         .bind(s.created_at)
         .bind(s.updated_at)
         .execute(&self.pool)
@@ -86,7 +88,8 @@ impl ChatRepository for Store {
         sid: SessionId,
     ) -> CoreResult<Option<ChatSession>> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, user_id, title, created_at, updated_at FROM chat_sessions \
+            "SELECT id, tenant_id, user_id, title, system_prompt, created_at, updated_at \
+             FROM chat_sessions \
              WHERE tenant_id = ? AND user_id = ? AND id = ?",
         )
         .bind(tenant.to_string())
@@ -113,7 +116,8 @@ impl ChatRepository for Store {
             SessionSort::UpdatedDesc => "s.updated_at DESC, s.id DESC",
         };
         let sql = format!(
-            "SELECT s.id, s.tenant_id, s.user_id, s.title, s.created_at, s.updated_at, \
+            "SELECT s.id, s.tenant_id, s.user_id, s.title, s.system_prompt, s.created_at, \
+             s.updated_at, \
              (SELECT COUNT(*) FROM messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) AS message_count, \
              (SELECT substr(m.content, 1, {PREVIEW_CHARS}) FROM messages m \
                 WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
@@ -161,6 +165,29 @@ impl ChatRepository for Store {
              WHERE tenant_id = ? AND user_id = ? AND id = ?",
         )
         .bind(title)
+        .bind(now)
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(sid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_session_system_prompt(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        sid: SessionId,
+        system_prompt: Option<&str>,
+        now: Millis,
+    ) -> CoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE chat_sessions SET system_prompt = ?, updated_at = ? \
+             WHERE tenant_id = ? AND user_id = ? AND id = ?",
+        )
+        .bind(system_prompt)
         .bind(now)
         .bind(tenant.to_string())
         .bind(user.to_string())

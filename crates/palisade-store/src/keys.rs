@@ -77,6 +77,15 @@ impl ApiKeyRepository for Store {
         row.as_ref().map(key_from).transpose()
     }
 
+    async fn find_key_by_id(&self, kid: ApiKeyId) -> CoreResult<Option<ApiKey>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?"))
+            .bind(kid.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(key_from).transpose()
+    }
+
     async fn list_keys(&self, tenant: TenantId, user: UserId) -> CoreResult<Vec<ApiKey>> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = ? AND user_id = ? \
@@ -176,29 +185,19 @@ fn event_from(row: &SqliteRow) -> CoreResult<SecurityEvent> {
         user_id: opt_id(row, "user_id")?,
         actor_id: opt_id(row, "actor_id")?,
         ip: get(row, "ip")?,
+        user_agent: get(row, "user_agent")?,
+        request_id: get(row, "request_id")?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
         created_at: get(row, "created_at")?,
+        chain_seq: get(row, "chain_seq")?,
+        hash: get(row, "hash")?,
     })
 }
 
 #[async_trait]
 impl SecurityEventSink for Store {
     async fn record(&self, e: SecurityEvent) -> CoreResult<()> {
-        sqlx::query(
-            "INSERT INTO security_events (kind, tenant_id, user_id, actor_id, ip, detail, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.kind.as_str())
-        .bind(e.tenant_id.map(|t| t.to_string()))
-        .bind(e.user_id.map(|u| u.to_string()))
-        .bind(e.actor_id.map(|u| u.to_string()))
-        .bind(&e.ip)
-        .bind(e.detail.to_string())
-        .bind(e.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
+        self.append_event(&e).await
     }
 
     async fn recent_events(
@@ -208,8 +207,8 @@ impl SecurityEventSink for Store {
     ) -> CoreResult<Vec<SecurityEvent>> {
         let tenant = tenant.map(|t| t.to_string());
         let rows = sqlx::query(
-            "SELECT kind, tenant_id, user_id, actor_id, ip, detail, created_at \
-             FROM security_events WHERE (? IS NULL OR tenant_id = ?) ORDER BY seq DESC LIMIT ?",
+            "SELECT kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \
+             created_at, chain_seq, hash FROM security_events WHERE (? IS NULL OR tenant_id = ?) ORDER BY seq DESC LIMIT ?",
         )
         .bind(&tenant)
         .bind(&tenant)

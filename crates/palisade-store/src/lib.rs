@@ -1,14 +1,18 @@
 //! Storage adapters for Palisade's repositories (sqlx). SQLite (WAL) is the embedded default;
 //! migrations are embedded in the binary and run on open.
 
+mod audit;
 mod chat;
 mod guard;
 mod keys;
+mod limits;
 mod models;
 mod rows;
 mod tokens;
 mod usage;
 mod users;
+
+pub use audit::AuditReport;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -24,6 +28,13 @@ use sqlx::SqlitePool;
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    audit: std::sync::Arc<AuditState>,
+}
+
+/// The audit chain's key and the lock that keeps one writer per process.
+struct AuditState {
+    key: palisade_core::audit::AuditKey,
+    lock: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
@@ -69,9 +80,26 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
-        let store = Store { pool };
+        // A store opened without the server's key (tests, tools) still chains its events,
+        // under a key of its own that nobody else holds.
+        let store = Store {
+            pool,
+            audit: std::sync::Arc::new(AuditState {
+                key: palisade_core::audit::AuditKey::generate(),
+                lock: tokio::sync::Mutex::new(()),
+            }),
+        };
         store.ensure_default_tenant().await?;
         Ok(store)
+    }
+
+    /// Chains audit events under `key` (the server's audit key).
+    pub fn with_audit_key(mut self, key: palisade_core::audit::AuditKey) -> Store {
+        self.audit = std::sync::Arc::new(AuditState {
+            key,
+            lock: tokio::sync::Mutex::new(()),
+        });
+        self
     }
 
     async fn ensure_default_tenant(&self) -> CoreResult<()> {

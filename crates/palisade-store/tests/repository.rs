@@ -113,10 +113,38 @@ async fn sessions_messages_paging_and_ownership() {
         tenant_id: DEFAULT_TENANT,
         user_id: a.id,
         title: "t".into(),
+        system_prompt: Some("Answer in French.".into()),
         created_at: 1,
         updated_at: 1,
     };
     ChatRepository::create_session(&s, &sess).await.unwrap();
+    // The conversation's system prompt: stored, changed, removed, only by its owner.
+    let got = |s: &Store| {
+        let s = s.clone();
+        let id = sess.id;
+        async move {
+            s.get_session(DEFAULT_TENANT, a.id, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .system_prompt
+        }
+    };
+    assert_eq!(got(&s).await.as_deref(), Some("Answer in French."));
+    assert!(s
+        .set_session_system_prompt(DEFAULT_TENANT, a.id, sess.id, Some("Be brief."), 2)
+        .await
+        .unwrap());
+    assert_eq!(got(&s).await.as_deref(), Some("Be brief."));
+    assert!(!s
+        .set_session_system_prompt(DEFAULT_TENANT, b.id, sess.id, None, 3)
+        .await
+        .unwrap());
+    assert!(s
+        .set_session_system_prompt(DEFAULT_TENANT, a.id, sess.id, None, 3)
+        .await
+        .unwrap());
+    assert_eq!(got(&s).await, None);
 
     // The guard's pseudonym vault: stored per session, replaced on save, scoped by tenant,
     // dropped with the session.

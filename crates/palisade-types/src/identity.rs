@@ -275,8 +275,18 @@ pub struct SecurityEventResponse {
     pub user_id: Option<String>,
     pub actor_id: Option<String>,
     pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub detail: serde_json::Value,
     pub created_at: String,
+    /// Its place in its tenant's audit chain and its HMAC (absent for events written before
+    /// the trail was chained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 mod double_option {

@@ -124,6 +124,10 @@ pub struct ChatMessageRequest {
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub stop: Option<Vec<String>>,
+    /// The system prompt of a new conversation (needs `chat:system_prompt`); an existing
+    /// conversation's is changed with `PATCH /api/chat/sessions/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 /// Facts recorded with an assistant message.
@@ -211,6 +215,9 @@ pub struct SessionSummary {
     pub created_at: String,
     pub updated_at: String,
     pub last_message_preview: Option<String>,
+    /// The conversation's own system prompt, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -232,7 +239,11 @@ pub struct MessagePage {
 /// `PATCH /api/chat/sessions/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateSessionRequest {
-    pub title: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The conversation's system prompt (needs `chat:system_prompt`); `""` removes it.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
 }
 
 /// `GET /healthz` and `GET /readyz`.

@@ -31,8 +31,8 @@ use palisade_store::Store;
 use rand::RngCore;
 
 use crate::cli::{
-    Cli, Command, CommonArgs, ConfigCommand, DbCommand, GuardCommand, KeysCommand, LogFormat,
-    ModelCommand, UserCommand,
+    AuditCommand, Cli, Command, CommonArgs, ConfigCommand, DbCommand, GuardCommand, KeysCommand,
+    LogFormat, ModelCommand, UserCommand,
 };
 
 /// Runs a command; returns the process exit code.
@@ -53,6 +53,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             | UserCommand::Sessions(_)
             | UserCommand::Revoke(_)),
         ) => crate::client::admin::run_user(c).await,
+        Command::Audit(AuditCommand::Verify(a)) => {
+            init_logging(LogFormat::Text);
+            crate::audit::verify(a).await
+        }
         Command::Db(DbCommand::Migrate(a)) => {
             init_logging(LogFormat::Text);
             let cfg = load_config(&a.common, None)?;
@@ -143,7 +147,11 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        Command::Chat(_) | Command::Key(_) | Command::Tenant(_) | Command::Db(_) => Ok(()),
+        Command::Chat(_)
+        | Command::Key(_)
+        | Command::Tenant(_)
+        | Command::Db(_)
+        | Command::Audit(_) => Ok(()),
         Command::User(_) => Ok(()),
     }
 }
@@ -168,6 +176,7 @@ fn init_logging(format: LogFormat) {
 struct Limits {
     requests: Arc<dyn palisade_http::limits::RequestLimits>,
     budgets: Arc<dyn palisade_core::quota::Quotas>,
+    overrides: Arc<dyn palisade_core::limit_policies::LimitOverrides>,
 }
 
 async fn build_limits(cfg: &Config) -> anyhow::Result<Option<Limits>> {
@@ -198,7 +207,8 @@ async fn build_limits(cfg: &Config) -> anyhow::Result<Option<Limits>> {
             backend.clone(),
             rules.clone(),
         )),
-        budgets: Arc::new(crate::limits::Budgets::new(backend, rules)),
+        budgets: Arc::new(crate::limits::Budgets::new(backend, rules.clone())),
+        overrides: rules,
     }))
 }
 
@@ -261,6 +271,7 @@ async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, 
             .await
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?
     };
+    let store = store.with_audit_key(crate::audit::load_key(cfg)?);
     let keys = KeyRing::load_or_create(&cfg.data_dir.join("keys"), "palisade", "palisade")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let a = &cfg.auth;
@@ -558,6 +569,29 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     if let Some(l) = &limits {
         chat = chat.with_quotas(l.budgets.clone());
     }
+    let limit_policies = Arc::new(palisade_core::limit_policies::LimitPolicies::new(
+        limits.as_ref().map(|l| l.overrides.clone()),
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+    ));
+    let applied = limit_policies.load().await?;
+    if applied > 0 {
+        tracing::info!(overrides = applied, "limit overrides set by admins applied");
+    }
+    // Overrides stored by other replicas (or before a restart of this one's peers) apply here
+    // within seconds.
+    let reload = limit_policies.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = reload.load().await {
+                tracing::warn!(error = %e, "reloading limit overrides failed");
+            }
+        }
+    });
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),
@@ -568,6 +602,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
         compat_routes: cfg.auth.compat_routes,
         guard_policies,
+        limit_policies,
         limits: limits.map(|l| l.requests),
         ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new()),
         trusted_proxies: Arc::new(

@@ -50,6 +50,26 @@ pub enum Command {
     /// The content guard (LLM firewall): scan text, measure detection on a labelled file.
     #[command(subcommand)]
     Guard(GuardCommand),
+    /// The tamper-evident audit trail of the data dir.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash chain of the audit trail with the audit key. Exit code 0: intact;
+    /// 1: broken, naming the first event edited, deleted, inserted or moved. Safe while the
+    /// server runs.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

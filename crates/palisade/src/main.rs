@@ -1,6 +1,7 @@
 //! The `palisade` binary: parses the command line and hands over to the wiring in `app`.
 
 mod app;
+mod audit;
 mod cli;
 mod client;
 mod guardcli;

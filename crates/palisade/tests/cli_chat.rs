@@ -245,10 +245,43 @@ async fn terminal_chat_and_admin_verbs() {
     }
     assert_eq!(last["metadata"]["partial"], true, "{last}");
     assert_eq!(last["metadata"]["finish_reason"], "cancelled", "{last}");
-    // The REPL is still there; `exit` leaves.
+    // The REPL is still there. `system TEXT` gives the conversation its own system prompt,
+    // kept on the server and shown by `status`.
     t.clear();
+    t.line("system Answer like a ship's captain.");
+    t.wait("system prompt set for this conversation", long);
     t.line("status");
-    t.wait("signed in as: admin", long);
+    t.wait("system prompt: Answer like a ship's captain.", long);
+    let sessions: Value = s
+        .get(&admin, "/api/chat/sessions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions["sessions"][0]["system_prompt"], "Answer like a ship's captain.",
+        "{sessions}"
+    );
+    // A new conversation keeps it, and starts with it.
+    t.clear();
+    t.line("new");
+    t.wait("with the same system prompt", long);
+    t.line("Say hi.");
+    t.wait(" tokens · ", long);
+    let sessions: Value = s
+        .get(&admin, "/api/chat/sessions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions["total"], 2, "{sessions}");
+    assert_eq!(
+        sessions["sessions"][0]["system_prompt"], "Answer like a ship's captain.",
+        "{sessions}"
+    );
+    t.clear();
+    t.line("system off");
+    t.wait("system prompt dropped", long);
     t.line("exit");
     t.wait("EXITED:0", long);
     drop(t);
@@ -336,6 +369,8 @@ async fn terminal_chat_and_admin_verbs() {
     t.wait("Type `help` for commands", long);
     t.line("status");
     t.wait("signed in as: dave (role user", long);
+    t.line("system be terse");
+    t.wait("your role may not set a system prompt", long);
     t.line("exit");
     t.wait("EXITED:0", long);
     drop(t);

@@ -109,6 +109,17 @@ async fn per_user_and_per_tenant_request_limits() {
         .as_str()
         .unwrap()
         .contains("your organisation"));
+
+    // Each refusal is counted in the refused user's usage of the day.
+    for (token, refused) in [(&alice, 1), (&bob, 1), (&admin, 1)] {
+        let r = s.get(token, "/api/usage").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let u: Value = r.json().await.unwrap();
+        assert_eq!(u["total"]["rate_limited"], refused, "{u}");
+    }
+    let r = s.get(&admin, "/api/admin/usage").await;
+    let u: Value = r.json().await.unwrap();
+    assert_eq!(u["total"]["rate_limited"], 3, "{u}");
 }
 
 #[tokio::test]
@@ -515,4 +526,321 @@ async fn one_tenants_flood_does_not_starve_another() {
         "tenant B waited {b_max:.2} s, A's longest {:.2} s",
         a[a.len() - 1]
     );
+}
+
+/// `limits.queue_seconds`: a request at a stream or request-rate limit waits for a slot instead
+/// of being refused, and is refused only when none frees in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queue_at_the_limit() {
+    let (upstream, _up) = common::stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("palisade.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[models.slow]\nprovider = \"openai\"\nbase_url = \"{upstream}/slow/v1\"\n\
+             trust_zone = \"internal\"\n"
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&[
+        ("PALISADE_CONFIG", cfg.to_str().unwrap()),
+        ("PALISADE_LIMITS__STREAMS_PER_USER", "1"),
+        ("PALISADE_LIMITS__CHAT_PER_USER", "2/s"),
+        ("PALISADE_LIMITS__QUEUE_SECONDS", "3"),
+    ]);
+    let admin = s.admin_token().await;
+    let (_, alice, _) = s.new_user(&admin, "alice", "user", None).await;
+    let open = |model: &'static str| {
+        let (client, url, token) = (
+            s.client.clone(),
+            s.url("/v1/chat/completions"),
+            alice.clone(),
+        );
+        async move {
+            let t = std::time::Instant::now();
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"model": model, "stream": true,
+                    "messages": [{"role": "user", "content": "a long story"}]}))
+                .send()
+                .await
+                .unwrap();
+            (r, t.elapsed())
+        }
+    };
+    // One slot: the second stream waits for the first, and starts when its client leaves.
+    let (first, _) = open("slow").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = tokio::spawn(open("slow"));
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(!second.is_finished(), "the second stream did not wait");
+    drop(first);
+    let (second, waited) = second.await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert!(
+        waited >= std::time::Duration::from_millis(1100),
+        "waited {waited:?}"
+    );
+    // Nothing frees within the three seconds: refused, after waiting them.
+    let (third, waited) = open("slow").await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        (2.9..10.0).contains(&waited.as_secs_f64()),
+        "refused after {waited:?}"
+    );
+    let e: Value = third.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "too_many_streams", "{e}");
+    drop(second);
+
+    // A request rate of 2/s: a burst of four is paced, not refused.
+    let t = std::time::Instant::now();
+    for _ in 0..4 {
+        let r = s
+            .post(&alice, "/api/chat/message", json!({"message": ""}))
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(900),
+        "four requests at 2/s took {:?}",
+        t.elapsed()
+    );
+}
+
+/// Limit overrides per user, key and tenant through the admin API: applied at once, inherited
+/// where not set, scoped to what the caller administers, kept over a restart, and removable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_override_limits_at_run_time() {
+    let s = Server::start(&[
+        ("PALISADE_LIMITS__CHAT_PER_USER", "100/min"),
+        ("PALISADE_LIMITS__TOKENS_PER_USER", "100000/day"),
+    ]);
+    let admin = s.admin_token().await;
+    let r = s
+        .post(&admin, "/api/admin/tenants", json!({"name": "acme"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let acme = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, tina, _) = s.new_user(&admin, "tina", "tenant_admin", None).await;
+    let (alice_id, alice, _) = s.new_user(&admin, "alice", "user", None).await;
+    let (_, bob, _) = s.new_user(&admin, "bob", "user", None).await;
+    let (carol_id, carol, _) = s.new_user(&admin, "carol", "user", Some(&acme)).await;
+    let default_tenant = {
+        let me: Value = s.get(&alice, "/api/auth/me").await.json().await.unwrap();
+        me["tenant_id"].as_str().unwrap().to_string()
+    };
+
+    // The defaults, as configured.
+    let r = s.get(&tina, "/api/admin/limits").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["defaults"]["user.chat"], "100/min", "{v}");
+    assert_eq!(v["defaults"]["user.tokens"], "100000/day", "{v}");
+    assert_eq!(v["overrides"], json!([]));
+
+    // A tenant admin slows one of their users down: at once, and only that user.
+    let r = s
+        .put(
+            &tina,
+            &format!("/api/admin/limits/user/{alice_id}"),
+            json!({"chat": "2/min"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let row: Value = r.json().await.unwrap();
+    assert_eq!(row["limits"], json!({"chat": "2/min"}));
+    assert_eq!(row["updated_by"], "tina");
+    for _ in 0..2 {
+        assert_eq!(
+            empty_chat(&s, &alice).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    let r = empty_chat(&s, &alice).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 per 60 s"),
+        "{e}"
+    );
+    assert_eq!(
+        empty_chat(&s, &bob).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Fields not overridden are inherited: her token budget is the default.
+    let u = usage(&s, &alice).await;
+    assert_eq!(limit(&u, "tokens per user")["limit"], 100_000);
+
+    // Bad overrides are refused with what is wrong, and change nothing.
+    for (body, code) in [
+        (json!({"chat": "fast"}), "invalid_limit"),
+        (json!({"requests": "1/s"}), "invalid_limit_field"),
+        (json!({}), "empty_override"),
+        (json!({"streams": 1_000_000}), "invalid_limit"),
+    ] {
+        let r = s
+            .put(&tina, &format!("/api/admin/limits/user/{alice_id}"), body)
+            .await;
+        assert_eq!(
+            common::error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+            code
+        );
+    }
+    let r = s
+        .put(
+            &tina,
+            &format!("/api/admin/limits/user/{alice_id}"),
+            json!({"chat": "2/min", "colour": "red"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Scope: a tenant admin reaches neither another tenant's users nor any tenant's ceiling;
+    // users reach nothing.
+    let r = s
+        .put(
+            &tina,
+            &format!("/api/admin/limits/user/{carol_id}"),
+            json!({"chat": "1/min"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = s
+        .put(
+            &tina,
+            &format!("/api/admin/limits/tenant/{default_tenant}"),
+            json!({"tokens": "1/day"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.get(&alice, "/api/admin/limits").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = s
+        .put(&tina, "/api/admin/limits/planet/x", json!({"chat": "1/s"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // A key's token budget: smaller than what a request needs.
+    let key: Value = s
+        .post(&bob, "/api/auth/api-keys", json!({"name": "ci"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (key_id, secret) = (
+        key["id"].as_str().unwrap().to_string(),
+        key["api_key"].as_str().unwrap().to_string(),
+    );
+    let r = s
+        .put(
+            &tina,
+            &format!("/api/admin/limits/key/{key_id}"),
+            json!({"tokens": "50/day"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let ask = json!({"model": "smollm2-135m", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Say hello."}]});
+    let r = s.post(&secret, "/v1/chat/completions", ask.clone()).await;
+    // More than the key's whole budget: never passes (OpenAI's 400 on /v1).
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per API key"),
+        "{e}"
+    );
+
+    // The platform admin sets another tenant's ceiling: one request a minute for all of acme.
+    let r = s
+        .put(
+            &admin,
+            &format!("/api/admin/limits/tenant/{acme}"),
+            json!({"requests": "1/min"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        empty_chat(&s, &carol).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let r = empty_chat(&s, &carol).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("your organisation"),
+        "{e}"
+    );
+    // Each admin sees the overrides they administer.
+    let mine: Value = s
+        .get(&tina, "/api/admin/limits")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["overrides"].as_array().unwrap().len(), 2, "{mine}");
+    let all: Value = s
+        .get(&admin, "/api/admin/limits")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["overrides"].as_array().unwrap().len(), 3, "{all}");
+
+    // Overrides are stored: a restart keeps them.
+    let s = s.restart(&[
+        ("PALISADE_LIMITS__CHAT_PER_USER", "100/min"),
+        ("PALISADE_LIMITS__TOKENS_PER_USER", "100000/day"),
+    ]);
+    let tina = s.login("tina", common::USER_PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice = s.login("alice", common::USER_PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            empty_chat(&s, &alice).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    assert_eq!(
+        empty_chat(&s, &alice).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Removing the override brings the default back (the window already spent still counts:
+    // the next request fits after well under a second).
+    let path = format!("/api/admin/limits/user/{alice_id}");
+    assert_eq!(
+        s.delete(&tina, &path).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(s.delete(&tina, &path).await.status(), StatusCode::NOT_FOUND);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        empty_chat(&s, &alice).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+/// An empty chat message: refused by validation (422) once admitted, so it costs no model time.
+async fn empty_chat(s: &Server, token: &str) -> reqwest::Response {
+    s.post(token, "/api/chat/message", json!({"message": ""}))
+        .await
 }

@@ -315,8 +315,12 @@ pub async fn security_events(
                 user_id: e.user_id.map(|u| u.to_string()),
                 actor_id: e.actor_id.map(|u| u.to_string()),
                 ip: e.ip,
+                user_agent: e.user_agent,
+                request_id: e.request_id,
                 detail: e.detail,
                 created_at: millis_to_rfc3339(e.created_at),
+                chain_seq: e.chain_seq,
+                hash: e.hash,
             })
             .collect(),
     ))

@@ -84,6 +84,7 @@ pub async fn send_message(
             stop: req.stop,
         },
         request_id: request_id(&headers),
+        system_prompt: req.system_prompt,
     };
     let run = s.chat.start(&who, input).await?;
     if stream {
@@ -242,6 +243,7 @@ pub async fn list_sessions(
                 created_at: millis_to_rfc3339(o.session.created_at),
                 updated_at: millis_to_rfc3339(o.session.updated_at),
                 last_message_preview: o.last_message_preview,
+                system_prompt: o.session.system_prompt,
             })
             .collect(),
         total,
@@ -293,7 +295,19 @@ pub async fn rename_session(
     ApiJson(req): ApiJson<UpdateSessionRequest>,
 ) -> Result<StatusCode, ApiError> {
     let session: SessionId = id.parse()?;
-    s.chat.rename(&who, session, &req.title).await?;
+    if req.title.is_none() && req.system_prompt.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_change",
+            "give a title, a system_prompt, or both",
+        ));
+    }
+    if let Some(text) = &req.system_prompt {
+        s.chat.set_system_prompt(&who, session, text).await?;
+    }
+    if let Some(title) = &req.title {
+        s.chat.rename(&who, session, title).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

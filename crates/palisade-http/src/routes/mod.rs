@@ -7,6 +7,7 @@ pub mod chat;
 pub mod compat;
 pub mod guard;
 pub mod health;
+pub mod limits;
 pub mod models;
 pub mod openai;
 pub mod usage;

@@ -251,6 +251,8 @@ struct NewMessage {
     max_tokens: Option<i64>,
     #[serde(default)]
     stop: Option<Vec<String>>,
+    #[serde(default)]
+    system_prompt: Option<String>,
 }
 
 fn error_event(e: &ApiError) -> Value {
@@ -427,6 +429,7 @@ impl Session {
                 stop: m.stop,
             },
             request_id: self.request_id.clone(),
+            system_prompt: m.system_prompt,
         };
         match self.state.chat.start(&self.who, input).await {
             Ok(run) => {

@@ -25,6 +25,10 @@ const COMMANDS: &[(&str, &str)] = &[
     ("open N", "continue conversation N of `sessions`"),
     ("rename TITLE", "rename the current conversation"),
     (
+        "system [TEXT|off]",
+        "show, set or drop the conversation's system prompt",
+    ),
+    (
         "delete [N]",
         "delete the current conversation (or N of `sessions`)",
     ),
@@ -46,8 +50,11 @@ struct Chat {
     session: Option<String>,
     model: Option<String>,
     max_tokens: Option<u32>,
-    /// Ids of the last `sessions` listing, for `open N` / `delete N`.
-    listed: Vec<(String, String)>,
+    /// The conversation's system prompt (for a new conversation: sent with its first message).
+    system: Option<String>,
+    /// Ids, titles and system prompts of the last `sessions` listing, for `open N` /
+    /// `delete N`.
+    listed: Vec<(String, String, Option<String>)>,
     tty: bool,
 }
 
@@ -186,6 +193,7 @@ impl Chat {
             session: args.session.clone(),
             model: args.model.clone(),
             max_tokens: args.max_tokens,
+            system: None,
             listed: Vec::new(),
             tty: std::io::stdout().is_terminal(),
         }
@@ -256,7 +264,7 @@ impl Chat {
             "help" | "?" => {
                 println!("Commands (a line that starts with \\ is always sent as a message):");
                 for (c, d) in COMMANDS {
-                    println!("  {c:<14} {d}");
+                    println!("  {c:<18} {d}");
                 }
             }
             "exit" | "quit" => return Ok(false),
@@ -308,6 +316,7 @@ impl Chat {
                     println!("renamed to “{}”", sanitize(rest));
                 }
             }
+            "system" => self.system_prompt(rest).await?,
             "delete" => {
                 let id = if rest.is_empty() {
                     self.session.clone()
@@ -323,12 +332,18 @@ impl Chat {
                     .await?;
                 if self.session.as_deref() == Some(id.as_str()) {
                     self.session = None;
+                    self.system = None;
                 }
                 println!("conversation deleted");
             }
             "clear" | "new" => {
                 self.session = None;
-                println!("new conversation");
+                match &self.system {
+                    Some(_) => println!(
+                        "new conversation (with the same system prompt; `system off` drops it)"
+                    ),
+                    None => println!("new conversation"),
+                }
             }
             "logout" => {
                 self.conn.logout().await;
@@ -342,7 +357,59 @@ impl Chat {
 
     fn pick(&self, n: &str) -> Option<String> {
         let i: usize = n.trim().parse().ok()?;
-        self.listed.get(i.checked_sub(1)?).map(|(id, _)| id.clone())
+        self.listed
+            .get(i.checked_sub(1)?)
+            .map(|(id, _, _)| id.clone())
+    }
+
+    /// `system`: shows the conversation's system prompt; `system TEXT` sets it (at once for
+    /// the current conversation, else for the next new one); `system off` drops it.
+    async fn system_prompt(&mut self, rest: &str) -> anyhow::Result<()> {
+        if rest.is_empty() {
+            match &self.system {
+                Some(s) => println!("system prompt: {}", sanitize(s)),
+                None => println!("system prompt: the server's only (`system TEXT` sets one)"),
+            }
+            return Ok(());
+        }
+        let me = self.conn.get("/api/auth/me").await?;
+        let allowed = me["permissions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p == "chat:system_prompt");
+        if !allowed {
+            println!(
+                "{}",
+                paint_error("your role may not set a system prompt (it needs chat:system_prompt)")
+            );
+            return Ok(());
+        }
+        let text = if rest.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(rest.to_string())
+        };
+        if let Some(id) = &self.session {
+            self.conn
+                .call(
+                    Method::PATCH,
+                    &format!("/api/chat/sessions/{id}"),
+                    Some(json!({"system_prompt": text.clone().unwrap_or_default()})),
+                )
+                .await?;
+        }
+        let when = if self.session.is_some() {
+            "this conversation"
+        } else {
+            "the next conversation"
+        };
+        match &text {
+            Some(_) => println!("system prompt set for {when}"),
+            None => println!("system prompt dropped for {when}"),
+        }
+        self.system = text;
+        Ok(())
     }
 
     async fn status(&mut self) -> anyhow::Result<()> {
@@ -381,6 +448,9 @@ impl Chat {
         match &self.session {
             Some(s) => println!("conversation: {s}"),
             None => println!("conversation: new"),
+        }
+        if let Some(sp) = &self.system {
+            println!("system prompt: {}", sanitize(sp));
         }
         if let Ok(u) = self.conn.get("/api/usage").await {
             let t = &u["today"];
@@ -461,7 +531,8 @@ impl Chat {
                     .get(..16)
                     .unwrap_or("")
             );
-            self.listed.push((id, title));
+            let system = s["system_prompt"].as_str().map(String::from);
+            self.listed.push((id, title, system));
         }
         Ok(())
     }
@@ -476,12 +547,13 @@ impl Chat {
             .get(&format!("/api/chat/sessions/{id}/messages?limit=6"))
             .await?;
         self.session = Some(id);
-        let title = self
+        let (title, system) = self
             .listed
             .iter()
-            .find(|(i, _)| Some(i) == self.session.as_ref())
-            .map(|(_, t)| t.clone())
+            .find(|(i, _, _)| Some(i) == self.session.as_ref())
+            .map(|(_, t, s)| (t.clone(), s.clone()))
             .unwrap_or_default();
+        self.system = system;
         println!("── {title} ──");
         let mut r = Renderer::new(!self.tty);
         for m in v["messages"].as_array().into_iter().flatten() {
@@ -500,8 +572,11 @@ impl Chat {
 
     fn body(&self, text: &str) -> Value {
         let mut b = json!({"message": text, "stream": true});
-        if let Some(s) = &self.session {
-            b["session_id"] = json!(s);
+        match (&self.session, &self.system) {
+            (Some(s), _) => b["session_id"] = json!(s),
+            // A new conversation starts with its system prompt.
+            (None, Some(sp)) => b["system_prompt"] = json!(sp),
+            (None, None) => {}
         }
         if let Some(m) = &self.model {
             b["model"] = json!(m);

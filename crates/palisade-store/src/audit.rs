@@ -1,0 +1,179 @@
+//! The audit trail on SQLite: `security_events` as hash chains, one per tenant.
+//!
+//! Appending reads the chain's last link and writes the next one in one transaction, behind a
+//! lock in this process; the unique index on (chain, position) refuses a second writer's copy
+//! (another process on the same file), which then retries. Triggers refuse `UPDATE` and
+//! `DELETE`: the product offers no way to change the trail, and a change made behind its back is
+//! found by [`Store::verify_audit`].
+
+use palisade_core::audit::{AuditKey, AuditLink, Broken, ChainVerifier, GENESIS, PLATFORM_CHAIN};
+use palisade_core::identity::SecurityEvent;
+use palisade_core::CoreResult;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{db_err, Store};
+
+const LINK_COLS: &str = "chain, chain_seq, kind, tenant_id, user_id, actor_id, ip, user_agent, \
+                         request_id, detail, created_at, prev_hash, hash";
+
+fn link_from(row: &SqliteRow) -> CoreResult<AuditLink> {
+    Ok(AuditLink {
+        chain: row.try_get("chain").map_err(db_err)?,
+        chain_seq: row.try_get("chain_seq").map_err(db_err)?,
+        kind: row.try_get("kind").map_err(db_err)?,
+        tenant_id: row.try_get("tenant_id").map_err(db_err)?,
+        user_id: row.try_get("user_id").map_err(db_err)?,
+        actor_id: row.try_get("actor_id").map_err(db_err)?,
+        ip: row.try_get("ip").map_err(db_err)?,
+        user_agent: row.try_get("user_agent").map_err(db_err)?,
+        request_id: row.try_get("request_id").map_err(db_err)?,
+        detail: row.try_get("detail").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        prev_hash: row.try_get("prev_hash").map_err(db_err)?,
+        hash: row.try_get("hash").map_err(db_err)?,
+    })
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Links checked and found sound.
+    pub links: u64,
+    pub chains: u64,
+    /// Events written before the trail was chained (not covered).
+    pub unchained: u64,
+    /// The first broken link, if any.
+    pub broken: Option<Broken>,
+}
+
+impl Store {
+    /// Appends `e` as the next link of its tenant's chain.
+    pub(crate) async fn append_event(&self, e: &SecurityEvent) -> CoreResult<()> {
+        let chain = e
+            .tenant_id
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| PLATFORM_CHAIN.to_string());
+        let _one_writer = self.audit.lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_append(&chain, e).await {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < 5 => {
+                    tracing::debug!(error = %err, attempt, "audit append retried");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn try_append(&self, chain: &str, e: &SecurityEvent) -> CoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let last = sqlx::query(
+            "SELECT chain_seq, hash FROM security_events WHERE chain = ? \
+             ORDER BY chain_seq DESC LIMIT 1",
+        )
+        .bind(chain)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let (chain_seq, prev_hash) = match last {
+            Some(row) => (
+                row.try_get::<i64, _>("chain_seq").map_err(db_err)? + 1,
+                row.try_get::<String, _>("hash").map_err(db_err)?,
+            ),
+            None => (1, GENESIS.to_string()),
+        };
+        let mut link = AuditLink {
+            chain: chain.to_string(),
+            chain_seq,
+            kind: e.kind.as_str().to_string(),
+            tenant_id: e.tenant_id.map(|t| t.to_string()),
+            user_id: e.user_id.map(|u| u.to_string()),
+            actor_id: e.actor_id.map(|u| u.to_string()),
+            ip: e.ip.clone(),
+            user_agent: e.user_agent.clone(),
+            request_id: e.request_id.clone(),
+            detail: e.detail.to_string(),
+            created_at: e.created_at,
+            prev_hash,
+            hash: String::new(),
+        };
+        link.hash = self.audit.key.link_hash(&link);
+        sqlx::query(&format!(
+            "INSERT INTO security_events ({LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&link.chain)
+        .bind(link.chain_seq)
+        .bind(&link.kind)
+        .bind(&link.tenant_id)
+        .bind(&link.user_id)
+        .bind(&link.actor_id)
+        .bind(&link.ip)
+        .bind(&link.user_agent)
+        .bind(&link.request_id)
+        .bind(&link.detail)
+        .bind(link.created_at)
+        .bind(&link.prev_hash)
+        .bind(&link.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Up to `limit` links after (`chain`, `chain_seq`), in chain order.
+    pub async fn audit_links(
+        &self,
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> CoreResult<Vec<AuditLink>> {
+        let (chain, seq) = after.unwrap_or(("", 0));
+        let rows = sqlx::query(&format!(
+            "SELECT {LINK_COLS} FROM security_events WHERE chain IS NOT NULL \
+             AND (chain > ? OR (chain = ? AND chain_seq > ?)) \
+             ORDER BY chain, chain_seq LIMIT ?"
+        ))
+        .bind(chain)
+        .bind(chain)
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(link_from).collect()
+    }
+
+    /// Checks every chain with `key` (the server's audit key), page by page.
+    pub async fn verify_audit(&self, key: &AuditKey) -> CoreResult<AuditReport> {
+        let unchained: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM security_events WHERE chain IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+        let mut v = ChainVerifier::new(key.clone());
+        let mut after: Option<(String, i64)> = None;
+        let mut broken = None;
+        'pages: loop {
+            let page = self
+                .audit_links(after.as_ref().map(|(c, s)| (c.as_str(), *s)), 1000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.chain.clone(), last.chain_seq));
+            for link in &page {
+                if let Err(b) = v.push(link) {
+                    broken = Some(b);
+                    break 'pages;
+                }
+            }
+        }
+        Ok(AuditReport {
+            links: v.links,
+            chains: v.chains,
+            unchained: u64::try_from(unchained).unwrap_or(0),
+            broken,
+        })
+    }
+}

@@ -1,0 +1,180 @@
+//! The audit trail end to end: events are chained per tenant as the server writes them, the
+//! product cannot change them, and `palisade audit verify` finds an edited, deleted, inserted or
+//! reordered event in a copy of the database and names it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Server, ADMIN_PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::SqlitePool;
+
+/// `palisade audit verify --json` on `data_dir`: (exit code, report).
+fn verify(data_dir: &Path) -> (i32, Value) {
+    let out = Command::new(common::bin())
+        .args(["audit", "verify", "--json", "--data-dir"])
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let report: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+async fn pool(db: &Path) -> SqlitePool {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(db))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_a_verifiable_chain() {
+    let s = Server::start(&[]);
+    let admin = s.admin_token().await;
+    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
+    let home = me["tenant_id"].as_str().unwrap().to_string();
+    // Events in two chains: failed and good logins and a new user at home, a tenant and its
+    // first user elsewhere.
+    for _ in 0..3 {
+        let r = s
+            .post_public(
+                "/api/auth/login",
+                json!({"username": "admin", "password": "not-the-password-at-all"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    s.login("admin", ADMIN_PASSWORD).await;
+    let r = s
+        .post(&admin, "/api/admin/tenants", json!({"name": "acme"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let acme = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.new_user(&admin, "carol", "user", Some(&acme)).await;
+
+    // The live trail verifies.
+    let (code, report) = verify(s.data_dir());
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["intact"], true);
+    assert!(report["events"].as_u64().unwrap() >= 8, "{report}");
+    assert!(report["chains"].as_u64().unwrap() >= 2, "{report}");
+    // Auditors read it through the API, with each event's place in its chain.
+    let r = s.get(&admin, "/api/admin/security-events?limit=50").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let events: Value = r.json().await.unwrap();
+    let first = &events.as_array().unwrap()[0];
+    assert!(first["chain_seq"].as_i64().unwrap() >= 1, "{first}");
+    assert_eq!(first["hash"].as_str().unwrap().len(), 64, "{first}");
+
+    // Nothing can change it through the database's front door either.
+    let db = s.data_dir().join("palisade.db");
+    let live = pool(&db).await;
+    for sql in [
+        "UPDATE security_events SET ip = '10.0.0.1'",
+        "DELETE FROM security_events",
+    ] {
+        let e = sqlx::query(sql).execute(&live).await.unwrap_err();
+        assert!(e.to_string().contains("append-only"), "{e}");
+    }
+
+    // Copies tampered with by someone who has the file and drops the triggers: each is found at
+    // the event touched.
+    let scratch = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], i64, &str); 4] = [
+        (
+            "edited",
+            &["UPDATE security_events SET user_id = 'mallory' WHERE chain = ?1 AND chain_seq = 3"],
+            3,
+            "does not match",
+        ),
+        (
+            "deleted",
+            &["DELETE FROM security_events WHERE chain = ?1 AND chain_seq = 2"],
+            2,
+            "missing",
+        ),
+        (
+            "inserted",
+            &[
+                "UPDATE security_events SET chain_seq = -chain_seq - 1 \
+                 WHERE chain = ?1 AND chain_seq >= 3",
+                "UPDATE security_events SET chain_seq = -chain_seq WHERE chain = ?1 AND chain_seq < 0",
+                "INSERT INTO security_events (kind, tenant_id, user_id, ip, detail, created_at, \
+                 chain, chain_seq, prev_hash, hash) SELECT 'login_success', tenant_id, 'ghost', \
+                 ip, '{}', created_at, chain, 3, hash, \
+                 '1111111111111111111111111111111111111111111111111111111111111111' \
+                 FROM security_events WHERE chain = ?1 AND chain_seq = 2",
+            ],
+            3,
+            "does not match",
+        ),
+        (
+            "reordered",
+            &[
+                "UPDATE security_events SET chain_seq = -1 WHERE chain = ?1 AND chain_seq = 2",
+                "UPDATE security_events SET chain_seq = 2 WHERE chain = ?1 AND chain_seq = 3",
+                "UPDATE security_events SET chain_seq = 3 WHERE chain = ?1 AND chain_seq = -1",
+            ],
+            2,
+            "does not match",
+        ),
+    ];
+    for (name, statements, at, why) in cases {
+        let dir = scratch.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(s.data_dir().join("audit.key"), dir.join("audit.key")).unwrap();
+        let copy = dir.join("palisade.db");
+        sqlx::query("VACUUM INTO ?1")
+            .bind(copy.to_str().unwrap())
+            .execute(&live)
+            .await
+            .unwrap();
+        let p = pool(&copy).await;
+        for t in [
+            "DROP TRIGGER security_events_append_only_update",
+            "DROP TRIGGER security_events_append_only_delete",
+        ] {
+            sqlx::query(t).execute(&p).await.unwrap();
+        }
+        for sql in statements {
+            sqlx::query(sql).bind(&home).execute(&p).await.unwrap();
+        }
+        p.close().await;
+        let (code, report) = verify(&dir);
+        assert_eq!(code, 1, "{name}: {report}");
+        assert_eq!(report["intact"], false, "{name}");
+        assert_eq!(report["broken"]["chain"], home.as_str(), "{name}: {report}");
+        assert_eq!(report["broken"]["event"], at, "{name}: {report}");
+        assert!(
+            report["broken"]["reason"].as_str().unwrap().contains(why),
+            "{name}: {report}"
+        );
+    }
+
+    // Another key proves nothing: a forger's key finds the whole trail broken.
+    let dir = scratch.path().join("other-key");
+    std::fs::create_dir_all(&dir).unwrap();
+    sqlx::query("VACUUM INTO ?1")
+        .bind(dir.join("palisade.db").to_str().unwrap())
+        .execute(&live)
+        .await
+        .unwrap();
+    std::fs::write(dir.join("audit.key"), "ab".repeat(32)).unwrap();
+    let (code, report) = verify(&dir);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["broken"]["event"], 1, "{report}");
+}
