@@ -44,13 +44,25 @@ pub struct Config {
 }
 
 /// `[audit]`: the audit trail's hash chains.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// The key that chains the audit trail (HMAC-SHA-256): a reference, `env::NAME` or
     /// `file::PATH`, to 64 hex digits. Default: `audit.key` in the data dir, created at the
     /// first start, readable by its owner only.
     pub key: Option<String>,
+    /// Seconds between the signed checkpoints the server writes into `audit-checkpoints/` of
+    /// the data dir (0: none).
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            checkpoint_every_secs: 3600,
+        }
+    }
 }
 
 /// `[redis]`: the Redis that replicas share.

@@ -177,3 +177,63 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// The newest link of every chain: (chain, position, hash), in chain order.
+    pub async fn audit_heads(&self) -> CoreResult<Vec<(String, i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT e.chain, e.chain_seq, e.hash FROM security_events e \
+             JOIN (SELECT chain, MAX(chain_seq) AS top FROM security_events \
+                   WHERE chain IS NOT NULL GROUP BY chain) h \
+             ON e.chain = h.chain AND e.chain_seq = h.top ORDER BY e.chain",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("chain").map_err(db_err)?,
+                    r.try_get("chain_seq").map_err(db_err)?,
+                    r.try_get("hash").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The link at (`chain`, `chain_seq`).
+    pub async fn audit_link(&self, chain: &str, chain_seq: i64) -> CoreResult<Option<AuditLink>> {
+        let row = sqlx::query(&format!(
+            "SELECT {LINK_COLS} FROM security_events WHERE chain = ? AND chain_seq = ?"
+        ))
+        .bind(chain)
+        .bind(chain_seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(link_from).transpose()
+    }
+
+    /// Up to `limit` links written at or after `since_ms`, in the order they were written,
+    /// after the row `after` (0: from the start): (row, link) for paging.
+    pub async fn audit_export(
+        &self,
+        since_ms: i64,
+        after: i64,
+        limit: u32,
+    ) -> CoreResult<Vec<(i64, AuditLink)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT seq, {LINK_COLS} FROM security_events \
+             WHERE chain IS NOT NULL AND created_at >= ? AND seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(since_ms)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq").map_err(db_err)?, link_from(r)?)))
+            .collect()
+    }
+}

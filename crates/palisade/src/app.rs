@@ -53,9 +53,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             | UserCommand::Sessions(_)
             | UserCommand::Revoke(_)),
         ) => crate::client::admin::run_user(c).await,
-        Command::Audit(AuditCommand::Verify(a)) => {
+        Command::Audit(c) => {
             init_logging(LogFormat::Text);
-            crate::audit::verify(a).await
+            match c {
+                AuditCommand::Verify(a) => crate::audit::verify(a).await,
+                AuditCommand::Checkpoint(a) => crate::audit::checkpoint_cmd(a).await,
+                AuditCommand::Export(a) => crate::audit::export_cmd(a).await,
+            }
         }
         Command::Db(DbCommand::Migrate(a)) => {
             init_logging(LogFormat::Text);
@@ -610,6 +614,13 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
                 .map_err(|e| anyhow::anyhow!("configuration `http.trusted_proxies`: {e}"))?,
         ),
     };
+    if cfg.audit.checkpoint_every_secs > 0 {
+        crate::audit::spawn_checkpoints(
+            cfg.clone(),
+            store.clone(),
+            Duration::from_secs(cfg.audit.checkpoint_every_secs),
+        );
+    }
     // Pick up signing keys added by `palisade keys rotate`.
     let keys = auth.keys().clone();
     tokio::spawn(async move {

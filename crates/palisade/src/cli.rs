@@ -61,6 +61,11 @@ pub enum AuditCommand {
     /// 1: broken, naming the first event edited, deleted, inserted or moved. Safe while the
     /// server runs.
     Verify(AuditVerifyArgs),
+    /// Sign (Ed25519) the head of every chain after checking the trail; keep the file apart
+    /// from the server: `verify --checkpoint FILE` then also finds events removed from the end.
+    Checkpoint(AuditCheckpointArgs),
+    /// Every event since a day or time as JSON lines, in the order written (for a SIEM).
+    Export(AuditExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +75,33 @@ pub struct AuditVerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also check that this signed checkpoint still holds (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Vec<std::path::PathBuf>,
+    /// The checkpoint signing key to expect (hex), as printed in an earlier checkpoint.
+    #[arg(long, value_name = "HEX")]
+    pub public_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditCheckpointArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Write the checkpoint to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditExportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// First day (`YYYY-MM-DD`, UTC) or instant (RFC 3339).
+    #[arg(long)]
+    pub since: String,
+    /// Write to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

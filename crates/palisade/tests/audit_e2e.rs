@@ -178,3 +178,153 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     assert_eq!(code, 1, "{report}");
     assert_eq!(report["broken"]["event"], 1, "{report}");
 }
+
+/// Runs `palisade audit ARGS… --data-dir DIR`: (exit code, stdout).
+fn audit(data_dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::bin())
+        .arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Signed checkpoints catch what a chain alone cannot (its newest events removed), and an
+/// altered checkpoint is refused; the server writes them on its own; export gives every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_and_export() {
+    let s = Server::start(&[("PALISADE_AUDIT__CHECKPOINT_EVERY_SECS", "1")]);
+    let admin = s.admin_token().await;
+    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
+    let home = me["tenant_id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        s.login("admin", ADMIN_PASSWORD).await;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let cp = scratch.path().join("cp.json");
+    let (code, out) = audit(s.data_dir(), &["checkpoint", "--out", cp.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let signed: Value = serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    let chain = signed["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["chain"] == home.as_str())
+        .unwrap()
+        .clone();
+    let top = chain["events"].as_i64().unwrap();
+    assert!(top >= 3, "{signed}");
+    let key = signed["public_key"].as_str().unwrap().to_string();
+    let (code, out) = audit(
+        s.data_dir(),
+        &[
+            "verify",
+            "--checkpoint",
+            cp.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("holds"), "{out}");
+
+    // The newest event removed from a copy: the chain alone still verifies, the checkpoint
+    // does not.
+    let live = pool(&s.data_dir().join("palisade.db")).await;
+    let dir = scratch.path().join("truncated");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["audit.key", "audit-signing.pk8"] {
+        std::fs::copy(s.data_dir().join(f), dir.join(f)).unwrap();
+    }
+    sqlx::query("VACUUM INTO ?1")
+        .bind(dir.join("palisade.db").to_str().unwrap())
+        .execute(&live)
+        .await
+        .unwrap();
+    let p = pool(&dir.join("palisade.db")).await;
+    sqlx::query("DROP TRIGGER security_events_append_only_delete")
+        .execute(&p)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM security_events WHERE chain = ?1 AND chain_seq >= ?2")
+        .bind(&home)
+        .bind(top)
+        .execute(&p)
+        .await
+        .unwrap();
+    p.close().await;
+    assert_eq!(verify(&dir).0, 0, "a shorter chain is still a chain");
+    let (code, out) = audit(&dir, &["verify", "--checkpoint", cp.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("shorter than the checkpoint"), "{out}");
+
+    // An altered checkpoint, or one signed by another key, is refused.
+    let mut forged = signed.clone();
+    forged["chains"][0]["events"] = json!(1);
+    let bad = scratch.path().join("forged.json");
+    std::fs::write(&bad, forged.to_string()).unwrap();
+    let (code, out) = audit(
+        s.data_dir(),
+        &["verify", "--checkpoint", bad.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("signature does not match"), "{out}");
+    let (code, out) = audit(
+        s.data_dir(),
+        &[
+            "verify",
+            "--checkpoint",
+            cp.to_str().unwrap(),
+            "--public-key",
+            &"00".repeat(32),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another key"), "{out}");
+
+    // The server writes checkpoints by itself (every second here), and they hold.
+    let written = s.data_dir().join("audit-checkpoints");
+    let mut found = None;
+    for _ in 0..50 {
+        if let Some(f) = std::fs::read_dir(&written)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+        {
+            found = Some(f.path());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let found = found.expect("no checkpoint written by the server");
+    let (code, out) = audit(
+        s.data_dir(),
+        &["verify", "--checkpoint", found.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+
+    // Export: every chained event since today, one JSON object per line.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (code, out) = audit(s.data_dir(), &["export", "--since", &today]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (_, report) = verify(s.data_dir());
+    assert_eq!(lines.len() as u64, report["events"].as_u64().unwrap());
+    assert!(lines.iter().any(|l| l["kind"] == "login_success"));
+    assert!(lines
+        .iter()
+        .all(|l| l["hash"].as_str().unwrap().len() == 64));
+    let (code, out) = audit(s.data_dir(), &["export", "--since", "yesterday"]);
+    assert_eq!(code, 1, "{out}");
+}
