@@ -11,8 +11,6 @@ use std::process::Command;
 use common::{Server, ADMIN_PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::SqlitePool;
 
 /// `palisade audit verify --json` on `data_dir`: (exit code, report).
 fn verify(data_dir: &Path) -> (i32, Value) {
@@ -30,12 +28,37 @@ fn verify(data_dir: &Path) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
-async fn pool(db: &Path) -> SqlitePool {
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(SqliteConnectOptions::new().filename(db))
-        .await
-        .unwrap()
+/// Runs SQL statements on an SQLite file with Python's `sqlite3` module, an outside tool, as
+/// someone holding the file would; `?1` is bound to `param`. The first error's message, if any.
+fn sqlite(db: &Path, statements: &[&str], param: &str) -> Result<(), String> {
+    const SCRIPT: &str = r#"
+import json, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+try:
+    for s in json.loads(sys.argv[3]):
+        con.execute(s, (sys.argv[2],) if "?1" in s else ())
+except Exception as e:
+    print(e)
+    sys.exit(1)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(db)
+        .arg(param)
+        .arg(serde_json::to_string(statements).unwrap())
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// A consistent copy of the live database `db` at `copy` (the server keeps running).
+fn snapshot(db: &Path, copy: &Path) {
+    sqlite(db, &["VACUUM INTO ?1"], copy.to_str().unwrap()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,13 +105,12 @@ async fn the_audit_trail_is_a_verifiable_chain() {
 
     // Nothing can change it through the database's front door either.
     let db = s.data_dir().join("palisade.db");
-    let live = pool(&db).await;
     for sql in [
         "UPDATE security_events SET ip = '10.0.0.1'",
         "DELETE FROM security_events",
     ] {
-        let e = sqlx::query(sql).execute(&live).await.unwrap_err();
-        assert!(e.to_string().contains("append-only"), "{e}");
+        let e = sqlite(&db, &[sql], "").unwrap_err();
+        assert!(e.contains("append-only"), "{e}");
     }
 
     // Copies tampered with by someone who has the file and drops the triggers: each is found at
@@ -138,22 +160,13 @@ async fn the_audit_trail_is_a_verifiable_chain() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(s.data_dir().join("audit.key"), dir.join("audit.key")).unwrap();
         let copy = dir.join("palisade.db");
-        sqlx::query("VACUUM INTO ?1")
-            .bind(copy.to_str().unwrap())
-            .execute(&live)
-            .await
-            .unwrap();
-        let p = pool(&copy).await;
-        for t in [
+        snapshot(&db, &copy);
+        let mut all = vec![
             "DROP TRIGGER security_events_append_only_update",
             "DROP TRIGGER security_events_append_only_delete",
-        ] {
-            sqlx::query(t).execute(&p).await.unwrap();
-        }
-        for sql in statements {
-            sqlx::query(sql).bind(&home).execute(&p).await.unwrap();
-        }
-        p.close().await;
+        ];
+        all.extend_from_slice(statements);
+        sqlite(&copy, &all, &home).unwrap();
         let (code, report) = verify(&dir);
         assert_eq!(code, 1, "{name}: {report}");
         assert_eq!(report["intact"], false, "{name}");
@@ -168,11 +181,7 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     // Another key proves nothing: a forger's key finds the whole trail broken.
     let dir = scratch.path().join("other-key");
     std::fs::create_dir_all(&dir).unwrap();
-    sqlx::query("VACUUM INTO ?1")
-        .bind(dir.join("palisade.db").to_str().unwrap())
-        .execute(&live)
-        .await
-        .unwrap();
+    snapshot(&db, &dir.join("palisade.db"));
     std::fs::write(dir.join("audit.key"), "ab".repeat(32)).unwrap();
     let (code, report) = verify(&dir);
     assert_eq!(code, 1, "{report}");
@@ -238,29 +247,19 @@ async fn checkpoints_and_export() {
 
     // The newest event removed from a copy: the chain alone still verifies, the checkpoint
     // does not.
-    let live = pool(&s.data_dir().join("palisade.db")).await;
     let dir = scratch.path().join("truncated");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["audit.key", "audit-signing.pk8"] {
         std::fs::copy(s.data_dir().join(f), dir.join(f)).unwrap();
     }
-    sqlx::query("VACUUM INTO ?1")
-        .bind(dir.join("palisade.db").to_str().unwrap())
-        .execute(&live)
-        .await
-        .unwrap();
-    let p = pool(&dir.join("palisade.db")).await;
-    sqlx::query("DROP TRIGGER security_events_append_only_delete")
-        .execute(&p)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM security_events WHERE chain = ?1 AND chain_seq >= ?2")
-        .bind(&home)
-        .bind(top)
-        .execute(&p)
-        .await
-        .unwrap();
-    p.close().await;
+    snapshot(&s.data_dir().join("palisade.db"), &dir.join("palisade.db"));
+    let cut = format!("DELETE FROM security_events WHERE chain = ?1 AND chain_seq >= {top}");
+    sqlite(
+        &dir.join("palisade.db"),
+        &["DROP TRIGGER security_events_append_only_delete", &cut],
+        &home,
+    )
+    .unwrap();
     assert_eq!(verify(&dir).0, 0, "a shorter chain is still a chain");
     let (code, out) = audit(&dir, &["verify", "--checkpoint", cp.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
