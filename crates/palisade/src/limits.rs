@@ -195,7 +195,14 @@ impl LimitRules {
     /// The user's role figures, with the user's override on top.
     fn for_user(&self, who: &Principal) -> PerUser {
         let mut u = *self.roles.get(who.role.as_str()).unwrap_or(&self.user);
-        if let Some(o) = self.overrides().users.get(&who.user_id.to_string()) {
+        let all = self.overrides();
+        // The common case, no override at all, costs no key formatting.
+        let found = if all.users.is_empty() {
+            None
+        } else {
+            all.users.get(&who.user_id.to_string())
+        };
+        if let Some(o) = found {
             u.chat = o.chat.unwrap_or(u.chat);
             u.api = o.api.unwrap_or(u.api);
             u.tokens = o.tokens.unwrap_or(u.tokens);
@@ -208,7 +215,13 @@ impl LimitRules {
     /// The tenant's figures: the defaults with the tenant's override on top.
     fn for_tenant(&self, who: &Principal) -> PerTenant {
         let mut t = self.tenant;
-        if let Some(o) = self.overrides().tenants.get(&who.tenant_id.to_string()) {
+        let all = self.overrides();
+        let found = if all.tenants.is_empty() {
+            None
+        } else {
+            all.tenants.get(&who.tenant_id.to_string())
+        };
+        if let Some(o) = found {
             t.requests = o.requests.unwrap_or(t.requests);
             t.tokens = o.tokens.unwrap_or(t.tokens);
             t.compute = o.compute.unwrap_or(t.compute);
