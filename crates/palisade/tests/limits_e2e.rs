@@ -244,7 +244,12 @@ async fn token_budgets_settle_to_real_usage_and_usage_is_counted() {
     assert_eq!(r.status(), StatusCode::OK);
     let answer: Value = r.json().await.unwrap();
     let used = answer["usage"]["total_tokens"].as_u64().unwrap();
-    assert!(used > 0 && used < 400, "{answer}");
+    // Usually a short greeting; on a loaded machine the small model sometimes runs on to
+    // max_tokens. Either way less than the reservation (prompt estimate + 400) was used.
+    assert!(
+        used > 0 && answer["usage"]["completion_tokens"].as_u64().unwrap() <= 400,
+        "{answer}"
+    );
     let u = usage(&s, &alice).await;
     let left = limit(&u, "tokens per user")["remaining"].as_u64().unwrap();
     // The budget refills at 1500 a day (one token per 58 s): what is left is 1500 - used.
