@@ -120,6 +120,15 @@ impl Drop for Term {
     }
 }
 
+/// The conversations of `token`'s user, newest first.
+async fn conversations(s: &Server, token: &str) -> Value {
+    s.get(token, "/api/chat/sessions")
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -217,12 +226,7 @@ async fn terminal_chat_and_admin_verbs() {
     t.keys(&["C-c"]);
     t.wait("[stopped]", long);
     let admin = s.admin_token().await;
-    let sessions: Value = s
-        .get(&admin, "/api/chat/sessions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sessions = conversations(&s, &admin).await;
     let id = sessions["sessions"][0]["id"].as_str().unwrap().to_string();
     let mut last = Value::Null;
     for _ in 0..50 {
@@ -252,12 +256,7 @@ async fn terminal_chat_and_admin_verbs() {
     t.wait("system prompt set for this conversation", long);
     t.line("status");
     t.wait("system prompt: Answer like a ship's captain.", long);
-    let sessions: Value = s
-        .get(&admin, "/api/chat/sessions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sessions = conversations(&s, &admin).await;
     assert_eq!(
         sessions["sessions"][0]["system_prompt"], "Answer like a ship's captain.",
         "{sessions}"
@@ -268,12 +267,7 @@ async fn terminal_chat_and_admin_verbs() {
     t.wait("with the same system prompt", long);
     t.line("Say hi.");
     t.wait(" tokens · ", long);
-    let sessions: Value = s
-        .get(&admin, "/api/chat/sessions")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sessions = conversations(&s, &admin).await;
     assert_eq!(sessions["total"], 2, "{sessions}");
     assert_eq!(
         sessions["sessions"][0]["system_prompt"], "Answer like a ship's captain.",

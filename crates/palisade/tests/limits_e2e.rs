@@ -392,55 +392,28 @@ async fn token_budgets_settle_to_real_usage_and_usage_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_per_user() {
-    let (upstream, _up) = common::stub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("palisade.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[models.slow]\nprovider = \"openai\"\nbase_url = \"{upstream}/slow/v1\"\n\
-             trust_zone = \"internal\"\n"
-        ),
-    )
-    .unwrap();
-    let s = Server::start(&[
-        ("PALISADE_CONFIG", cfg.to_str().unwrap()),
-        ("PALISADE_LIMITS__STREAMS_PER_USER", "2"),
-    ]);
+    let (s, _up, _dir) = slow_model_server(&[("PALISADE_LIMITS__STREAMS_PER_USER", "2")]).await;
     let admin = s.admin_token().await;
     let (_, alice, _) = s.new_user(&admin, "alice", "user", None).await;
     let (_, bob, _) = s.new_user(&admin, "bob", "user", None).await;
-    let open = |token: String| {
-        let s = &s;
-        async move {
-            s.client
-                .post(s.url("/v1/chat/completions"))
-                .bearer_auth(token)
-                .json(&json!({"model": "slow", "stream": true,
-                    "messages": [{"role": "user", "content": "a long story"}]}))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     // Two long answers stream at once; a third waits for one of them.
-    let first = open(alice.clone()).await;
+    let first = open_slow(&s, &alice).await.0;
     assert_eq!(first.status(), StatusCode::OK);
-    let second = open(alice.clone()).await;
+    let second = open_slow(&s, &alice).await.0;
     assert_eq!(second.status(), StatusCode::OK);
-    let third = open(alice.clone()).await;
+    let third = open_slow(&s, &alice).await.0;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     let e: Value = third.json().await.unwrap();
     assert_eq!(e["error"]["code"], "too_many_streams", "{e}");
     // Bob has his own.
-    let b = open(bob.clone()).await;
+    let b = open_slow(&s, &bob).await.0;
     assert_eq!(b.status(), StatusCode::OK);
     drop(b);
     // When a client goes away, its stream is given back.
     drop(first);
     let mut admitted = false;
     for _ in 0..50 {
-        let r = open(alice.clone()).await;
+        let r = open_slow(&s, &alice).await.0;
         if r.status() == StatusCode::OK {
             admitted = true;
             break;
@@ -458,48 +431,18 @@ async fn concurrent_streams_per_user() {
 /// of being refused, and is refused only when none frees in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queue_at_the_limit() {
-    let (upstream, _up) = common::stub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("palisade.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[models.slow]\nprovider = \"openai\"\nbase_url = \"{upstream}/slow/v1\"\n\
-             trust_zone = \"internal\"\n"
-        ),
-    )
-    .unwrap();
-    let s = Server::start(&[
-        ("PALISADE_CONFIG", cfg.to_str().unwrap()),
+    let (s, _up, _dir) = slow_model_server(&[
         ("PALISADE_LIMITS__STREAMS_PER_USER", "1"),
         ("PALISADE_LIMITS__CHAT_PER_USER", "2/s"),
         ("PALISADE_LIMITS__QUEUE_SECONDS", "3"),
-    ]);
+    ])
+    .await;
     let admin = s.admin_token().await;
     let (_, alice, _) = s.new_user(&admin, "alice", "user", None).await;
-    let open = |model: &'static str| {
-        let (client, url, token) = (
-            s.client.clone(),
-            s.url("/v1/chat/completions"),
-            alice.clone(),
-        );
-        async move {
-            let t = std::time::Instant::now();
-            let r = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"model": model, "stream": true,
-                    "messages": [{"role": "user", "content": "a long story"}]}))
-                .send()
-                .await
-                .unwrap();
-            (r, t.elapsed())
-        }
-    };
     // One slot: the second stream waits for the first, and starts when its client leaves.
-    let (first, _) = open("slow").await;
+    let (first, _) = open_slow(&s, &alice).await;
     assert_eq!(first.status(), StatusCode::OK);
-    let second = tokio::spawn(open("slow"));
+    let second = tokio::spawn(open_slow(&s, &alice));
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert!(!second.is_finished(), "the second stream did not wait");
     drop(first);
@@ -510,7 +453,7 @@ async fn requests_queue_at_the_limit() {
         "waited {waited:?}"
     );
     // Nothing frees within the three seconds: refused, after waiting them.
-    let (third, waited) = open("slow").await;
+    let (third, waited) = open_slow(&s, &alice).await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(
         (2.9..10.0).contains(&waited.as_secs_f64()),
@@ -769,4 +712,54 @@ async fn admins_override_limits_at_run_time() {
 async fn empty_chat(s: &Server, token: &str) -> reqwest::Response {
     s.post(token, "/api/chat/message", json!({"message": ""}))
         .await
+}
+
+/// A server with a `slow` model (the stub upstream streaming one word every 40 ms for a minute)
+/// and `env`. Keep the upstream and the config's directory alive as long as the server.
+async fn slow_model_server(
+    env: &[(&str, &str)],
+) -> (
+    Server,
+    std::sync::Arc<common::stub::Upstream>,
+    tempfile::TempDir,
+) {
+    let (upstream, up) = common::stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("palisade.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[models.slow]\nprovider = \"openai\"\nbase_url = \"{upstream}/slow/v1\"\n\
+             trust_zone = \"internal\"\n"
+        ),
+    )
+    .unwrap();
+    let mut all = vec![("PALISADE_CONFIG", cfg.to_str().unwrap())];
+    all.extend_from_slice(env);
+    (Server::start(&all), up, dir)
+}
+
+/// Opens a streamed `/v1` answer of the `slow` model for `token`: the response (headers read)
+/// and how long admission took. The future owns what it needs, so it can be spawned.
+fn open_slow(
+    s: &Server,
+    token: &str,
+) -> impl std::future::Future<Output = (reqwest::Response, std::time::Duration)> + 'static {
+    let (client, url, token) = (
+        s.client.clone(),
+        s.url("/v1/chat/completions"),
+        token.to_string(),
+    );
+    async move {
+        let t = std::time::Instant::now();
+        let r = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({"model": "slow", "stream": true,
+                "messages": [{"role": "user", "content": "a long story"}]}))
+            .send()
+            .await
+            .unwrap();
+        (r, t.elapsed())
+    }
 }
