@@ -118,7 +118,7 @@ impl AuthService {
             self.emit(
                 SecurityEvent::new(K::RecoveryCodeUsed)
                     .user(user.tenant_id, user.id)
-                    .ip(client.ip.clone()),
+                    .client(client),
             )
             .await;
         }
@@ -221,7 +221,7 @@ impl AccountService for AuthService {
         self.emit(
             SecurityEvent::new(K::PasswordChange)
                 .user(user.tenant_id, user.id)
-                .ip(client.ip.clone()),
+                .client(client),
         )
         .await;
         // Issued one second later than tokens_valid_after would allow at worst the same second.
@@ -236,7 +236,7 @@ impl AccountService for AuthService {
     ) -> CoreResult<User> {
         Self::interactive_only(p)?;
         let user = self.me(p).await?;
-        let client = ClientInfo::default();
+        let client = p.client.clone();
         self.reauthenticate(&user, current_password, None, &client)
             .await?;
         if let Some(e) = &email {
@@ -258,6 +258,7 @@ impl AccountService for AuthService {
         self.emit(
             SecurityEvent::new(K::UserUpdated)
                 .user(user.tenant_id, user.id)
+                .client(&p.client)
                 .detail(serde_json::json!({ "changed": ["email"], "by": "self" })),
         )
         .await;
@@ -324,8 +325,12 @@ impl AccountService for AuthService {
             .users
             .set_totp(user.tenant_id, user.id, Some(&secret), true)
             .await?;
-        self.emit(SecurityEvent::new(K::TotpEnabled).user(user.tenant_id, user.id))
-            .await;
+        self.emit(
+            SecurityEvent::new(K::TotpEnabled)
+                .user(user.tenant_id, user.id)
+                .client(&p.client),
+        )
+        .await;
         Ok(codes)
     }
 
@@ -358,8 +363,12 @@ impl AccountService for AuthService {
             .users
             .set_recovery_codes(user.tenant_id, user.id, &[])
             .await?;
-        self.emit(SecurityEvent::new(K::TotpDisabled).user(user.tenant_id, user.id))
-            .await;
+        self.emit(
+            SecurityEvent::new(K::TotpDisabled)
+                .user(user.tenant_id, user.id)
+                .client(&p.client),
+        )
+        .await;
         Ok(())
     }
 
@@ -380,6 +389,7 @@ impl AccountService for AuthService {
             self.emit(
                 SecurityEvent::new(K::SessionRevoked)
                     .user(p.tenant_id, p.user_id)
+                    .client(&p.client)
                     .detail(serde_json::json!({ "session_id": id.to_string() })),
             )
             .await;
@@ -464,6 +474,7 @@ impl AccountService for AuthService {
         self.emit(
             SecurityEvent::new(K::ApiKeyCreated)
                 .user(p.tenant_id, p.user_id)
+                .client(&p.client)
                 .detail(serde_json::json!({
                     "key_id": key.id.to_string(), "prefix": key.prefix, "scopes": key.scopes,
                 })),
@@ -488,6 +499,7 @@ impl AccountService for AuthService {
             self.emit(
                 SecurityEvent::new(K::ApiKeyRevoked)
                     .user(p.tenant_id, p.user_id)
+                    .client(&p.client)
                     .detail(serde_json::json!({ "key_id": id.to_string() })),
             )
             .await;

@@ -152,6 +152,7 @@ impl AdminService for AuthService {
             SecurityEvent::new(K::UserCreated)
                 .user(user.tenant_id, user.id)
                 .actor(p.user_id)
+                .client(&p.client)
                 .detail(
                     serde_json::json!({ "role": user.role.as_str(), "username": user.username }),
                 ),
@@ -233,6 +234,7 @@ impl AdminService for AuthService {
             SecurityEvent::new(K::UserUpdated)
                 .user(after.tenant_id, after.id)
                 .actor(p.user_id)
+                .client(&p.client)
                 .detail(serde_json::Value::Object(changes)),
         )
         .await;
@@ -268,6 +270,7 @@ impl AdminService for AuthService {
             SecurityEvent::new(K::PasswordChange)
                 .user(user.tenant_id, id)
                 .actor(p.user_id)
+                .client(&p.client)
                 .detail(serde_json::json!({ "by": "admin_reset" })),
         )
         .await;
@@ -291,6 +294,7 @@ impl AdminService for AuthService {
             SecurityEvent::new(K::UserDeleted)
                 .user(user.tenant_id, id)
                 .actor(p.user_id)
+                .client(&p.client)
                 .detail(serde_json::json!({ "username": user.username })),
         )
         .await;
@@ -331,6 +335,7 @@ impl AdminService for AuthService {
             SecurityEvent::new(K::SessionRevoked)
                 .user(user.tenant_id, id)
                 .actor(p.user_id)
+                .client(&p.client)
                 .detail(serde_json::json!({ "session_id": session.to_string() })),
         )
         .await;
@@ -349,7 +354,8 @@ impl AdminService for AuthService {
         self.emit(
             SecurityEvent::new(K::LogoutAll)
                 .user(user.tenant_id, id)
-                .actor(p.user_id),
+                .actor(p.user_id)
+                .client(&p.client),
         )
         .await;
         Ok(())
@@ -392,9 +398,10 @@ impl AdminService for AuthService {
             })
             .await?;
         self.emit(
-            SecurityEvent::new(K::UserUpdated)
+            SecurityEvent::new(K::InviteCreated)
                 .actor(p.user_id)
-                .detail(serde_json::json!({ "invite_created": { "tenant_id": t.to_string(), "role": role.as_str() } })),
+                .client(&p.client)
+                .detail(serde_json::json!({ "tenant_id": t.to_string(), "role": role.as_str(), "expires_at": expires_at })),
         )
         .await;
         Ok((code, expires_at))
@@ -420,6 +427,7 @@ impl AdminService for AuthService {
         self.emit(
             SecurityEvent::new(K::TenantCreated)
                 .actor(g.principal().user_id)
+                .client(&g.principal().client)
                 .detail(serde_json::json!({ "tenant_id": t.id.to_string(), "name": t.name })),
         )
         .await;
@@ -444,6 +452,7 @@ impl AdminService for AuthService {
         self.emit(
             SecurityEvent::new(K::TenantUpdated)
                 .actor(g.principal().user_id)
+                .client(&g.principal().client)
                 .detail(serde_json::json!({ "tenant_id": id.to_string(), "is_active": active })),
         )
         .await;

@@ -254,6 +254,7 @@ impl AuthService {
             token_id,
             must_change_password: user.must_change_password,
             needs_2fa_enrolment: self.roles.requires_2fa(&user.role) && !user.totp_enabled,
+            client: ClientInfo::default(),
         }
     }
 
@@ -387,7 +388,7 @@ impl AuthService {
         self.emit(
             SecurityEvent::new(kind)
                 .user(user.tenant_id, user.id)
-                .ip(client.ip.clone())
+                .client(client)
                 .detail(serde_json::json!({ "consecutive_failures": n, "hard_locked": hard })),
         )
         .await;
@@ -395,7 +396,7 @@ impl AuthService {
             self.emit(
                 SecurityEvent::new(K::LoginLocked)
                     .user(user.tenant_id, user.id)
-                    .ip(client.ip.clone()),
+                    .client(client),
             )
             .await;
         }
@@ -578,7 +579,7 @@ impl AuthService {
                 self.emit(
                     SecurityEvent::new(K::LoginFailure)
                         .user(u.tenant_id, u.id)
-                        .ip(client.ip.clone())
+                        .client(client)
                         .detail(serde_json::json!({ "reason": "throttled" })),
                 )
                 .await;
@@ -612,7 +613,7 @@ impl AuthService {
                 self.ghosts.fail(username, now);
                 self.emit(
                     SecurityEvent::new(K::LoginFailure)
-                        .ip(client.ip.clone())
+                        .client(client)
                         .detail(serde_json::json!({ "reason": "unknown_user" })),
                 )
                 .await;
@@ -678,7 +679,7 @@ impl AuthService {
         self.emit(
             SecurityEvent::new(K::LoginSuccess)
                 .user(user.tenant_id, user.id)
-                .ip(client.ip.clone())
+                .client(client)
                 .detail(serde_json::json!({ "method": user.auth_source })),
         )
         .await;
@@ -800,7 +801,7 @@ impl IdentityService for AuthService {
         self.emit(
             SecurityEvent::new(K::UserCreated)
                 .user(user.tenant_id, user.id)
-                .ip(client.ip.clone())
+                .client(client)
                 .detail(serde_json::json!({ "via": "register", "role": user.role.as_str() })),
         )
         .await;
@@ -860,7 +861,7 @@ impl IdentityService for AuthService {
                 self.emit(
                     SecurityEvent::new(K::TokenRefresh)
                         .user(user.tenant_id, user.id)
-                        .ip(client.ip.clone()),
+                        .client(client),
                 )
                 .await;
                 Ok(tokens)
@@ -874,7 +875,7 @@ impl IdentityService for AuthService {
                     .await?
                     .map(|s| s.tenant_id);
                 let mut ev = SecurityEvent::new(K::RefreshReuse)
-                    .ip(client.ip.clone())
+                    .client(client)
                     .detail(serde_json::json!({ "session_id": family_id.to_string() }));
                 if let Some(t) = tenant {
                     ev = ev.user(t, user_id);
@@ -895,8 +896,12 @@ impl IdentityService for AuthService {
             if let Credential::Session { session: Some(sid) } = &p.credential {
                 self.repos.tokens.revoke_family(*sid).await?;
             }
-            self.emit(SecurityEvent::new(K::Logout).user(p.tenant_id, p.user_id))
-                .await;
+            self.emit(
+                SecurityEvent::new(K::Logout)
+                    .user(p.tenant_id, p.user_id)
+                    .client(&p.client),
+            )
+            .await;
         }
         Ok(())
     }
@@ -904,22 +909,27 @@ impl IdentityService for AuthService {
     async fn logout_all(&self, p: &Principal) -> CoreResult<()> {
         self.deny_jti(&p.token_id);
         self.end_all_sessions(p.tenant_id, p.user_id).await?;
-        self.emit(SecurityEvent::new(K::LogoutAll).user(p.tenant_id, p.user_id))
-            .await;
+        self.emit(
+            SecurityEvent::new(K::LogoutAll)
+                .user(p.tenant_id, p.user_id)
+                .client(&p.client),
+        )
+        .await;
         Ok(())
     }
 
-    async fn authenticate(&self, bearer: &str, _client: &ClientInfo) -> CoreResult<Principal> {
-        if bearer.starts_with(crate::account::API_KEY_PREFIX) {
-            return self.authenticate_api_key(bearer).await;
-        }
-        if let Some(oidc) = &self.oidc {
-            // Routing only: the token is then fully verified against the provider's keys.
-            if oidc.is_ours(bearer) {
-                return self.authenticate_external(bearer).await;
+    async fn authenticate(&self, bearer: &str, client: &ClientInfo) -> CoreResult<Principal> {
+        let mut who = if bearer.starts_with(crate::account::API_KEY_PREFIX) {
+            self.authenticate_api_key(bearer).await?
+        } else {
+            match &self.oidc {
+                // Routing only: the token is then fully verified against the provider's keys.
+                Some(oidc) if oidc.is_ours(bearer) => self.authenticate_external(bearer).await?,
+                _ => self.authenticate_access(bearer).await?,
             }
-        }
-        self.authenticate_access(bearer).await
+        };
+        who.client = client.clone();
+        Ok(who)
     }
 
     fn sso_enabled(&self) -> bool {
@@ -1005,6 +1015,7 @@ impl IdentityService for AuthService {
         self.emit(
             SecurityEvent::new(K::ScopedTokenIssued)
                 .user(p.tenant_id, p.user_id)
+                .client(&p.client)
                 .detail(serde_json::json!({ "model": model, "max_tokens": max_tokens })),
         )
         .await;

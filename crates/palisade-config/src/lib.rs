@@ -41,6 +41,64 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The tamper-evident audit trail (see `docs/audit.md`).
     pub audit: AuditConfig,
+    /// Encryption at rest (see `docs/encryption.md`).
+    pub crypto: CryptoConfig,
+    /// How long conversations are kept (see `docs/retention.md`).
+    pub retention: RetentionConfig,
+    /// The background job runner (see `docs/retention.md`).
+    pub jobs: JobsConfig,
+}
+
+/// `[retention]`: the default retention of conversations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a conversation is kept after its last message, for tenants without their own
+    /// setting (0: forever).
+    pub days: u32,
+    /// Seconds between purges.
+    pub check_every_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            days: 0,
+            check_every_secs: 3600,
+        }
+    }
+}
+
+/// `[jobs]`: retries of background jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Attempts before a job becomes a dead letter.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; it doubles with each further one (at most an hour).
+    pub backoff_secs: u64,
+    /// How often an idle runner looks for due jobs (milliseconds).
+    pub poll_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_secs: 30,
+            poll_ms: 1000,
+        }
+    }
+}
+
+/// `[crypto]`: the master key of encryption at rest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    /// The master key that wraps every tenant's data key: a reference, `env::NAME` or
+    /// `file::PATH`, to 64 hex digits. Default: `master.key` in the data dir, created at the
+    /// first start, readable by its owner only. Losing it makes every conversation unreadable.
+    pub master_key: Option<String>,
 }
 
 /// `[audit]`: the audit trail's hash chains.
@@ -54,6 +112,15 @@ pub struct AuditConfig {
     /// Seconds between the signed checkpoints the server writes into `audit-checkpoints/` of
     /// the data dir (0: none).
     pub checkpoint_every_secs: u64,
+    /// A request to a model whose audit record cannot be written (database or file sink
+    /// failing) is refused with 503 `audit_unavailable` before any model sees it. `false`:
+    /// the request goes on and the failure is only logged.
+    pub fail_closed: bool,
+    /// Also write every event, as one JSON line, to standard output (for log shippers; the
+    /// server's own logs go to standard error).
+    pub stdout: bool,
+    /// `[audit.file]`: a JSON-lines copy of the trail, rotated and compressed.
+    pub file: AuditFileConfig,
 }
 
 impl Default for AuditConfig {
@@ -61,6 +128,37 @@ impl Default for AuditConfig {
         Self {
             key: None,
             checkpoint_every_secs: 3600,
+            fail_closed: true,
+            stdout: false,
+            file: AuditFileConfig::default(),
+        }
+    }
+}
+
+/// `[audit.file]`: the JSON-lines file sink (off unless `path` is set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditFileConfig {
+    /// The file (relative paths are under the data dir), e.g. `"audit/audit.jsonl"`.
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotate when the file is older than this many seconds (0: by size only).
+    pub rotate_every_secs: u64,
+    /// Rotated files kept (the oldest are removed; 0: keep all).
+    pub keep: u32,
+    /// Compress rotated files with gzip (`.jsonl.gz`).
+    pub compress: bool,
+}
+
+impl Default for AuditFileConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 100 * 1024 * 1024,
+            rotate_every_secs: 86_400,
+            keep: 30,
+            compress: true,
         }
     }
 }
@@ -517,6 +615,9 @@ pub struct ChatConfig {
     pub system_prompt: String,
     pub max_message_chars: u32,
     pub history_messages: u32,
+    /// A model of the registry that writes the titles of new conversations (a background
+    /// job); none: the first line of the first message is the title.
+    pub title_model: Option<String>,
 }
 
 impl Default for ChatConfig {
@@ -526,6 +627,7 @@ impl Default for ChatConfig {
             system_prompt: "You are a helpful, concise assistant.".into(),
             max_message_chars: 16_000,
             history_messages: 50,
+            title_model: None,
         }
     }
 }
@@ -574,6 +676,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
+            crypto: CryptoConfig::default(),
+            retention: RetentionConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -659,7 +764,7 @@ impl Config {
             });
         }
         let m = &self.model;
-        let checks: [(&'static str, bool, &str); 8] = [
+        let checks: [(&'static str, bool, &str); 13] = [
             (
                 "model.context_size",
                 (256..=131_072).contains(&m.context_size),
@@ -687,6 +792,27 @@ impl Config {
                 "chat.max_message_chars",
                 (1..=1_000_000).contains(&self.chat.max_message_chars),
                 "1..=1000000",
+            ),
+            (
+                "audit.file.max_bytes",
+                self.audit.file.max_bytes >= 4096,
+                ">= 4096",
+            ),
+            ("retention.days", self.retention.days <= 3650, "0..=3650"),
+            (
+                "retention.check_every_secs",
+                self.retention.check_every_secs >= 1,
+                ">= 1",
+            ),
+            (
+                "jobs.max_attempts",
+                (1..=100).contains(&self.jobs.max_attempts),
+                "1..=100",
+            ),
+            (
+                "jobs.poll_ms",
+                (10..=60_000).contains(&self.jobs.poll_ms),
+                "10..=60000",
             ),
         ];
         for (key, ok, range) in checks {

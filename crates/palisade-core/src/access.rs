@@ -41,6 +41,12 @@ pub const USAGE_READ: &str = "usage:read";
 /// Change limit overrides: of the users and keys of the caller's tenant (platform
 /// administrators: of every tenant, and tenants' own limits).
 pub const LIMITS_MANAGE: &str = "limits:manage";
+/// See the background jobs of the caller's tenant (platform administrators: all), retry or
+/// discard dead letters.
+pub const JOBS_MANAGE: &str = "jobs:manage";
+/// Set retention and legal holds of the caller's tenant and its users (platform
+/// administrators: of every tenant).
+pub const RETENTION_MANAGE: &str = "retention:manage";
 /// Every permission (the platform administrator).
 pub const ALL: &str = "*";
 
@@ -58,6 +64,8 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[
     GUARD_MANAGE,
     USAGE_READ,
     LIMITS_MANAGE,
+    JOBS_MANAGE,
+    RETENTION_MANAGE,
     ALL,
 ];
 
@@ -249,6 +257,8 @@ impl RoleRegistry {
                     AUDIT_READ,
                     USAGE_READ,
                     LIMITS_MANAGE,
+                    RETENTION_MANAGE,
+                    JOBS_MANAGE,
                     CHAT_SEND,
                     CHAT_SYSTEM_PROMPT,
                     API_KEYS_MANAGE,
@@ -379,6 +389,8 @@ need! {
     ModelsManage => MODELS_MANAGE,
     GuardManage => GUARD_MANAGE,
     LimitsManage => LIMITS_MANAGE,
+    JobsManage => JOBS_MANAGE,
+    RetentionManage => RETENTION_MANAGE,
 }
 
 /// Proof that `principal` holds permission `P`. It can only be made by [`Grant::check`], so a

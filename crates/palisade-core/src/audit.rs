@@ -38,6 +38,13 @@ pub struct AuditLink {
     pub hash: String,
 }
 
+/// A copy of the committed trail outside the database (a JSON-lines file, standard output).
+/// It is written after the database commit, in chain order, and an error is a failed sink:
+/// the events are in the database, but the requests that wait for them are told.
+pub trait AuditMirror: Send + Sync + 'static {
+    fn write(&self, links: &[AuditLink]) -> Result<(), String>;
+}
+
 /// The audit key (32 random bytes, from the data dir or the configuration).
 #[derive(Clone)]
 pub struct AuditKey([u8; 32]);

@@ -15,6 +15,8 @@ use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId};
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The request's `X-Request-Id` (the client's, when well-formed, or one made up).
+    pub request_id: Option<String>,
 }
 
 /// Issued credentials of a login or refresh.

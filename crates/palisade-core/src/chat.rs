@@ -18,9 +18,11 @@ use crate::error::{CoreError, CoreResult};
 use crate::guard::{
     FindingSummary, Guard, GuardScope, NoGuard, OutputGuard, OutputStep, Pseudonyms,
 };
+use crate::identity::{SecurityEvent, SecurityEventKind};
 use crate::ids::{MessageId, SessionId};
+use crate::jobs::{Job, JobHandler, JobRepository, NewJob};
 use crate::models::{may_use, ModelRegistry};
-use crate::ports::ChatRepository;
+use crate::ports::{ChatRepository, SecurityEventSink};
 use crate::provider::{
     ChatProvider, GenerationEvent, GenerationParams, GenerationRequest, PromptMessage,
     ProviderError, Role,
@@ -30,6 +32,12 @@ use crate::quota::{
     UsageRepository, UsageRow,
 };
 use palisade_types::models::ModelSpec;
+
+/// The input guard's refusal: the categories that blocked and every finding (no text).
+struct GuardRefusal {
+    categories: Vec<String>,
+    findings: Vec<FindingSummary>,
+}
 
 /// Where the conversation of a run is stored.
 enum Target {
@@ -161,17 +169,146 @@ pub struct ChatService {
     guard: Arc<dyn Guard>,
     quotas: Arc<dyn Quotas>,
     usage: Option<Arc<dyn UsageRepository>>,
+    audit: Option<Arc<AuditHook>>,
+    titles: Option<Titles>,
 }
 
-/// An admitted request's budget hold and its usage row, closed once when it ends.
+/// Conversation titles written by a model, in a background job.
+struct Titles {
+    jobs: Arc<dyn JobRepository>,
+    model: String,
+    max_attempts: u32,
+}
+
+/// The job kind of title generation.
+pub const TITLE_JOB: &str = "conversation_title";
+
+/// Where model requests and guard decisions are recorded (the audit trail).
+struct AuditHook {
+    sink: Arc<dyn SecurityEventSink>,
+    /// A request whose `llm_request` event cannot be recorded is refused (503).
+    fail_closed: bool,
+}
+
+impl AuditHook {
+    /// Records `event`; a failure is logged (the caller decides whether it refuses).
+    async fn record(&self, event: SecurityEvent) -> CoreResult<()> {
+        let kind = event.kind.as_str();
+        let result = self.sink.record(event).await;
+        if let Err(e) = &result {
+            tracing::error!(kind, error = ?e, "could not record an audit event");
+        }
+        result
+    }
+}
+
+/// How a request came in, for its budgets and its audit record.
+struct Entry {
+    door: Door,
+    /// `chat`, `v1` or `generate`.
+    route: &'static str,
+    /// SHA-256 (hex) of the turns the client sent (see [`prompt_digest`]).
+    prompt_sha256: String,
+}
+
+/// SHA-256 (hex) of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The audit trail's digest of the turns a client sent: SHA-256 of their compact JSON array,
+/// `[{"content":"…","role":"user"},…]` (keys sorted, no spaces), so an auditor holding the
+/// text can prove it is the text of this request.
+pub fn prompt_digest(turns: &[(Role, &str)]) -> String {
+    let arr: Vec<serde_json::Value> = turns
+        .iter()
+        .map(|(role, content)| serde_json::json!({ "role": role.as_str(), "content": content }))
+        .collect();
+    sha256_hex(serde_json::Value::Array(arr).to_string().as_bytes())
+}
+
+/// The audit trail's digest of an answer: SHA-256 of its text as the client received it.
+pub fn answer_digest(answer: &str) -> String {
+    sha256_hex(answer.as_bytes())
+}
+
+/// A provider error's kind, for the audit trail.
+fn error_kind(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::Overloaded { .. } => "overloaded",
+        ProviderError::ContextOverflow { .. } => "context_overflow",
+        ProviderError::UnknownModel => "unknown_model",
+        ProviderError::InvalidRequest(_) => "invalid_request",
+        ProviderError::Unavailable(_) => "unavailable",
+        ProviderError::Timeout(_) => "timeout",
+        ProviderError::Internal(_) => "internal",
+    }
+}
+
+/// One model request as the audit trail sees it: who, through which route, to which model,
+/// and the digest of what was asked.
+struct RequestAudit {
+    hook: Arc<AuditHook>,
+    who: Principal,
+    base: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RequestAudit {
+    fn event(&self, kind: SecurityEventKind, extra: serde_json::Value) -> SecurityEvent {
+        let mut detail = self.base.clone();
+        if let serde_json::Value::Object(m) = extra {
+            detail.extend(m);
+        }
+        SecurityEvent::new(kind)
+            .caller(&self.who)
+            .detail(serde_json::Value::Object(detail))
+    }
+}
+
+/// An admitted request's budget hold, usage row and audit record, closed once when it ends.
 struct Accounting {
     reservation: Box<dyn Reservation>,
     usage: Option<Arc<dyn UsageRepository>>,
     row: UsageRow,
     prompt_estimate: u64,
+    audit: Option<RequestAudit>,
 }
 
 impl Accounting {
+    /// Records the request before any model sees it. When that fails and the trail is
+    /// fail-closed, the request is refused: closes the accounting and returns the error.
+    async fn record_request(self, guard: &[FindingSummary]) -> CoreResult<Accounting> {
+        let Some(a) = &self.audit else {
+            return Ok(self);
+        };
+        let event = a.event(
+            SecurityEventKind::LlmRequest,
+            serde_json::json!({ "guard": guard }),
+        );
+        match a.hook.record(event).await {
+            Err(e) if a.hook.fail_closed => {
+                let why = match e {
+                    CoreError::AuditUnavailable(d) | CoreError::Storage(d) => d,
+                    other => other.to_string(),
+                };
+                self.close(Consumed::default(), false).await;
+                Err(CoreError::AuditUnavailable(why))
+            }
+            _ => Ok(self),
+        }
+    }
+
+    /// Records how the request ended (`extra` adds to the request's facts).
+    async fn record_result(&self, extra: serde_json::Value) {
+        if let Some(a) = &self.audit {
+            let _ = a
+                .hook
+                .record(a.event(SecurityEventKind::LlmResult, extra))
+                .await;
+        }
+    }
+
     /// Settles the reservation to `used` and adds the request to the day's usage.
     async fn close(self, mut used: Consumed, guard_blocked: bool) {
         if used.prompt_tokens == 0 && used.completion_tokens > 0 {
@@ -254,6 +391,39 @@ impl ChatService {
             guard: Arc::new(NoGuard),
             quotas: Arc::new(Unlimited),
             usage: None,
+            audit: None,
+            titles: None,
+        }
+    }
+
+    /// New conversations get a title written by `model` (a `conversation_title` job, retried
+    /// up to `max_attempts` times); until then, and if it fails, the first line stands.
+    pub fn with_titles(
+        mut self,
+        jobs: Arc<dyn JobRepository>,
+        model: String,
+        max_attempts: u32,
+    ) -> Self {
+        self.titles = Some(Titles {
+            jobs,
+            model,
+            max_attempts,
+        });
+        self
+    }
+
+    /// Records every model request (before the model sees it, and how it ended) and every
+    /// guard refusal in the audit trail. With `fail_closed`, a request whose record cannot be
+    /// written is refused with 503 `audit_unavailable`.
+    pub fn with_audit(mut self, sink: Arc<dyn SecurityEventSink>, fail_closed: bool) -> Self {
+        self.audit = Some(Arc::new(AuditHook { sink, fail_closed }));
+        self
+    }
+
+    /// Records an event in the audit trail (failures are logged).
+    async fn audit_event(&self, event: SecurityEvent) {
+        if let Some(hook) = &self.audit {
+            let _ = hook.record(event).await;
         }
     }
 
@@ -346,13 +516,33 @@ impl ChatService {
     async fn admit(
         &self,
         who: &Principal,
-        door: Door,
+        entry: Entry,
         spec: &ModelSpec,
         prompt: &[PromptMessage],
         max_tokens: u32,
     ) -> CoreResult<Accounting> {
+        let audit = self.audit.as_ref().map(|hook| {
+            let mut base = serde_json::Map::new();
+            base.insert("route".into(), entry.route.into());
+            base.insert("model".into(), spec.name.clone().into());
+            base.insert("provider".into(), spec.provider.as_str().into());
+            base.insert(
+                "trust_zone".into(),
+                serde_json::to_value(spec.trust_zone).unwrap_or_default(),
+            );
+            if let crate::entities::Credential::ApiKey { key_id, .. } = &who.credential {
+                base.insert("api_key_id".into(), key_id.to_string().into());
+            }
+            base.insert("prompt_sha256".into(), entry.prompt_sha256.clone().into());
+            base.insert("max_tokens".into(), max_tokens.into());
+            RequestAudit {
+                hook: hook.clone(),
+                who: who.clone(),
+                base,
+            }
+        });
         let demand = Demand {
-            door,
+            door: entry.door,
             model: spec.name.clone(),
             prompt_tokens: estimate_prompt_tokens(prompt),
             max_tokens: u64::from(max_tokens),
@@ -364,6 +554,7 @@ impl ChatService {
                 usage: self.usage.clone(),
                 row,
                 prompt_estimate: demand.prompt_tokens,
+                audit,
             }),
             Err(e) => {
                 if let (Some(repo), CoreError::TooManyRequests { .. }) = (&self.usage, &e) {
@@ -389,13 +580,23 @@ impl ChatService {
     ) -> CoreResult<(Guarded, Accounting)> {
         match self.guard_input(who, spec, prompt, vault) {
             Ok(g) => Ok((g, acct)),
-            Err(e) => {
-                acct.close(
-                    Consumed::default(),
-                    matches!(e, CoreError::GuardBlocked { .. }),
-                )
-                .await;
-                Err(e)
+            Err(GuardRefusal {
+                categories,
+                findings,
+            }) => {
+                if let Some(a) = &acct.audit {
+                    let event = a.event(
+                        SecurityEventKind::GuardBlocked,
+                        serde_json::json!({
+                            "stage": "input",
+                            "categories": categories,
+                            "findings": findings,
+                        }),
+                    );
+                    let _ = a.hook.record(event).await;
+                }
+                acct.close(Consumed::default(), true).await;
+                Err(CoreError::GuardBlocked { categories })
             }
         }
     }
@@ -414,7 +615,7 @@ impl ChatService {
         spec: &ModelSpec,
         turns: Vec<PromptMessage>,
         vault: Pseudonyms,
-    ) -> CoreResult<Guarded> {
+    ) -> Result<Guarded, GuardRefusal> {
         let scope = GuardScope {
             tenant: who.tenant_id,
             zone: spec.trust_zone,
@@ -426,7 +627,10 @@ impl ChatService {
         log_findings("input", &verdict.findings);
         if let Some(categories) = verdict.blocked {
             tracing::warn!(categories = %categories.join(","), user = %who.user_id, "guard blocked a request");
-            return Err(CoreError::GuardBlocked { categories });
+            return Err(GuardRefusal {
+                categories,
+                findings: verdict.findings,
+            });
         }
         let canary = new_canary();
         let system = self
@@ -526,7 +730,7 @@ impl ChatService {
                      PATCH /api/chat/sessions/{id}",
                 ))
             }
-            (Some(text), None) => self.check_system_prompt(who, text)?,
+            (Some(text), None) => self.check_system_prompt(who, text).await?,
         };
         let mut prompt = Vec::new();
         if let Some(text) = &system {
@@ -563,8 +767,13 @@ impl ChatService {
             role: Role::User,
             content: message.to_string(),
         });
+        let entry = Entry {
+            door: Door::Chat,
+            route: "chat",
+            prompt_sha256: prompt_digest(&[(Role::User, message)]),
+        };
         let acct = self
-            .admit(who, Door::Chat, &spec, &prompt, params.max_tokens)
+            .admit(who, entry, &spec, &prompt, params.max_tokens)
             .await?;
         let (guarded, acct) = self.guard_admitted(who, &spec, prompt, vault, acct).await?;
         self.run(
@@ -632,8 +841,17 @@ impl ChatService {
         let target = input
             .store
             .then(|| Target::New(title_from(last_user.trim()), None));
+        let turns: Vec<(Role, &str)> = prompt
+            .iter()
+            .map(|m| (m.role, m.content.as_str()))
+            .collect();
+        let entry = Entry {
+            door: Door::Api,
+            route: "v1",
+            prompt_sha256: prompt_digest(&turns),
+        };
         let acct = self
-            .admit(who, Door::Api, &spec, &prompt, params.max_tokens)
+            .admit(who, entry, &spec, &prompt, params.max_tokens)
             .await?;
         let (guarded, acct) = self
             .guard_admitted(who, &spec, prompt, Pseudonyms::default(), acct)
@@ -671,6 +889,7 @@ impl ChatService {
             findings,
             vault,
         } = guarded;
+        let acct = acct.record_request(&findings).await?;
         let routed = match self
             .provider
             .generate_routed(GenerationRequest {
@@ -686,6 +905,12 @@ impl ChatService {
         {
             Ok(r) => r,
             Err(e) => {
+                acct.record_result(serde_json::json!({
+                    "outcome": "error",
+                    "error": error_kind(&e),
+                    "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                }))
+                .await;
                 acct.close(Consumed::default(), false).await;
                 return Err(e.into());
             }
@@ -708,6 +933,21 @@ impl ChatService {
                     updated_at: now,
                 };
                 self.repo.create_session(&s).await?;
+                if let Some(t) = &self.titles {
+                    let job = NewJob {
+                        kind: TITLE_JOB.into(),
+                        tenant_id: Some(who.tenant_id),
+                        payload: serde_json::json!({
+                            "user_id": who.user_id.to_string(),
+                            "session_id": s.id.to_string(),
+                        }),
+                        max_attempts: t.max_attempts,
+                        run_at: now,
+                    };
+                    if let Err(e) = t.jobs.enqueue(&job).await {
+                        tracing::error!(error = ?e, "could not queue a title job");
+                    }
+                }
                 s.id
             }
             // An unstored completion: the id is never persisted.
@@ -854,9 +1094,12 @@ impl ChatService {
             content: prompt.to_string(),
         }];
         let max_tokens = params.max_tokens;
-        let acct = self
-            .admit(who, Door::Api, &spec, &messages, max_tokens)
-            .await?;
+        let entry = Entry {
+            door: Door::Api,
+            route: "generate",
+            prompt_sha256: prompt_digest(&[(Role::User, prompt)]),
+        };
+        let acct = self.admit(who, entry, &spec, &messages, max_tokens).await?;
         let (guarded, acct) = self
             .guard_admitted(who, &spec, messages, Pseudonyms::default(), acct)
             .await?;
@@ -864,8 +1107,10 @@ impl ChatService {
             prompt: messages,
             canary,
             mut output,
+            findings,
             ..
         } = guarded;
+        let acct = acct.record_request(&findings).await?;
         let routed = match self
             .provider
             .generate_routed(GenerationRequest {
@@ -881,6 +1126,12 @@ impl ChatService {
         {
             Ok(r) => r,
             Err(e) => {
+                acct.record_result(serde_json::json!({
+                    "outcome": "error",
+                    "error": error_kind(&e),
+                    "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                }))
+                .await;
                 acct.close(Consumed::default(), false).await;
                 return Err(e.into());
             }
@@ -889,6 +1140,25 @@ impl ChatService {
         let mut used = Consumed::default();
         let result = Self::collect_one(routed.stream, output.as_mut(), &mut used).await;
         used.compute_ms = u64::try_from(computing.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (outcome, error, answer) = match &result {
+            Ok(text) => ("completed", None, Some(answer_digest(text))),
+            Err(CoreError::GuardBlocked { .. }) => ("guard_blocked", None, None),
+            Err(CoreError::Provider(e)) => ("error", Some(error_kind(e)), None),
+            Err(_) => ("error", Some("internal"), None),
+        };
+        acct.record_result(serde_json::json!({
+            "outcome": outcome,
+            "error": error,
+            "answered_by": routed.model,
+            "fallback_from": routed.fallback_from,
+            "cached": routed.cached,
+            "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens,
+            "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "answer_sha256": answer,
+            "guard": output.findings(),
+        }))
+        .await;
         acct.close(used, matches!(result, Err(CoreError::GuardBlocked { .. })))
             .await;
         let content = result?;
@@ -1034,6 +1304,70 @@ impl ChatService {
             .await
     }
 
+    /// Every conversation of the caller with all its messages, oldest first (spec 003's chat
+    /// export). Conversations whose key was shredded are left out. Recorded in the audit trail.
+    pub async fn export(
+        &self,
+        who: &Principal,
+        format: &str,
+    ) -> CoreResult<Vec<(ChatSession, Vec<StoredMessage>)>> {
+        const PAGE: u32 = 100;
+        let mut sessions = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (page, total) = self
+                .repo
+                .list_sessions(
+                    who.tenant_id,
+                    who.user_id,
+                    SessionSort::CreatedAsc,
+                    PAGE,
+                    offset,
+                )
+                .await?;
+            let n = page.len() as u32;
+            sessions.extend(page.into_iter().map(|o| o.session));
+            offset += n;
+            if n < PAGE || u64::from(offset) >= total {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            let mut messages: Vec<StoredMessage> = Vec::new();
+            let mut before = None;
+            let destroyed = loop {
+                match self
+                    .repo
+                    .list_messages(who.tenant_id, session.id, before, 200)
+                    .await
+                {
+                    Ok((page, more)) => {
+                        before = page.first().map(|m| m.id);
+                        let mut page = page;
+                        page.append(&mut messages);
+                        messages = page;
+                        if !more {
+                            break false;
+                        }
+                    }
+                    Err(CoreError::DataDestroyed) => break true,
+                    Err(e) => return Err(e),
+                }
+            };
+            if !destroyed {
+                out.push((session, messages));
+            }
+        }
+        self.audit_event(
+            SecurityEvent::new(SecurityEventKind::ConversationsExported)
+                .caller(who)
+                .detail(serde_json::json!({ "format": format, "conversations": out.len() })),
+        )
+        .await;
+        Ok(out)
+    }
+
     /// Messages of one of the caller's sessions (404 for anybody else's).
     pub async fn messages(
         &self,
@@ -1074,7 +1408,7 @@ impl ChatService {
     /// Checks a conversation's system prompt: the caller's permission, its size and form, and
     /// the input guard (an injection planted there would otherwise ride along with every
     /// message). `Ok(None)`: empty, i.e. no system prompt.
-    fn check_system_prompt(&self, who: &Principal, text: &str) -> CoreResult<Option<String>> {
+    async fn check_system_prompt(&self, who: &Principal, text: &str) -> CoreResult<Option<String>> {
         if !who.can(crate::access::CHAT_SYSTEM_PROMPT) {
             return Err(CoreError::denied(
                 "system_prompt_not_allowed",
@@ -1120,6 +1454,16 @@ impl ChatService {
         );
         log_findings("system prompt", &verdict.findings);
         if let Some(categories) = verdict.blocked {
+            self.audit_event(
+                SecurityEvent::new(SecurityEventKind::GuardBlocked)
+                    .caller(who)
+                    .detail(serde_json::json!({
+                        "stage": "system_prompt",
+                        "categories": categories,
+                        "findings": verdict.findings,
+                    })),
+            )
+            .await;
             return Err(CoreError::GuardBlocked { categories });
         }
         Ok(Some(text.to_string()))
@@ -1132,7 +1476,7 @@ impl ChatService {
         session: SessionId,
         text: &str,
     ) -> CoreResult<()> {
-        let text = self.check_system_prompt(who, text)?;
+        let text = self.check_system_prompt(who, text).await?;
         if self
             .repo
             .set_session_system_prompt(
@@ -1144,6 +1488,16 @@ impl ChatService {
             )
             .await?
         {
+            self.audit_event(
+                SecurityEvent::new(SecurityEventKind::SystemPromptChanged)
+                    .caller(who)
+                    .detail(serde_json::json!({
+                        "session_id": session.to_string(),
+                        "cleared": text.is_none(),
+                        "sha256": text.as_deref().map(answer_digest),
+                    })),
+            )
+            .await;
             Ok(())
         } else {
             Err(CoreError::NotFound("session"))
@@ -1160,6 +1514,193 @@ impl ChatService {
         } else {
             Err(CoreError::NotFound("session"))
         }
+    }
+}
+
+impl ChatService {
+    /// The `conversation_title` job: asks the title model for a title of the conversation's
+    /// first message and sets it, unless the user renamed the conversation meanwhile. A
+    /// conversation gone, or a first message the guard refuses, ends the job quietly.
+    async fn write_title(&self, job: &Job) -> Result<(), String> {
+        let Some(t) = &self.titles else {
+            return Err("title generation is off".into());
+        };
+        let tenant = job.tenant_id.ok_or("the job names no tenant")?;
+        let field = |k: &str| -> Result<String, String> {
+            job.payload[k]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("the job has no {k}"))
+        };
+        let user: crate::ids::UserId = field("user_id")?
+            .parse()
+            .map_err(|_| "bad user id in the job".to_string())?;
+        let sid: SessionId = field("session_id")?
+            .parse()
+            .map_err(|_| "bad session id in the job".to_string())?;
+        let hide = |e: CoreError| match e {
+            CoreError::Storage(_) | CoreError::Internal(_) => "storage error".to_string(),
+            other => other.to_string(),
+        };
+        let Some(session) = self
+            .repo
+            .get_session(tenant, user, sid)
+            .await
+            .map_err(hide)?
+        else {
+            return Ok(());
+        };
+        let (history, _) = self
+            .repo
+            .list_messages(tenant, sid, None, 20)
+            .await
+            .map_err(hide)?;
+        let Some(first) = history.iter().find(|m| m.role == Role::User) else {
+            return Ok(());
+        };
+        if session.title != title_from(&first.content) {
+            return Ok(()); // renamed by the user
+        }
+        let spec = self
+            .registry
+            .snapshot()
+            .get(&t.model)
+            .cloned()
+            .ok_or_else(|| format!("the title model `{}` is not in the registry", t.model))?;
+        let scope = GuardScope {
+            tenant,
+            zone: spec.trust_zone,
+            model: spec.name.clone(),
+        };
+        let ask = format!("Title this conversation: {}", first.content);
+        let verdict = self.guard.check_input(
+            &scope,
+            vec![PromptMessage {
+                role: Role::User,
+                content: ask,
+            }],
+            &mut Pseudonyms::default(),
+        );
+        if verdict.blocked.is_some() {
+            return Ok(());
+        }
+        let mut messages = vec![PromptMessage {
+            role: Role::System,
+            content: "Reply with a title of at most six words for the conversation the user                       describes. Reply with the title only."
+                .into(),
+        }];
+        messages.extend(verdict.messages);
+        let prompt_sha256 = {
+            let turns: Vec<(Role, &str)> = messages
+                .iter()
+                .map(|m| (m.role, m.content.as_str()))
+                .collect();
+            prompt_digest(&turns)
+        };
+        let request_id = format!("job-{}", job.id);
+        let event = |kind: SecurityEventKind, extra: serde_json::Value| {
+            let mut detail = serde_json::json!({
+                "route": "title",
+                "model": spec.name,
+                "provider": spec.provider.as_str(),
+                "job_id": job.id,
+                "session_id": sid.to_string(),
+                "prompt_sha256": prompt_sha256,
+            });
+            if let (Some(d), serde_json::Value::Object(m)) = (detail.as_object_mut(), extra) {
+                d.extend(m);
+            }
+            let mut e = SecurityEvent::new(kind).user(tenant, user).detail(detail);
+            e.request_id = Some(request_id.clone());
+            e
+        };
+        if let Some(hook) = &self.audit {
+            if let Err(e) = hook
+                .record(event(
+                    SecurityEventKind::LlmRequest,
+                    serde_json::Value::Null,
+                ))
+                .await
+            {
+                if hook.fail_closed {
+                    return Err(format!("the audit trail is unavailable: {}", hide(e)));
+                }
+            }
+        }
+        let started = Instant::now();
+        let result = async {
+            let routed = self
+                .provider
+                .generate_routed(GenerationRequest {
+                    model: spec.name.clone(),
+                    messages,
+                    params: GenerationParams {
+                        max_tokens: 16,
+                        temperature: 0.0,
+                        ..GenerationParams::default()
+                    },
+                    request_id: request_id.clone(),
+                    cache_scope: Some(tenant.to_string()),
+                    tenant: Some(tenant.to_string()),
+                    canary: None,
+                })
+                .await?;
+            let mut text = String::new();
+            let mut stream = routed.stream;
+            while let Some(ev) = stream.next().await {
+                match ev? {
+                    GenerationEvent::Text(t) => text.push_str(&t),
+                    GenerationEvent::Done { .. } => break,
+                }
+            }
+            Ok::<String, ProviderError>(text)
+        }
+        .await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let outcome = match &result {
+            Ok(text) => {
+                serde_json::json!({ "outcome": "completed", "answer_sha256": answer_digest(text), "latency_ms": latency_ms })
+            }
+            Err(e) => {
+                serde_json::json!({ "outcome": "error", "error": error_kind(e), "latency_ms": latency_ms })
+            }
+        };
+        self.audit_event(event(SecurityEventKind::LlmResult, outcome))
+            .await;
+        let text = result.map_err(|e| format!("the title model failed: {e}"))?;
+        let title: String = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+            .trim_matches(|c: char| c == '"' || c == '\'' || c == '*' || c == '#')
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(60)
+            .collect();
+        if title.is_empty() {
+            return Ok(());
+        }
+        self.repo
+            .rename_session(tenant, user, sid, &title, now_millis())
+            .await
+            .map_err(hide)?;
+        Ok(())
+    }
+}
+
+/// The `conversation_title` job handler.
+pub struct TitleJob(pub Arc<ChatService>);
+
+#[async_trait::async_trait]
+impl JobHandler for TitleJob {
+    fn kind(&self) -> &'static str {
+        TITLE_JOB
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), String> {
+        self.0.write_title(job).await
     }
 }
 
@@ -1286,6 +1827,7 @@ impl Pump {
         }
         let output_findings = self.output.findings();
         log_findings("output", &output_findings);
+        let output_findings_for_audit = output_findings.clone();
         meta.guard = std::mem::take(&mut self.input_findings);
         meta.guard.extend(output_findings);
         if let Some(categories) = &blocked {
@@ -1306,6 +1848,30 @@ impl Pump {
             compute_ms: u64::try_from(self.computing.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
         let acct = self.acct;
+        let outcome = if blocked.is_some() {
+            "guard_blocked"
+        } else if client_gone {
+            "cancelled"
+        } else if failure.is_some() {
+            "error"
+        } else {
+            "completed"
+        };
+        acct.record_result(serde_json::json!({
+            "outcome": outcome,
+            "error": failure.as_ref().map(error_kind),
+            "finish_reason": meta.finish_reason,
+            "answered_by": meta.model,
+            "fallback_from": meta.fallback_from,
+            "cached": meta.cached,
+            "session_id": self.repo.is_some().then(|| self.session.to_string()),
+            "prompt_tokens": meta.prompt_tokens,
+            "completion_tokens": meta.completion_tokens,
+            "latency_ms": meta.latency_ms,
+            "answer_sha256": answer_digest(&content),
+            "guard": output_findings_for_audit,
+        }))
+        .await;
         acct.close(used, blocked.is_some()).await;
 
         let stored = StoredMessage {

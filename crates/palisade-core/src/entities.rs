@@ -80,6 +80,8 @@ pub struct Principal {
     pub must_change_password: bool,
     /// The role requires 2FA and the user has not enrolled: only enrolment is allowed.
     pub needs_2fa_enrolment: bool,
+    /// Where the request came from (address, user agent, request id), for the audit trail.
+    pub client: crate::auth_api::ClientInfo,
 }
 
 impl Principal {

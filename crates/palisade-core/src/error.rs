@@ -40,6 +40,13 @@ pub enum CoreError {
     /// A provider refused or failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The data was encrypted with a key that has been destroyed (crypto-shredding).
+    #[error("this data was destroyed")]
+    DataDestroyed,
+    /// The audit trail could not record a request, which was therefore refused (fail-closed);
+    /// detail is logged, never shown.
+    #[error("the audit trail is unavailable")]
+    AuditUnavailable(String),
     /// Storage failure; detail is logged, never shown.
     #[error("storage error")]
     Storage(String),

@@ -121,6 +121,40 @@ pub enum SecurityEventKind {
     TenantUpdated,
     PermissionDenied,
     SigningKeyRotated,
+    /// A request to a model, written before the model sees it (prompt hash, model, route).
+    LlmRequest,
+    /// How a model request ended (outcome, tokens, latency, answer hash, guard findings).
+    LlmResult,
+    /// The content guard refused a prompt or a system prompt (categories and scores).
+    GuardBlocked,
+    /// A request refused by a rate limit or budget.
+    RateLimited,
+    /// The model registry changed (an entry added, changed or removed).
+    ModelChanged,
+    /// A tenant's guard policy changed.
+    GuardPolicyChanged,
+    /// A limit override changed.
+    LimitPolicyChanged,
+    /// An invitation was created.
+    InviteCreated,
+    /// A conversation's system prompt changed.
+    SystemPromptChanged,
+    /// The master key of encryption at rest was replaced.
+    MasterKeyRotated,
+    /// A tenant's data keys were destroyed (crypto-shredding).
+    TenantKeyShredded,
+    /// A tenant's retention or legal hold changed.
+    RetentionChanged,
+    /// A user was put under legal hold or released.
+    LegalHoldChanged,
+    /// Expired conversations were purged.
+    RetentionPurge,
+    /// A user exported their conversations.
+    ConversationsExported,
+    /// A background job failed its last attempt (dead letter), or was retried or discarded.
+    JobDeadLettered,
+    JobRetried,
+    JobDiscarded,
 }
 
 impl SecurityEventKind {
@@ -149,6 +183,24 @@ impl SecurityEventKind {
             Self::TenantUpdated => "tenant_updated",
             Self::PermissionDenied => "permission_denied",
             Self::SigningKeyRotated => "signing_key_rotated",
+            Self::LlmRequest => "llm_request",
+            Self::LlmResult => "llm_result",
+            Self::GuardBlocked => "guard_blocked",
+            Self::RateLimited => "rate_limited",
+            Self::ModelChanged => "model_changed",
+            Self::GuardPolicyChanged => "guard_policy_changed",
+            Self::LimitPolicyChanged => "limit_policy_changed",
+            Self::InviteCreated => "invite_created",
+            Self::SystemPromptChanged => "system_prompt_changed",
+            Self::MasterKeyRotated => "master_key_rotated",
+            Self::TenantKeyShredded => "tenant_key_shredded",
+            Self::RetentionChanged => "retention_changed",
+            Self::LegalHoldChanged => "legal_hold_changed",
+            Self::RetentionPurge => "retention_purge",
+            Self::ConversationsExported => "conversations_exported",
+            Self::JobDeadLettered => "job_dead_lettered",
+            Self::JobRetried => "job_retried",
+            Self::JobDiscarded => "job_discarded",
         }
     }
 }
@@ -210,6 +262,21 @@ impl SecurityEvent {
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self
+    }
+
+    /// The client it came from: address, user agent and request id.
+    pub fn client(mut self, c: &crate::auth_api::ClientInfo) -> Self {
+        self.ip = c.ip.clone();
+        self.user_agent = c.user_agent.clone();
+        self.request_id = c.request_id.clone();
+        self
+    }
+
+    /// Tenant and user of a caller (the actor is the caller too).
+    pub fn caller(mut self, who: &crate::entities::Principal) -> Self {
+        self.tenant_id = Some(who.tenant_id);
+        self.user_id = Some(who.user_id);
+        self.client(&who.client)
     }
 
     /// The request it came from: its id and the client's user agent.

@@ -11,10 +11,12 @@ pub mod guard;
 pub mod guard_policies;
 pub mod identity;
 pub mod ids;
+pub mod jobs;
 pub mod limit_policies;
 pub mod models;
 pub mod ports;
 pub mod provider;
 pub mod quota;
+pub mod retention;
 
 pub use error::{CoreError, CoreResult};

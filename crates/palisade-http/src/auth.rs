@@ -91,7 +91,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The peer address and user agent of a request.
+/// The peer address, user agent and request id of a request.
 pub(crate) fn client_info(parts_ext: &axum::http::Extensions, headers: &HeaderMap) -> ClientInfo {
     ClientInfo {
         ip: client_addr(parts_ext).map(|ip| ip.to_string()),
@@ -99,6 +99,11 @@ pub(crate) fn client_info(parts_ext: &axum::http::Extensions, headers: &HeaderMa
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     }
 }
 

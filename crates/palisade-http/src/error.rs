@@ -15,6 +15,10 @@ use palisade_core::CoreError;
 use palisade_types::{ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
 
+/// The code of an error response, kept in its extensions for the audit middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer: status, stable code, user-facing message, optional Retry-After.
 #[derive(Debug)]
 pub struct ApiError {
@@ -171,6 +175,23 @@ impl From<CoreError> for ApiError {
             CoreError::Disabled(m) => ApiError::new(StatusCode::FORBIDDEN, "disabled", m),
             CoreError::Provider(p) => p.into(),
             CoreError::GuardBlocked { categories } => ApiError::guard_blocked(categories),
+            CoreError::DataDestroyed => ApiError::new(
+                StatusCode::GONE,
+                "data_destroyed",
+                "this data can no longer be read: its encryption key was destroyed",
+            ),
+            CoreError::AuditUnavailable(detail) => {
+                tracing::error!(%detail, "audit trail unavailable: request refused");
+                ApiError {
+                    retry_after: Some(5),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "audit_unavailable",
+                        "the audit trail cannot record requests right now, so none are sent \
+                         to a model; try again later or ask an administrator",
+                    )
+                }
+            }
             CoreError::Storage(detail) | CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 ApiError::new(
@@ -186,6 +207,8 @@ impl From<CoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, Json(self.body())).into_response();
+        // For the middleware that records refusals in the audit trail.
+        res.extensions_mut().insert(ErrorCode(self.code));
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -1,6 +1,7 @@
 //! Palisade's HTTP layer: the axum router, deny-by-default authentication, one JSON error shape,
 //! request ids, body limits, security headers and SSE streaming. It sees only core ports.
 
+pub mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
@@ -51,6 +52,14 @@ pub struct AppState {
     pub ws_tickets: Arc<routes::ws::WsTickets>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<client_ip::TrustedProxies>,
+    /// The audit trail (refusals and administrative changes are recorded here).
+    pub events: Arc<dyn palisade_core::ports::SecurityEventSink>,
+    /// Folds repeated refusals of one caller into one audit event per window.
+    pub refusals: Arc<audit::RefusalThrottle>,
+    /// Retention and legal holds (admin API).
+    pub retention: Arc<palisade_core::retention::Retention>,
+    /// Background jobs and dead letters (admin API).
+    pub jobs: Arc<palisade_core::jobs::Jobs>,
 }
 
 async fn not_found() -> ApiError {
@@ -150,6 +159,18 @@ pub fn router(state: AppState) -> Router {
             "/api/admin/limits/{scope}/{subject}",
             put(routes::limits::put).delete(routes::limits::reset),
         )
+        .route("/api/admin/retention", get(routes::retention::view))
+        .route(
+            "/api/admin/retention/tenants/{id}",
+            put(routes::retention::put_tenant),
+        )
+        .route(
+            "/api/admin/retention/users/{id}",
+            put(routes::retention::put_user),
+        )
+        .route("/api/admin/jobs", get(routes::jobs::list))
+        .route("/api/admin/jobs/{id}", delete(routes::jobs::discard))
+        .route("/api/admin/jobs/{id}/retry", post(routes::jobs::retry))
         .route("/api/admin/invites", post(routes::admin::create_invite))
         .route(
             "/api/admin/security-events",
@@ -182,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/chat/ws/ticket", post(routes::ws::ticket))
         .route("/api/chat/ws", get(routes::ws::connect))
         .route("/api/chat/sessions", get(routes::chat::list_sessions))
+        .route("/api/chat/export", get(routes::chat::export))
         .route(
             "/api/chat/sessions/{id}",
             patch(routes::chat::rename_session).delete(routes::chat::delete_session),
@@ -215,11 +237,16 @@ pub fn router(state: AppState) -> Router {
             "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
         ),
     ];
-    // Layers run outside in: authentication first, then the limits (which need the caller).
+    // Layers run outside in: authentication first, then the audit of refusals, then the
+    // limits (which need the caller).
     let mut app = api
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::record_refusals,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -239,5 +266,23 @@ pub fn router(state: AppState) -> Router {
     app.layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(middleware::map_request(sanitize_request_id))
         .with_state(state)
+}
+
+/// A client's `X-Request-Id` is kept only when it is a plausible id (1 to 128 characters of
+/// letters, digits and `-_.:`); otherwise a fresh one is made, so logs and the audit trail
+/// never carry what a client smuggled in.
+async fn sanitize_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    let ok = req.headers().get("x-request-id").map(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    });
+    if ok == Some(false) {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }

@@ -8,7 +8,7 @@
 
 use palisade_core::audit::{AuditKey, AuditLink, Broken, ChainVerifier, GENESIS, PLATFORM_CHAIN};
 use palisade_core::identity::SecurityEvent;
-use palisade_core::CoreResult;
+use palisade_core::{CoreError, CoreResult};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -47,81 +47,182 @@ pub struct AuditReport {
     pub broken: Option<Broken>,
 }
 
+/// An event waiting for the writer, and who waits for its link.
+pub(crate) struct Pending {
+    event: SecurityEvent,
+    done: tokio::sync::oneshot::Sender<CoreResult<AuditLink>>,
+}
+
+fn chain_of(e: &SecurityEvent) -> String {
+    e.tenant_id
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| PLATFORM_CHAIN.to_string())
+}
+
+/// The detail of a storage error, for the log (never shown to a client).
+fn detail(e: &CoreError) -> String {
+    match e {
+        CoreError::Storage(d) | CoreError::Internal(d) | CoreError::AuditUnavailable(d) => {
+            d.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
 impl Store {
-    /// Appends `e` as the next link of its tenant's chain.
-    pub(crate) async fn append_event(&self, e: &SecurityEvent) -> CoreResult<()> {
-        let chain = e
-            .tenant_id
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| PLATFORM_CHAIN.to_string());
-        let _one_writer = self.audit.lock.lock().await;
+    /// Appends `e` as the next link of its tenant's chain and returns the link once it is
+    /// committed and copied to the mirror (file, stdout).
+    ///
+    /// Events that arrive while a batch is being written wait and go together in the next
+    /// transaction (group commit): under load one commit serves many requests. The write runs
+    /// in a task of its own, so a caller that stops waiting (a client gone) never leaves a
+    /// batch half done.
+    pub(crate) async fn append_event(&self, e: &SecurityEvent) -> CoreResult<AuditLink> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.audit
+            .queue
+            .lock()
+            .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?
+            .push(Pending {
+                event: e.clone(),
+                done,
+            });
+        let store = self.clone();
+        tokio::spawn(async move { store.flush_audit().await });
+        wait.await
+            .map_err(|_| CoreError::AuditUnavailable("the audit writer stopped".into()))?
+    }
+
+    /// Writes every queued event (one batch at a time per process).
+    async fn flush_audit(&self) {
+        let _writer = self.audit.writer.lock().await;
+        let batch = match self.audit.queue.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            // An earlier flush took this task's event along.
+            return;
+        }
+        let events: Vec<&SecurityEvent> = batch.iter().map(|p| &p.event).collect();
         let mut attempt = 0;
-        loop {
+        let written = loop {
             attempt += 1;
-            match self.try_append(&chain, e).await {
-                Ok(()) => return Ok(()),
+            match self.write_batch(&events).await {
+                Ok(links) => break Ok(links),
+                // Another process appending to the same file takes a position first: the
+                // unique index refuses ours and the batch is chained again.
                 Err(err) if attempt < 5 => {
-                    tracing::debug!(error = %err, attempt, "audit append retried");
+                    tracing::debug!(error = %detail(&err), attempt, "audit append retried");
                     tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }
-                Err(err) => return Err(err),
+                Err(err) => break Err(format!("database: {}", detail(&err))),
+            }
+        };
+        let result = match written {
+            Ok(links) => match self.audit.mirror.get() {
+                None => Ok(links),
+                Some(mirror) => {
+                    let mirror = mirror.clone();
+                    let copy = links.clone();
+                    match tokio::task::spawn_blocking(move || mirror.write(&copy)).await {
+                        Ok(Ok(())) => Ok(links),
+                        Ok(Err(e)) => Err(format!("audit sink: {e}")),
+                        Err(e) => Err(format!("audit sink: {e}")),
+                    }
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(links) => {
+                for (p, link) in batch.into_iter().zip(links) {
+                    let _ = p.done.send(Ok(link));
+                }
+            }
+            Err(why) => {
+                tracing::error!(error = %why, events = batch.len(), "audit trail write failed");
+                for p in batch {
+                    let _ = p.done.send(Err(CoreError::AuditUnavailable(why.clone())));
+                }
             }
         }
     }
 
-    async fn try_append(&self, chain: &str, e: &SecurityEvent) -> CoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let last = sqlx::query(
-            "SELECT chain_seq, hash FROM security_events WHERE chain = ? \
-             ORDER BY chain_seq DESC LIMIT 1",
-        )
-        .bind(chain)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let (chain_seq, prev_hash) = match last {
-            Some(row) => (
-                row.try_get::<i64, _>("chain_seq").map_err(db_err)? + 1,
-                row.try_get::<String, _>("hash").map_err(db_err)?,
-            ),
-            None => (1, GENESIS.to_string()),
-        };
-        let mut link = AuditLink {
-            chain: chain.to_string(),
-            chain_seq,
-            kind: e.kind.as_str().to_string(),
-            tenant_id: e.tenant_id.map(|t| t.to_string()),
-            user_id: e.user_id.map(|u| u.to_string()),
-            actor_id: e.actor_id.map(|u| u.to_string()),
-            ip: e.ip.clone(),
-            user_agent: e.user_agent.clone(),
-            request_id: e.request_id.clone(),
-            detail: e.detail.to_string(),
-            created_at: e.created_at,
-            prev_hash,
-            hash: String::new(),
-        };
-        link.hash = self.audit.key.link_hash(&link);
-        sqlx::query(&format!(
-            "INSERT INTO security_events ({LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&link.chain)
-        .bind(link.chain_seq)
-        .bind(&link.kind)
-        .bind(&link.tenant_id)
-        .bind(&link.user_id)
-        .bind(&link.actor_id)
-        .bind(&link.ip)
-        .bind(&link.user_agent)
-        .bind(&link.request_id)
-        .bind(&link.detail)
-        .bind(link.created_at)
-        .bind(&link.prev_hash)
-        .bind(&link.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+    /// Chains and inserts `events` in one transaction (`BEGIN IMMEDIATE`: the chain heads are
+    /// read under the write lock).
+    async fn write_batch(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let mut heads: std::collections::HashMap<String, (i64, String)> =
+            std::collections::HashMap::new();
+        let mut links = Vec::with_capacity(events.len());
+        for e in events {
+            let chain = chain_of(e);
+            let (last_seq, prev_hash) = match heads.get(&chain) {
+                Some(h) => h.clone(),
+                None => {
+                    let last = sqlx::query(
+                        "SELECT chain_seq, hash FROM security_events WHERE chain = ? \
+                         ORDER BY chain_seq DESC LIMIT 1",
+                    )
+                    .bind(&chain)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    match last {
+                        Some(row) => (
+                            row.try_get::<i64, _>("chain_seq").map_err(db_err)?,
+                            row.try_get::<String, _>("hash").map_err(db_err)?,
+                        ),
+                        None => (0, GENESIS.to_string()),
+                    }
+                }
+            };
+            let mut link = AuditLink {
+                chain: chain.clone(),
+                chain_seq: last_seq + 1,
+                kind: e.kind.as_str().to_string(),
+                tenant_id: e.tenant_id.map(|t| t.to_string()),
+                user_id: e.user_id.map(|u| u.to_string()),
+                actor_id: e.actor_id.map(|u| u.to_string()),
+                ip: e.ip.clone(),
+                user_agent: e.user_agent.clone(),
+                request_id: e.request_id.clone(),
+                detail: e.detail.to_string(),
+                created_at: e.created_at,
+                prev_hash,
+                hash: String::new(),
+            };
+            link.hash = self.audit.key.link_hash(&link);
+            sqlx::query(&format!(
+                "INSERT INTO security_events ({LINK_COLS}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(&link.chain)
+            .bind(link.chain_seq)
+            .bind(&link.kind)
+            .bind(&link.tenant_id)
+            .bind(&link.user_id)
+            .bind(&link.actor_id)
+            .bind(&link.ip)
+            .bind(&link.user_agent)
+            .bind(&link.request_id)
+            .bind(&link.detail)
+            .bind(link.created_at)
+            .bind(&link.prev_hash)
+            .bind(&link.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            heads.insert(chain, (link.chain_seq, link.hash.clone()));
+            links.push(link);
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(links)
     }
 
     /// Up to `limit` links after (`chain`, `chain_seq`), in chain order.

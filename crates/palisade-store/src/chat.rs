@@ -11,10 +11,74 @@ use palisade_core::provider::Role;
 use palisade_core::{CoreError, CoreResult};
 use sqlx::sqlite::SqliteRow;
 
+use crate::crypto::Place;
 use crate::rows::{get, id};
 use crate::{db_err, Store};
 
+impl Store {
+    /// The session with its title and system prompt decrypted.
+    async fn open_session(&self, mut s: ChatSession) -> CoreResult<ChatSession> {
+        let (tenant, row) = (s.tenant_id.to_string(), s.id.to_string());
+        s.title = self
+            .open_text(&title_at(&tenant, &row), std::mem::take(&mut s.title))
+            .await?;
+        s.system_prompt = self
+            .open_opt(&system_at(&tenant, &row), s.system_prompt.take())
+            .await?;
+        Ok(s)
+    }
+
+    /// The message with its content decrypted.
+    async fn open_message(&self, mut m: StoredMessage) -> CoreResult<StoredMessage> {
+        let (tenant, row) = (m.tenant_id.to_string(), message_row(m.session_id, m.id));
+        m.content = self
+            .open_text(&content_at(&tenant, &row), std::mem::take(&mut m.content))
+            .await?;
+        Ok(m)
+    }
+}
+
+fn title_at<'a>(tenant: &'a str, session: &'a str) -> Place<'a> {
+    Place {
+        tenant,
+        field: "chat_sessions.title",
+        row: session,
+    }
+}
+
+fn system_at<'a>(tenant: &'a str, session: &'a str) -> Place<'a> {
+    Place {
+        tenant,
+        field: "chat_sessions.system_prompt",
+        row: session,
+    }
+}
+
+fn content_at<'a>(tenant: &'a str, row: &'a str) -> Place<'a> {
+    Place {
+        tenant,
+        field: "messages.content",
+        row,
+    }
+}
+
+fn vault_at<'a>(tenant: &'a str, session: &'a str) -> Place<'a> {
+    Place {
+        tenant,
+        field: "guard_vaults.data",
+        row: session,
+    }
+}
+
+/// A message's place: its session and its id (the AAD binds both).
+fn message_row(session: SessionId, message: MessageId) -> String {
+    format!("{session}|{message}")
+}
+
 const PREVIEW_CHARS: usize = 120;
+
+/// The title listed for a conversation whose encryption key was shredded.
+pub const DESTROYED: &str = "(unreadable: its encryption key was destroyed)";
 
 fn session_from(row: &SqliteRow) -> CoreResult<ChatSession> {
     Ok(ChatSession {
@@ -64,6 +128,11 @@ fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
 #[async_trait]
 impl ChatRepository for Store {
     async fn create_session(&self, s: &ChatSession) -> CoreResult<()> {
+        let (tenant, row) = (s.tenant_id.to_string(), s.id.to_string());
+        let title = self.seal_text(&title_at(&tenant, &row), &s.title).await?;
+        let system = self
+            .seal_opt(&system_at(&tenant, &row), s.system_prompt.as_deref())
+            .await?;
         sqlx::query(
             "INSERT INTO chat_sessions (id, tenant_id, user_id, title, system_prompt, \
              created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -71,8 +140,8 @@ impl ChatRepository for Store {
         .bind(s.id.to_string())
         .bind(s.tenant_id.to_string())
         .bind(s.user_id.to_string())
-        .bind(&s.title)
-        .bind(&s.system_prompt)
+        .bind(&title)
+        .bind(&system)
         .bind(s.created_at)
         .bind(s.updated_at)
         .execute(&self.pool)
@@ -98,7 +167,10 @@ impl ChatRepository for Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.as_ref().map(session_from).transpose()
+        match row.as_ref().map(session_from).transpose()? {
+            Some(s) => Ok(Some(self.open_session(s).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn list_sessions(
@@ -119,7 +191,10 @@ impl ChatRepository for Store {
             "SELECT s.id, s.tenant_id, s.user_id, s.title, s.system_prompt, s.created_at, \
              s.updated_at, \
              (SELECT COUNT(*) FROM messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) AS message_count, \
-             (SELECT substr(m.content, 1, {PREVIEW_CHARS}) FROM messages m \
+             (SELECT m.id FROM messages m \
+                WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
+                ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS preview_id, \
+             (SELECT m.content FROM messages m \
                 WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
                 ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS preview \
              FROM chat_sessions s WHERE s.tenant_id = ? AND s.user_id = ? \
@@ -135,10 +210,45 @@ impl ChatRepository for Store {
             .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
+            let raw = session_from(row)?;
+            let session = match self.open_session(raw.clone()).await {
+                Ok(s) => s,
+                // A conversation whose key was shredded stays listed (it can be deleted),
+                // without its text.
+                Err(CoreError::DataDestroyed) => {
+                    out.push(SessionOverview {
+                        session: ChatSession {
+                            title: DESTROYED.into(),
+                            system_prompt: None,
+                            ..raw
+                        },
+                        message_count: get::<i64>(row, "message_count")?.max(0) as u64,
+                        last_message_preview: None,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let preview = match (
+                get::<Option<String>>(row, "preview_id")?,
+                get::<Option<String>>(row, "preview")?,
+            ) {
+                (Some(mid), Some(text)) => {
+                    let tenant = session.tenant_id.to_string();
+                    // As `message_row`: the ids as stored.
+                    let place = format!("{}|{mid}", session.id);
+                    match self.open_text(&content_at(&tenant, &place), text).await {
+                        Ok(text) => Some(text.chars().take(PREVIEW_CHARS).collect()),
+                        Err(CoreError::DataDestroyed) => None,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => None,
+            };
             out.push(SessionOverview {
-                session: session_from(row)?,
+                session,
                 message_count: get::<i64>(row, "message_count")?.max(0) as u64,
-                last_message_preview: get(row, "preview")?,
+                last_message_preview: preview,
             });
         }
         let total: i64 = sqlx::query_scalar(
@@ -160,6 +270,8 @@ impl ChatRepository for Store {
         title: &str,
         now: Millis,
     ) -> CoreResult<bool> {
+        let (t, row) = (tenant.to_string(), sid.to_string());
+        let title = self.seal_text(&title_at(&t, &row), title).await?;
         let r = sqlx::query(
             "UPDATE chat_sessions SET title = ?, updated_at = ? \
              WHERE tenant_id = ? AND user_id = ? AND id = ?",
@@ -183,6 +295,8 @@ impl ChatRepository for Store {
         system_prompt: Option<&str>,
         now: Millis,
     ) -> CoreResult<bool> {
+        let (t, row) = (tenant.to_string(), sid.to_string());
+        let system_prompt = self.seal_opt(&system_at(&t, &row), system_prompt).await?;
         let r = sqlx::query(
             "UPDATE chat_sessions SET system_prompt = ?, updated_at = ? \
              WHERE tenant_id = ? AND user_id = ? AND id = ?",
@@ -227,6 +341,13 @@ impl ChatRepository for Store {
     }
 
     async fn append_message(&self, m: &StoredMessage) -> CoreResult<()> {
+        let tenant = m.tenant_id.to_string();
+        let content = self
+            .seal_text(
+                &content_at(&tenant, &message_row(m.session_id, m.id)),
+                &m.content,
+            )
+            .await?;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let meta = m.meta.as_ref();
         let r = sqlx::query(
@@ -240,7 +361,7 @@ impl ChatRepository for Store {
         .bind(m.tenant_id.to_string())
         .bind(m.session_id.to_string())
         .bind(m.role.as_str())
-        .bind(&m.content)
+        .bind(&content)
         .bind(meta.map(|x| x.model.clone()))
         .bind(meta.map(|x| i64::from(x.prompt_tokens)))
         .bind(meta.map(|x| i64::from(x.completion_tokens)))
@@ -328,11 +449,10 @@ impl ChatRepository for Store {
         }
         .map_err(db_err)?;
         let has_more = rows.len() as i64 > i64::from(limit);
-        let mut out = rows
-            .iter()
-            .take(limit as usize)
-            .map(message_from)
-            .collect::<CoreResult<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len().min(limit as usize));
+        for row in rows.iter().take(limit as usize) {
+            out.push(self.open_message(message_from(row)?).await?);
+        }
         out.reverse();
         Ok((out, has_more))
     }
@@ -352,7 +472,9 @@ impl ChatRepository for Store {
         match row {
             None => Ok(None),
             Some(r) => {
+                let (t, row) = (tenant.to_string(), session.to_string());
                 let data: String = get(&r, "data")?;
+                let data = self.open_text(&vault_at(&t, &row), data).await?;
                 serde_json::from_str(&data)
                     .map(Some)
                     .map_err(|e| CoreError::Storage(format!("unreadable guard vault: {e}")))
@@ -369,6 +491,8 @@ impl ChatRepository for Store {
     ) -> CoreResult<()> {
         let data = serde_json::to_string(vault)
             .map_err(|e| CoreError::Internal(format!("guard vault: {e}")))?;
+        let (t, row) = (tenant.to_string(), session.to_string());
+        let data = self.seal_text(&vault_at(&t, &row), &data).await?;
         sqlx::query(
             "INSERT INTO guard_vaults (session_id, tenant_id, data, updated_at) \
              SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?) \

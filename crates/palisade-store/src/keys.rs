@@ -197,7 +197,7 @@ fn event_from(row: &SqliteRow) -> CoreResult<SecurityEvent> {
 #[async_trait]
 impl SecurityEventSink for Store {
     async fn record(&self, e: SecurityEvent) -> CoreResult<()> {
-        self.append_event(&e).await
+        self.append_event(&e).await.map(|_| ())
     }
 
     async fn recent_events(

@@ -3,7 +3,9 @@
 
 mod audit;
 mod chat;
+mod crypto;
 mod guard;
+mod jobs;
 mod keys;
 mod limits;
 mod models;
@@ -13,6 +15,7 @@ mod usage;
 mod users;
 
 pub use audit::AuditReport;
+pub use crypto::{MasterKey, MasterSource};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -29,12 +32,29 @@ use sqlx::SqlitePool;
 pub struct Store {
     pool: SqlitePool,
     audit: std::sync::Arc<AuditState>,
+    /// Encryption at rest (`None`: values are written as they are; tests and tools).
+    cipher: Option<std::sync::Arc<crypto::Cipher>>,
 }
 
-/// The audit chain's key and the lock that keeps one writer per process.
+/// The audit chain's key, its copies outside the database, and the queue of events waiting
+/// for the writer (one batch at a time per process, see `audit.rs`).
 struct AuditState {
     key: palisade_core::audit::AuditKey,
-    lock: tokio::sync::Mutex<()>,
+    /// Set once, by the server, for every clone of the store.
+    mirror: std::sync::OnceLock<std::sync::Arc<dyn palisade_core::audit::AuditMirror>>,
+    writer: tokio::sync::Mutex<()>,
+    queue: std::sync::Mutex<Vec<audit::Pending>>,
+}
+
+impl AuditState {
+    fn new(key: palisade_core::audit::AuditKey) -> std::sync::Arc<AuditState> {
+        std::sync::Arc::new(AuditState {
+            key,
+            mirror: std::sync::OnceLock::new(),
+            writer: tokio::sync::Mutex::new(()),
+            queue: std::sync::Mutex::new(Vec::new()),
+        })
+    }
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
@@ -50,6 +70,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted content (a shredded data key, a purged conversation) is overwritten in
+            // the file, not just unlinked.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -84,10 +107,8 @@ impl Store {
         // under a key of its own that nobody else holds.
         let store = Store {
             pool,
-            audit: std::sync::Arc::new(AuditState {
-                key: palisade_core::audit::AuditKey::generate(),
-                lock: tokio::sync::Mutex::new(()),
-            }),
+            audit: AuditState::new(palisade_core::audit::AuditKey::generate()),
+            cipher: None,
         };
         store.ensure_default_tenant().await?;
         Ok(store)
@@ -95,11 +116,18 @@ impl Store {
 
     /// Chains audit events under `key` (the server's audit key).
     pub fn with_audit_key(mut self, key: palisade_core::audit::AuditKey) -> Store {
-        self.audit = std::sync::Arc::new(AuditState {
-            key,
-            lock: tokio::sync::Mutex::new(()),
-        });
+        self.audit = AuditState::new(key);
         self
+    }
+
+    /// Copies every audit event committed from now on to `mirror` too (the file and stdout
+    /// sinks), for this store and all its clones. Only the first mirror set counts: `false`
+    /// when one was set before.
+    pub fn set_audit_mirror(
+        &self,
+        mirror: std::sync::Arc<dyn palisade_core::audit::AuditMirror>,
+    ) -> bool {
+        self.audit.mirror.set(mirror).is_ok()
     }
 
     async fn ensure_default_tenant(&self) -> CoreResult<()> {

@@ -43,6 +43,25 @@ fn user_from(row: &SqliteRow) -> CoreResult<User> {
     })
 }
 
+fn totp_at<'a>(tenant: &'a str, user: &'a str) -> crate::crypto::Place<'a> {
+    crate::crypto::Place {
+        tenant,
+        field: "users.totp_secret",
+        row: user,
+    }
+}
+
+impl Store {
+    /// The user with the TOTP secret decrypted.
+    async fn open_user(&self, mut u: User) -> CoreResult<User> {
+        let (t, row) = (u.tenant_id.to_string(), u.id.to_string());
+        u.totp_secret = self
+            .open_opt(&totp_at(&t, &row), u.totp_secret.take())
+            .await?;
+        Ok(u)
+    }
+}
+
 fn tenant_from(row: &SqliteRow) -> CoreResult<Tenant> {
     Ok(Tenant {
         id: id(row, "id")?,
@@ -111,7 +130,10 @@ impl UserRepository for Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.as_ref().map(user_from).transpose()
+        match row.as_ref().map(user_from).transpose()? {
+            Some(u) => Ok(Some(self.open_user(u).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn find_by_id(&self, tenant: TenantId, uid: UserId) -> CoreResult<Option<User>> {
@@ -123,7 +145,10 @@ impl UserRepository for Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.as_ref().map(user_from).transpose()
+        match row.as_ref().map(user_from).transpose()? {
+            Some(u) => Ok(Some(self.open_user(u).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn count_users(&self) -> CoreResult<u64> {
@@ -166,7 +191,16 @@ impl UserRepository for Store {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
-        let users = rows.iter().map(user_from).collect::<CoreResult<Vec<_>>>()?;
+        // Listings never need the TOTP secret: it stays sealed, out of the answer.
+        let users = rows
+            .iter()
+            .map(|r| {
+                user_from(r).map(|mut u| {
+                    u.totp_secret = None;
+                    u
+                })
+            })
+            .collect::<CoreResult<Vec<_>>>()?;
         Ok((users, total.max(0) as u64))
     }
 
@@ -280,6 +314,8 @@ impl UserRepository for Store {
         secret: Option<&str>,
         enabled: bool,
     ) -> CoreResult<()> {
+        let (t, row) = (tenant.to_string(), uid.to_string());
+        let secret = self.seal_opt(&totp_at(&t, &row), secret).await?;
         sqlx::query(
             "UPDATE users SET totp_secret = ?, totp_enabled = ?, updated_at = ? \
              WHERE tenant_id = ? AND id = ?",

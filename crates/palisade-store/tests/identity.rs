@@ -17,7 +17,11 @@ use palisade_store::Store;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    // As the server opens it: sealed TOTP secrets and content.
+    let s = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .unwrap()
+        .with_master_keys(vec![palisade_store::MasterKey::generate().unwrap()], None);
     (dir, s)
 }
 

@@ -11,9 +11,13 @@ use palisade_core::provider::Role;
 use palisade_core::CoreError;
 use palisade_store::Store;
 
+/// The store as the server opens it: content encrypted under a master key.
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let s = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .unwrap()
+        .with_master_keys(vec![palisade_store::MasterKey::generate().unwrap()], None);
     (dir, s)
 }
 

@@ -112,11 +112,27 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
             create_private_dir(&cfg.data_dir)?;
             let kid =
                 KeyRing::rotate(&cfg.data_dir.join("keys")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if cfg.data_dir.join("palisade.db").exists() {
+                let (store, _auth) = open_identity(&cfg).await?;
+                use palisade_core::ports::SecurityEventSink;
+                let event = palisade_core::identity::SecurityEvent::new(
+                    palisade_core::identity::SecurityEventKind::SigningKeyRotated,
+                )
+                .detail(serde_json::json!({ "kid": kid.to_string(), "by": "cli" }));
+                if let Err(e) = store.record(event).await {
+                    eprintln!(
+                        "warning: the rotation could not be recorded in the audit trail: {e}"
+                    );
+                }
+            }
             println!(
                 "new signing key {kid}; tokens of the previous key stay valid until they expire"
             );
             Ok(())
         }
+        Command::Keys(KeysCommand::RotateMaster(a)) => crate::masterkey::rotate(a).await,
+        Command::Keys(KeysCommand::Shred(a)) => crate::masterkey::shred(a).await,
+        Command::Keys(KeysCommand::Status(a)) => crate::masterkey::status(a).await,
         Command::Model(ModelCommand::Pull(a)) => crate::model::pull(a).await,
         Command::Guard(GuardCommand::Check(a)) => {
             let cfg = load_config(&a.common, None)?;
@@ -275,7 +291,10 @@ async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, 
             .await
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?
     };
-    let store = store.with_audit_key(crate::audit::load_key(cfg)?);
+    let (master_keys, master_source) = crate::masterkey::load(cfg)?;
+    let store = store
+        .with_audit_key(crate::audit::load_key(cfg)?)
+        .with_master_keys(master_keys, Some(master_source));
     let keys = KeyRing::load_or_create(&cfg.data_dir.join("keys"), "palisade", "palisade")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let a = &cfg.auth;
@@ -511,6 +530,55 @@ fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()
     Ok(())
 }
 
+/// The job runner (retention purge, conversation titles) and the purge's schedule: a
+/// `retention_purge` job queued every `retention.check_every_secs` unless one is pending.
+fn start_jobs(
+    cfg: &Config,
+    store: &Store,
+    chat: &Arc<ChatService>,
+    retention: &Arc<palisade_core::retention::Retention>,
+) {
+    use palisade_core::jobs::{JobRepository, JobRunner, NewJob};
+    let runner = JobRunner::new(
+        Arc::new(store.clone()),
+        Duration::from_secs(cfg.jobs.backoff_secs),
+    )
+    .with_events(Arc::new(store.clone()))
+    .handle(Arc::new(palisade_core::retention::PurgeJob(
+        retention.clone(),
+    )))
+    .handle(Arc::new(palisade_core::chat::TitleJob(chat.clone())));
+    runner.spawn(Duration::from_millis(cfg.jobs.poll_ms));
+    let (jobs, every, attempts) = (
+        store.clone(),
+        Duration::from_secs(cfg.retention.check_every_secs),
+        cfg.jobs.max_attempts,
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let kind = palisade_core::retention::PURGE_JOB;
+            match jobs.pending(kind).await {
+                Ok(false) => {
+                    let job = NewJob {
+                        kind: kind.into(),
+                        tenant_id: None,
+                        payload: serde_json::Value::Null,
+                        max_attempts: attempts,
+                        run_at: palisade_core::entities::now_millis(),
+                    };
+                    if let Err(e) = jobs.enqueue(&job).await {
+                        tracing::error!(error = ?e, "could not queue the retention purge");
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => tracing::error!(error = ?e, "could not look at the job queue"),
+            }
+        }
+    });
+}
+
 /// Runs the whole server; `embedded`: in-process for `palisade chat --embedded` (no banner, a
 /// local account instead of the first-admin bootstrap).
 pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::Result<()> {
@@ -519,6 +587,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let memory = embedded.as_ref().is_some_and(|e| e.memory);
     let is_embedded = embedded.is_some();
     let (store, auth) = open_identity_in(&cfg, memory).await?;
+    let audit_sinks = crate::audit_sink::attach(&cfg, &store)?;
     let local_user = match &embedded {
         Some(_) => Some(embedded_user(&cfg, &store, &auth).await?),
         None => {
@@ -569,7 +638,15 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let limits = build_limits(&cfg).await?;
     let mut chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
         .with_guard(guard)
-        .with_usage(Arc::new(store.clone()));
+        .with_usage(Arc::new(store.clone()))
+        .with_audit(Arc::new(store.clone()), cfg.audit.fail_closed);
+    if let Some(model) = &cfg.chat.title_model {
+        chat = chat.with_titles(
+            Arc::new(store.clone()),
+            model.clone(),
+            cfg.jobs.max_attempts,
+        );
+    }
     if let Some(l) = &limits {
         chat = chat.with_quotas(l.budgets.clone());
     }
@@ -596,11 +673,20 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
             }
         }
     });
+    let chat = Arc::new(chat);
+    let retention = Arc::new(palisade_core::retention::Retention::new(
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        cfg.retention.days,
+    ));
+    start_jobs(&cfg, &store, &chat, &retention);
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),
         admin: auth.clone(),
-        chat: Arc::new(chat),
+        chat,
         readiness: Arc::new(StoreReadiness(store.clone())),
         body_limit_bytes: cfg.http.body_limit_bytes as usize,
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
@@ -613,6 +699,13 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
             palisade_http::client_ip::TrustedProxies::parse(&cfg.http.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("configuration `http.trusted_proxies`: {e}"))?,
         ),
+        events: Arc::new(store.clone()),
+        refusals: Arc::new(palisade_http::audit::RefusalThrottle::default()),
+        retention,
+        jobs: Arc::new(palisade_core::jobs::Jobs::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+        )),
     };
     if cfg.audit.checkpoint_every_secs > 0 {
         crate::audit::spawn_checkpoints(
@@ -689,6 +782,16 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
             snap.default_model()
         )?;
         writeln!(out, "  OpenAI-compatible API: https://{local}/v1")?;
+        writeln!(
+            out,
+            "  audit:     {}{}",
+            audit_sinks,
+            if cfg.audit.fail_closed {
+                " (fail-closed: model requests stop when the trail cannot record)"
+            } else {
+                ""
+            }
+        )?;
         if tls.self_signed {
             writeln!(
                 out,

@@ -303,10 +303,7 @@ pub async fn export_cmd(a: AuditExportArgs) -> anyhow::Result<i32> {
         let Some((last, _)) = page.last() else { break };
         after = *last;
         for (_, link) in &page {
-            let mut v = serde_json::to_value(link)?;
-            // The facts as JSON rather than their stored text.
-            v["detail"] = serde_json::from_str(&link.detail).unwrap_or(Value::Null);
-            writeln!(out, "{v}")?;
+            writeln!(out, "{}", crate::audit_sink::export_line(link))?;
             n += 1;
         }
     }

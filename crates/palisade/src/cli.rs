@@ -141,6 +141,30 @@ pub enum KeysCommand {
     /// A running server picks the new key up within seconds. Keys retired more than a day ago
     /// are removed.
     Rotate(KeysRotateArgs),
+    /// Replace the master key of encryption at rest and re-wrap every tenant's data key with
+    /// it (the data itself is not rewritten). The previous key is kept beside it as
+    /// `<key file>.previous` until you remove it; running servers pick the new key up by
+    /// themselves. Only for a master key in a file (the data dir's `master.key` or
+    /// `crypto.master_key = "file::PATH"`).
+    RotateMaster(KeysRotateArgs),
+    /// Destroy a tenant's data keys (crypto-shredding): every conversation, title, system
+    /// prompt, pseudonym vault and TOTP secret of the tenant becomes unreadable for good.
+    /// Recorded in the audit trail. Running servers stop using the keys within 30 seconds.
+    Shred(KeysShredArgs),
+    /// Which master key is in use and how many data keys it wraps.
+    Status(KeysRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysShredArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The tenant's id.
+    #[arg(long, value_name = "ID")]
+    pub tenant: String,
+    /// Confirm: the tenant's data cannot be recovered afterwards.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

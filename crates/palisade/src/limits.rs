@@ -798,6 +798,7 @@ mod tests {
                 None => Credential::Session { session: None },
             },
             token_id: String::new(),
+            client: Default::default(),
             must_change_password: false,
             needs_2fa_enrolment: false,
         }

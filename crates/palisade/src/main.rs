@@ -2,11 +2,13 @@
 
 mod app;
 mod audit;
+mod audit_sink;
 mod cli;
 mod client;
 mod guardcli;
 mod import;
 mod limits;
+mod masterkey;
 mod model;
 mod tls;
 

@@ -321,3 +321,89 @@ pub async fn delete_session(
     s.chat.delete(&who, session).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `json` (default) or `markdown`.
+    format: Option<String>,
+}
+
+/// `GET /api/chat/export[?format=json|markdown]`: every conversation of the caller, as a
+/// download.
+pub async fn export(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let format = q.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "markdown") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_format",
+            "format is json or markdown",
+        ));
+    }
+    let conversations = s.chat.export(&who, format).await?;
+    let now = millis_to_rfc3339(palisade_core::entities::now_millis());
+    let (body, content_type, ext) = if format == "json" {
+        let convs: Vec<serde_json::Value> = conversations
+            .into_iter()
+            .map(|(c, msgs)| {
+                serde_json::json!({
+                    "id": c.id.to_string(),
+                    "title": c.title,
+                    "system_prompt": c.system_prompt,
+                    "created_at": millis_to_rfc3339(c.created_at),
+                    "updated_at": millis_to_rfc3339(c.updated_at),
+                    "messages": msgs.into_iter().map(message_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "exported_at": now,
+            "user": who.username,
+            "conversations": convs,
+        });
+        (doc.to_string(), "application/json", "json")
+    } else {
+        let mut md = format!("# Conversations of {}\n\nExported {now}.\n", who.username);
+        for (c, msgs) in conversations {
+            md.push_str(&format!(
+                "\n## {}\n\n_Started {}_\n",
+                c.title.replace('\n', " "),
+                millis_to_rfc3339(c.created_at)
+            ));
+            if let Some(sp) = &c.system_prompt {
+                md.push_str(&format!(
+                    "\n> System prompt: {}\n",
+                    sp.replace('\n', "\n> ")
+                ));
+            }
+            for m in msgs {
+                let who = match (m.role.as_str(), &m.meta) {
+                    ("user", _) => "You".to_string(),
+                    (_, Some(meta)) => format!("Assistant ({})", meta.model),
+                    (role, None) => role.to_string(),
+                };
+                md.push_str(&format!(
+                    "\n**{who}** · {}\n\n{}\n",
+                    millis_to_rfc3339(m.created_at),
+                    m.content
+                ));
+            }
+        }
+        (md, "text/markdown; charset=utf-8", "md")
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, content_type.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"palisade-conversations.{ext}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

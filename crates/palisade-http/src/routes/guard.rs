@@ -48,10 +48,10 @@ pub async fn put_policy(
     ApiJson(policy): ApiJson<TenantGuardPolicy>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant: TenantId = id.parse()?;
-    Ok(view_json(
-        tenant,
-        s.guard_policies.put(&g, tenant, policy).await?,
-    ))
+    let before = view_json(tenant, s.guard_policies.get(&g, tenant)?).0;
+    let after = view_json(tenant, s.guard_policies.put(&g, tenant, policy).await?);
+    record(&s, &g, tenant, "set", &before, &after.0).await;
+    Ok(after)
 }
 
 /// `DELETE /api/admin/guard/tenants/{id}`: back to the configured policy.
@@ -61,5 +61,28 @@ pub async fn reset_policy(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant: TenantId = id.parse()?;
-    Ok(view_json(tenant, s.guard_policies.reset(&g, tenant).await?))
+    let before = view_json(tenant, s.guard_policies.get(&g, tenant)?).0;
+    let after = view_json(tenant, s.guard_policies.reset(&g, tenant).await?);
+    record(&s, &g, tenant, "reset", &before, &after.0).await;
+    Ok(after)
+}
+
+/// The change in the audit trail: the policy's fields before and after.
+async fn record(
+    s: &AppState,
+    g: &palisade_core::access::Grant<GuardManage>,
+    tenant: TenantId,
+    action: &str,
+    before: &Value,
+    after: &Value,
+) {
+    let (old, new) = crate::audit::changed_fields(before, after);
+    crate::audit::record_change(
+        s,
+        g.principal(),
+        palisade_core::identity::SecurityEventKind::GuardPolicyChanged,
+        Some(tenant),
+        serde_json::json!({ "action": action, "before": old, "after": new }),
+    )
+    .await;
 }

@@ -71,6 +71,14 @@ pub async fn put(
         .limit_policies
         .put(&g, scope, &subject, tenant(&q)?, limits)
         .await?;
+    crate::audit::record_change(
+        &s,
+        g.principal(),
+        palisade_core::identity::SecurityEventKind::LimitPolicyChanged,
+        Some(stored.tenant_id),
+        serde_json::json!({ "action": "set", "override": row(&stored) }),
+    )
+    .await;
     Ok(Json(row(&stored)))
 }
 
@@ -82,8 +90,17 @@ pub async fn reset(
     ApiQuery(q): ApiQuery<TenantParam>,
 ) -> Result<StatusCode, ApiError> {
     let scope = LimitScope::parse(&scope)?;
+    let in_tenant = tenant(&q)?;
     s.limit_policies
-        .reset(&g, scope, &subject, tenant(&q)?)
+        .reset(&g, scope, &subject, in_tenant)
         .await?;
+    crate::audit::record_change(
+        &s,
+        g.principal(),
+        palisade_core::identity::SecurityEventKind::LimitPolicyChanged,
+        Some(in_tenant.unwrap_or(g.principal().tenant_id)),
+        serde_json::json!({ "action": "reset", "scope": scope, "subject": subject }),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

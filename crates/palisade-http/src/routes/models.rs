@@ -69,7 +69,29 @@ pub async fn admin_put(
             "the body's `name` differs from the path; leave it out",
         ));
     }
+    let before = s
+        .chat
+        .registry()
+        .snapshot()
+        .get(&name)
+        .and_then(|m| serde_json::to_value(m.as_ref()).ok());
     let saved = s.chat.registry().put(&g, &name, spec).await?;
+    let after = serde_json::to_value(saved.as_ref()).unwrap_or_default();
+    let (old, new) =
+        crate::audit::changed_fields(before.as_ref().unwrap_or(&serde_json::Value::Null), &after);
+    crate::audit::record_change(
+        &s,
+        g.principal(),
+        palisade_core::identity::SecurityEventKind::ModelChanged,
+        None,
+        serde_json::json!({
+            "model": name,
+            "action": if before.is_some() { "updated" } else { "created" },
+            "before": old,
+            "after": new,
+        }),
+    )
+    .await;
     Ok(Json(admin_view(&s, &saved, "admin")))
 }
 
@@ -80,6 +102,14 @@ pub async fn admin_delete(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     s.chat.registry().delete(&g, &name).await?;
+    crate::audit::record_change(
+        &s,
+        g.principal(),
+        palisade_core::identity::SecurityEventKind::ModelChanged,
+        None,
+        serde_json::json!({ "model": name, "action": "deleted" }),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
