@@ -295,7 +295,7 @@ async function mainFlow(browser) {
   await page.getByRole('heading', { name: 'Users', level: 2 }).waitFor();
   await page.locator('td', { hasText: 'admin' }).first().waitFor();
   await screen(page, 'admin-users');
-  for (const [tab, name] of [['Tenants', 'admin-tenants'], ['Roles', 'admin-roles'], ['Models', 'admin-models'], ['Security events', 'admin-events'], ['Usage', 'admin-usage']]) {
+  for (const [tab, name] of [['Tenants', 'admin-tenants'], ['Roles', 'admin-roles'], ['Models', 'admin-models'], ['Audit log', 'admin-audit'], ['Usage', 'admin-usage'], ['Jobs', 'admin-jobs'], ['Retention', 'admin-retention']]) {
     await page.getByRole('link', { name: tab }).click();
     await page.getByRole('heading', { name: tab, level: 2 }).waitFor();
     await page.locator('table').first().waitFor();

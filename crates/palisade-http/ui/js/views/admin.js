@@ -1,6 +1,6 @@
-// Administration, by permission: users, tenants, roles, the model registry, security events.
-// Each section is one entry of SECTIONS; later screens (quotas and usage, the audit log, dead
-// letters) slot in as further entries.
+// Administration, by permission: users, tenants, roles, the model registry, the guard policy,
+// the audit log, usage, background jobs (dead letters) and retention. Each section is one entry
+// of SECTIONS.
 import * as api from '../api.js';
 import { h, clear, field, toast, dialog, fmtDate, announce } from '../dom.js';
 import { errorText } from '../messages.js';
@@ -14,8 +14,10 @@ const SECTIONS = [
   { key: 'roles', title: 'Roles', perm: 'roles:read', draw: roles },
   { key: 'models', title: 'Models', perm: 'models:manage', draw: models },
   { key: 'guard', title: 'Guard policy', perm: 'guard:manage', draw: guardPolicy },
-  { key: 'events', title: 'Security events', perm: 'audit:read', draw: events },
+  { key: 'events', title: 'Audit log', perm: 'audit:read', draw: events },
   { key: 'usage', title: 'Usage', perm: 'usage:read', draw: usage },
+  { key: 'jobs', title: 'Jobs', perm: 'jobs:manage', draw: jobs },
+  { key: 'retention', title: 'Retention', perm: 'retention:manage', draw: retention },
 ];
 
 /** Usage of the tenant (or all tenants), with user names when the caller may list users. */
@@ -393,21 +395,190 @@ async function models(box) {
   );
 }
 
+/** A short, readable summary of an event's facts (the whole JSON is in the row's title). */
+function summary(e) {
+  const d = e.detail || {};
+  const parts = [];
+  for (const k of ['outcome', 'route', 'model', 'code', 'status', 'action', 'categories', 'completion_tokens', 'latency_ms', 'error', 'kind', 'conversations', 'days', 'hold']) {
+    if (d[k] !== undefined && d[k] !== null) parts.push(`${k}: ${Array.isArray(d[k]) ? d[k].join(', ') : d[k]}`);
+  }
+  return parts.join(' · ');
+}
+
+/** The audit log: the newest events (of the caller's tenant, or all for platform admins),
+ *  filtered by kind and text, each with its place in its hash chain. */
 async function events(box) {
-  loading(box);
+  const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'All events'));
+  const text = h('input', { name: 'q', type: 'search', placeholder: 'user, IP, request id…' });
+  const list = h('div', {});
+  const filters = h('form', { class: 'inline-form', role: 'search' }, field('Event', kind), field('Contains', text));
+  filters.addEventListener('submit', (e) => e.preventDefault());
+  clear(box).append(
+    h('p', { class: 'muted' }, 'Every event is a link of its tenant\u2019s hash chain; check the whole trail with ', h('code', {}, 'palisade audit verify'), '. Nobody can change or delete events.'),
+    filters,
+    list,
+  );
+  loading(list);
+  let all = [];
   try {
-    const r = await api.api('GET', '/api/admin/security-events?limit=100');
-    const es = Array.isArray(r) ? r : r.events || [];
-    clear(box).append(
+    const r = await api.api('GET', '/api/admin/security-events?limit=500');
+    all = Array.isArray(r) ? r : r.events || [];
+  } catch (e) {
+    failed(list, e);
+    return;
+  }
+  for (const k of [...new Set(all.map((e) => e.kind))].sort()) kind.append(h('option', { value: k }, k));
+  function draw() {
+    const q = text.value.trim().toLowerCase();
+    const shown = all.filter((e) => (!kind.value || e.kind === kind.value) && (!q || JSON.stringify(e).toLowerCase().includes(q)));
+    clear(list).append(
+      h('p', { class: 'muted small', role: 'status' }, `${shown.length} of ${all.length} events`),
       table(
-        ['When', 'Event', 'User', 'IP', 'Detail'],
-        es.map((e) => [fmtDate(e.created_at || e.at), e.kind || e.event || '', e.username || e.user_id || '', e.ip || '', e.detail ? JSON.stringify(e.detail) : '']),
-        'Security events',
+        ['When', 'Chain #', 'Event', 'User', 'By', 'Client', 'Request', 'Facts'],
+        shown.map((e) => [
+          fmtDate(e.created_at),
+          e.chain_seq != null ? h('span', { title: 'hash ' + (e.hash || '') }, String(e.chain_seq)) : '',
+          e.kind,
+          e.user_id ? h('code', { class: 'small' }, e.user_id.slice(0, 8)) : '',
+          e.actor_id ? h('code', { class: 'small' }, e.actor_id.slice(0, 8)) : '',
+          [e.ip, e.user_agent].filter(Boolean).join(' · '),
+          e.request_id ? h('code', { class: 'small' }, e.request_id.slice(0, 12)) : '',
+          h('span', { title: JSON.stringify(e.detail || {}) }, summary(e)),
+        ]),
+        'Audit log',
       ),
     );
+  }
+  kind.addEventListener('change', draw);
+  text.addEventListener('input', draw);
+  draw();
+}
+
+/** Background jobs; dead letters can be retried or discarded. */
+function jobs(box) {
+  const state = h(
+    'select',
+    { name: 'state' },
+    [['dead', 'Dead letters'], ['queued', 'Queued'], ['running', 'Running'], ['done', 'Done'], ['', 'All']].map(([v, t]) => h('option', { value: v }, t)),
+  );
+  const list = h('div', {});
+  clear(box).append(h('form', { class: 'inline-form' }, field('Show', state)), list);
+  state.addEventListener('change', draw);
+  async function act(method, path, done) {
+    try {
+      await api.api(method, path);
+      toast(done, 'info');
+      draw();
+    } catch (ex) {
+      toast(errorText(ex), 'error');
+    }
+  }
+  async function draw() {
+    loading(list);
+    try {
+      const r = await api.api('GET', '/api/admin/jobs?limit=200' + (state.value ? '&state=' + state.value : ''));
+      const js = r.jobs || [];
+      clear(list).append(
+        js.length ? null : h('p', { class: 'muted' }, state.value === 'dead' ? 'No dead letters: every job succeeded or is still being tried.' : 'No jobs.'),
+        table(
+          ['#', 'Kind', 'State', 'Attempts', 'Next run', 'Last error', ''],
+          js.map((j) => [
+            String(j.id),
+            j.kind,
+            j.state,
+            `${j.attempts} / ${j.max_attempts}`,
+            j.state === 'queued' ? fmtDate(j.run_at) : '',
+            j.last_error || '',
+            j.state === 'dead'
+              ? h(
+                  'span',
+                  { class: 'row-actions' },
+                  h('button', { class: 'ghost small', type: 'button', 'aria-label': `Retry job ${j.id}`, onclick: () => act('POST', `/api/admin/jobs/${j.id}/retry`, `Job ${j.id} queued again`) }, 'Retry'),
+                  h('button', { class: 'danger small', type: 'button', 'aria-label': `Discard job ${j.id}`, onclick: () => act('DELETE', `/api/admin/jobs/${j.id}`, `Job ${j.id} discarded`) }, 'Discard'),
+                )
+              : '',
+          ]),
+          'Jobs',
+        ),
+      );
+    } catch (e) {
+      failed(list, e);
+    }
+  }
+  draw();
+}
+
+/** Retention of the caller's tenant (or any, for platform admins) and legal holds. */
+async function retention(box) {
+  loading(box);
+  let v;
+  try {
+    v = await api.api('GET', '/api/admin/retention');
   } catch (e) {
     failed(box, e);
+    return;
   }
+  const tenantId = session.me && session.me.tenant_id;
+  const own = (v.tenants || []).find((t) => t.tenant_id === tenantId) || {};
+  const days = h('input', { name: 'days', type: 'number', min: 0, max: 3650, value: own.days ?? '', placeholder: String(v.default_days) });
+  const hold = h('input', { name: 'legal_hold', type: 'checkbox' });
+  hold.checked = !!own.legal_hold;
+  const form = h(
+    'form',
+    { class: 'inline-form', novalidate: true },
+    field('Keep conversations (days; empty: default, 0: forever)', days, `The server default is ${v.default_days ? v.default_days + ' days' : 'forever'}.`),
+    h('label', { class: 'check' }, hold, ' Legal hold on this tenant (nothing is purged)'),
+    h('button', { class: 'primary', type: 'submit' }, 'Save retention'),
+  );
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api.api('PUT', '/api/admin/retention/tenants/' + tenantId, {
+        days: days.value === '' ? null : Number(days.value),
+        legal_hold: hold.checked,
+      });
+      announce('Saved');
+      toast('Saved', 'info');
+    } catch (ex) {
+      toast(errorText(ex), 'error');
+    }
+  });
+  const who = h('input', { name: 'user_id', required: true, placeholder: 'user id' });
+  const why = h('input', { name: 'reason', maxlength: 500, placeholder: 'case or matter' });
+  const holdForm = h('form', { class: 'inline-form', novalidate: true }, field('User', who), field('Reason', why), h('button', { class: 'ghost', type: 'submit' }, 'Put on hold'));
+  const holds = h('div', {});
+  async function setHold(user, on, reason, tenant) {
+    try {
+      const q = tenant && tenant !== tenantId ? '?tenant=' + tenant : '';
+      await api.api('PUT', `/api/admin/retention/users/${user}${q}`, { hold: on, reason: reason || '' });
+      const fresh = await api.api('GET', '/api/admin/retention');
+      v.user_holds = fresh.user_holds;
+      drawHolds();
+    } catch (ex) {
+      toast(errorText(ex), 'error');
+    }
+  }
+  holdForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (who.value.trim()) setHold(who.value.trim(), true, why.value.trim());
+  });
+  function drawHolds() {
+    clear(holds).append(
+      table(
+        ['User', 'Reason', 'Since', 'By', ''],
+        (v.user_holds || []).map((x) => [
+          h('code', { class: 'small' }, x.user_id),
+          x.reason,
+          fmtDate(x.created_at),
+          x.created_by,
+          h('button', { class: 'ghost small', type: 'button', onclick: () => setHold(x.user_id, false, '', x.tenant_id) }, 'Release'),
+        ]),
+        'Legal holds',
+      ),
+    );
+  }
+  clear(box).append(form, h('h3', {}, 'Legal holds on users'), holdForm, holds);
+  drawHolds();
 }
 
 // What each policy field means, in the order the form shows them.
