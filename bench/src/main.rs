@@ -145,6 +145,9 @@ fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<
 struct Tally {
     tokens_in_window: AtomicU64,
     ttft_ms: Mutex<Vec<f64>>,
+    /// Answers the output guard cut (a sampled answer that began to repeat the system prompt):
+    /// they end there, like any answer, and are reported.
+    guard_cuts: AtomicU64,
 }
 
 /// Streams one answer, counting token events that arrive between `from` and `until`; stops
@@ -204,6 +207,10 @@ async fn stream_once(
                     }
                 }
                 Some("end") => return Ok(()),
+                Some("error") if v["code"] == "guard_blocked" => {
+                    tally.guard_cuts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Some("error") => bail!("stream error: {v}"),
                 _ => {}
             }
@@ -241,6 +248,10 @@ async fn closed_loop(
     });
     futures::future::try_join_all(workers).await?;
     let tokens = tally.tokens_in_window.load(Ordering::Relaxed) as f64;
+    let cuts = tally.guard_cuts.load(Ordering::Relaxed);
+    if cuts > 0 {
+        println!("  ({cuts} answers of {n} streams were cut by the output guard and ended there)");
+    }
     let ttft = tally.ttft_ms.lock().map(|v| v.clone()).unwrap_or_default();
     Ok((tokens / window.as_secs_f64(), median(ttft)))
 }

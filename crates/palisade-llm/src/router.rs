@@ -244,12 +244,21 @@ impl Router {
                     });
                 }
                 Err(e) => {
+                    // The embedded engine's first token waits behind its own queue: a timeout
+                    // there means "busy", not "broken". Counting it would open the circuit and
+                    // turn a burst of load into 503s for everyone for the whole cooldown, and
+                    // retrying would only queue the request again.
+                    let local_wait = spec.provider == ProviderKind::Local
+                        && matches!(e, ProviderError::Timeout(_));
                     // Client errors say nothing about the upstream's health.
-                    if worth_fallback(&e) && !matches!(e, ProviderError::Overloaded { .. }) {
+                    if worth_fallback(&e)
+                        && !matches!(e, ProviderError::Overloaded { .. })
+                        && !local_wait
+                    {
                         breaker.failure();
                     }
                     tracing::warn!(model = %spec.name, attempt, error = %e, detail = ?e, "model call failed before the first token");
-                    if attempt >= spec.max_retries || !worth_retry(&e) {
+                    if attempt >= spec.max_retries || !worth_retry(&e) || local_wait {
                         return Err(e);
                     }
                     let base = self.settings.retry_backoff.as_millis() as u64;

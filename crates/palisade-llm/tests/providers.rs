@@ -803,3 +803,62 @@ async fn registry_changes_apply_without_restart() {
         Err(ProviderError::UnknownModel)
     ));
 }
+
+/// A local engine whose queue is so long that no first token comes in time.
+struct BusyEngine {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ChatProvider for BusyEngine {
+    fn models(&self) -> Vec<palisade_core::provider::ModelInfo> {
+        Vec::new()
+    }
+
+    async fn generate(
+        &self,
+        _req: GenerationRequest,
+    ) -> Result<palisade_core::provider::GenerationStream, ProviderError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::pin(futures::stream::pending()))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_busy_local_engine_times_out_without_opening_its_circuit() {
+    let spec = ModelSpec {
+        name: "local".into(),
+        provider: ProviderKind::Local,
+        max_retries: 2,
+        timeouts: ModelTimeouts {
+            first_token_ms: 50,
+            ..ModelTimeouts::default()
+        },
+        ..ModelSpec::default()
+    };
+    let registry = ModelRegistry::load(
+        vec![spec],
+        "local".into(),
+        vec!["admin".into(), "user".into()],
+        Arc::new(MemRepo::default()),
+    )
+    .await
+    .unwrap();
+    let engine = Arc::new(BusyEngine {
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let resolver: palisade_llm::router::SecretResolver = Arc::new(|_: &str| Err("none".into()));
+    let router = Router::new(Arc::new(registry), Some(engine.clone()), resolver, fast());
+    // More timeouts than the breaker's threshold (3): each is a clean timeout, none is retried
+    // (a retry would only queue again), and the engine stays available to the next request.
+    for _ in 0..5 {
+        let e = router.generate_routed(request("local")).await.unwrap_err();
+        assert!(matches!(e, ProviderError::Timeout(_)), "{e:?}");
+    }
+    assert_eq!(engine.calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert!(router.is_available("local"));
+}
