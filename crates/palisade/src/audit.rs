@@ -28,24 +28,32 @@ pub fn load_key(cfg: &Config) -> anyhow::Result<AuditKey> {
     load_or_create(&cfg.data_dir.join("audit.key"))
 }
 
+/// Creates a file holding one secret line, readable by its owner only, flushed to disk; never
+/// over an existing file (a key is never silently replaced).
+pub fn create_secret_file(path: &Path, line: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn load_or_create(path: &Path) -> anyhow::Result<AuditKey> {
     match std::fs::read_to_string(path) {
         Ok(s) => AuditKey::from_hex(&s)
             .ok_or_else(|| anyhow::anyhow!("{}: not an audit key (64 hex digits)", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = AuditKey::generate();
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            writeln!(f, "{}", key.to_hex())
-                .with_context(|| format!("writing {}", path.display()))?;
+            create_secret_file(path, &key.to_hex())?;
             tracing::info!(path = %path.display(), "audit key created");
             Ok(key)
         }

@@ -6,7 +6,6 @@
 //! as `<file>.previous`, so servers that still hold data keys wrapped by it keep working; the
 //! store asks [`load`]'s source again whenever a row names a key it does not hold.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,19 +79,7 @@ fn read_keys(src: &Source, create: bool) -> Result<Vec<MasterKey>, String> {
 
 /// Writes a key file readable by its owner only (never over an existing file).
 fn write_private(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{}", key.to_hex()).with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()?;
-    Ok(())
+    crate::audit::create_secret_file(path, &key.to_hex())
 }
 
 /// The master keys for the store, and how to read them again.

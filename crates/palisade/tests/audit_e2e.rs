@@ -188,22 +188,11 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     assert_eq!(report["broken"]["event"], 1, "{report}");
 }
 
-/// Runs `palisade audit ARGS… --data-dir DIR`: (exit code, stdout).
+/// Runs `palisade audit ARGS… --data-dir DIR`: (exit code, stdout and stderr).
 fn audit(data_dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(common::bin())
-        .arg("audit")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", data_dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    common::cli(data_dir, &all)
 }
 
 /// Signed checkpoints catch what a chain alone cannot (its newest events removed), and an

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::Server;
 use reqwest::StatusCode;
@@ -15,20 +14,9 @@ use serde_json::{json, Value};
 
 /// Runs `palisade keys ARGS… --data-dir DIR`: (exit code, stdout + stderr).
 fn keys(data_dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(common::bin())
-        .arg("keys")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", data_dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let mut all = vec!["keys"];
+    all.extend_from_slice(args);
+    common::cli(data_dir, &all)
 }
 
 /// True when any of the database's files (file, WAL, shared memory) holds `needle`.

@@ -31,6 +31,24 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_palisade")
 }
 
+/// Runs `palisade ARGS… --data-dir DIR` with a clean environment (HOME = the data dir):
+/// (exit code, stdout followed by stderr).
+pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// The model directory shared by tests (`PALISADE_MODEL_DIR`, as `scripts/test` sets it).
 pub fn model_dir() -> PathBuf {
     std::env::var_os("PALISADE_MODEL_DIR")
