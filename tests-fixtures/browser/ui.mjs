@@ -3,6 +3,7 @@
 //
 //   PALISADE_URL=https://127.0.0.1:PORT ADMIN_PASSWORD=... ARTIFACTS=dir node ui.mjs main
 //   PALISADE_URL=... ARTIFACTS=dir node ui.mjs register-open
+//   PALISADE_URL=... OIDC_ISSUER=http://127.0.0.1:PORT ARTIFACTS=dir node ui.mjs sso
 //
 // Checks every flow the issue names, runs axe-core on every screen (no serious or critical
 // violation), writes screenshots (light/dark, desktop/phone) and fails on any CSP violation.
@@ -414,6 +415,57 @@ async function registerFlow(browser) {
   await context.close();
 }
 
+/** "Sign in with SSO" against the real OpenID provider of tests-fixtures/oidc: a refusal at
+ * the provider comes back as a clear error; alice (group palisade-admins) lands in the chat as
+ * an administrator, with her session held by the refresh cookie alone (a reload keeps it). */
+async function ssoFlow(browser) {
+  const issuer = process.env.OIDC_ISSUER;
+  assert(issuer, 'OIDC_ISSUER is set');
+  const { context, page } = await newPage(browser);
+  step = 'sso button';
+  await page.goto(BASE + '/');
+  const sso = page.getByRole('link', { name: 'Sign in with SSO' });
+  await sso.waitFor();
+  await screen(page, 'login-sso');
+
+  step = 'sso refused at the provider';
+  await sso.click();
+  await page.waitForURL((u) => u.href.startsWith(issuer + '/interaction/'));
+  await page.getByRole('button', { name: 'Cancel' }).click();
+  await page.waitForURL((u) => u.href.startsWith(BASE));
+  await page.getByText('Single sign-on failed: refused').waitFor();
+  assert(!new URL(page.url()).search.includes('sso_error'), 'the error parameter is removed from the address');
+  await page.getByRole('heading', { name: 'Sign in to Palisade' }).waitFor();
+
+  step = 'sso as alice';
+  await page.getByRole('link', { name: 'Sign in with SSO' }).click();
+  await page.waitForURL((u) => u.href.startsWith(issuer + '/interaction/'));
+  await page.getByLabel('login').fill('alice');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByLabel('Message', { exact: true }).waitFor({ timeout: 20_000 });
+  assert(new URL(page.url()).origin === new URL(BASE).origin, 'back on Palisade');
+  assert(!new URL(page.url()).search.includes('sso'), 'the sso parameter is removed from the address');
+  assert((await page.locator('.who').innerText()).includes('alice'), 'signed in as alice');
+  const me = await page.evaluate(async () => {
+    const r = await fetch('/api/auth/me');
+    return r.status;
+  });
+  assert(me === 401, 'the access token is not in a cookie: a bare fetch is unauthenticated');
+  // The identity provider's role mapping made her an administrator.
+  await page.getByRole('link', { name: 'Admin' }).first().waitFor();
+  await screen(page, 'chat-after-sso');
+
+  step = 'sso session survives a reload (refresh cookie)';
+  await page.reload();
+  await page.getByLabel('Message', { exact: true }).waitFor({ timeout: 20_000 });
+  assert((await page.locator('.who').innerText()).includes('alice'), 'still alice after a reload');
+  await signOut(page);
+  await page.reload();
+  await page.getByRole('heading', { name: 'Sign in to Palisade' }).waitFor();
+  await collectCsp(page);
+  await context.close();
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-dev-shm-usage'],
@@ -421,6 +473,7 @@ const browser = await chromium.launch({
 let failed = false;
 try {
   if (mode === 'register-open') await registerFlow(browser);
+  else if (mode === 'sso') await ssoFlow(browser);
   else await mainFlow(browser);
 } catch (e) {
   failed = true;

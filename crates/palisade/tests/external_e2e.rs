@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::oidc::{fixtures, free_port, Guard};
 use common::{error_code, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -21,52 +21,8 @@ const CLIENT_ID: &str = "palisade-web";
 const CLIENT_SECRET: &str = "oidc-test-secret-5c1d";
 const REDIRECT: &str = "https://127.0.0.1:1/api/auth/oidc/callback";
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests-fixtures")
-}
-
-/// A child process killed when the test ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_oidc() -> (Guard, String) {
-    let dir = fixtures().join("oidc");
-    let st = Command::new(dir.join("setup")).status().unwrap();
-    assert!(st.success(), "tests-fixtures/oidc/setup failed");
-    let mut child = Command::new("node")
-        .arg(dir.join("server.mjs"))
-        .env("OIDC_PORT", "0")
-        .env("OIDC_CLIENT_ID", CLIENT_ID)
-        .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-        .env("OIDC_REDIRECT_URI", REDIRECT)
-        .env("OIDC_AUDIENCE", "palisade")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node (tests-fixtures/oidc)");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let issuer = loop {
-        let line = lines.next().expect("OIDC provider exited").unwrap();
-        if let Some(url) = line.strip_prefix("OIDC_READY ") {
-            break url.trim().to_string();
-        }
-    };
-    (Guard(child), issuer)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::oidc::start(CLIENT_ID, CLIENT_SECRET, REDIRECT)
 }
 
 /// Starts a throwaway slapd; returns its URL and PID (slapd daemonises, so the caller stops it).

@@ -19,6 +19,10 @@ fn repo() -> PathBuf {
 }
 
 fn run_browser(s: &Server, mode: &str, stub: &str) {
+    run_browser_with(s, mode, stub, &[]);
+}
+
+fn run_browser_with(s: &Server, mode: &str, stub: &str, env: &[(&str, &str)]) {
     let fx = repo().join("tests-fixtures/browser");
     let st = Command::new(fx.join("setup"))
         .status()
@@ -33,6 +37,7 @@ fn run_browser(s: &Server, mode: &str, stub: &str) {
         .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("ARTIFACTS", &artifacts)
         .env("STUB_URL", stub)
+        .envs(env.iter().copied())
         .output()
         .expect("node (tests-fixtures/browser)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -141,4 +146,50 @@ async fn web_ui_in_chromium() {
     // Registration open: the login screen offers it and a new account lands in the chat.
     let s = Server::start(&[("PALISADE_AUTH__REGISTRATION", "open")]);
     run_browser(&s, "register-open", &upstream);
+}
+
+/// "Sign in with SSO" in the browser against the real OpenID provider: its redirect address
+/// must be known before the server starts, so the server listens on a port picked just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_in_chromium() {
+    const CLIENT: &str = "palisade-browser";
+    const SECRET: &str = "oidc-browser-secret-83f1";
+    let port = common::oidc::free_port();
+    let redirect = format!("https://127.0.0.1:{port}/api/auth/oidc/callback");
+    let (_idp, issuer) = common::oidc::start(CLIENT, SECRET, &redirect);
+    let mut cfg = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        cfg,
+        "[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT}\"\n\
+         client_secret = \"env::TEST_OIDC_SECRET\"\naudience = \"palisade\"\n\
+         redirect_uri = \"{redirect}\"\n\
+         [auth.oidc.role_map]\npalisade-admins = \"admin\"\nstaff = \"user\"\n"
+    )
+    .unwrap();
+    let s = Server::start_listening(
+        tempfile::tempdir().unwrap(),
+        &format!("127.0.0.1:{port}"),
+        &[
+            ("PALISADE_CONFIG", cfg.path().to_str().unwrap()),
+            ("TEST_OIDC_SECRET", SECRET),
+        ],
+    );
+    assert_eq!(s.base, format!("https://127.0.0.1:{port}"));
+    run_browser_with(&s, "sso", "", &[("OIDC_ISSUER", &issuer)]);
+    // The provider's identity is linked to one local account, made just in time.
+    let admin = s.admin_token().await;
+    let users: serde_json::Value = s
+        .get(&admin, "/api/admin/users?search=alice")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let alice: Vec<&serde_json::Value> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "alice")
+        .collect();
+    assert_eq!(alice.len(), 1, "{users}");
+    assert_eq!(alice[0]["role"], "admin", "{users}");
 }
