@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod metrics;
+
+pub use metrics::MetricsConfig;
+
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -47,6 +51,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The background job runner (see `docs/retention.md`).
     pub jobs: JobsConfig,
+    /// Prometheus metrics (see `docs/operations.md`).
+    pub metrics: MetricsConfig,
 }
 
 /// `[retention]`: the default retention of conversations.
@@ -641,6 +647,12 @@ pub struct HttpConfig {
     /// `X-Forwarded-For` is believed. From any other peer the header is ignored and the TCP
     /// peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// Web origins (`https://chat.example.com`) whose pages may call the API from a browser
+    /// (CORS). Empty: none but Palisade's own UI. Never `*` nor `null`.
+    pub cors_origins: Vec<String>,
+    /// A client that has not sent a whole request head within this many seconds is cut off
+    /// (slow-header attacks); TLS handshakes get the same bound.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -648,7 +660,39 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 256 * 1024,
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
+            header_read_timeout_secs: 30,
         }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for o in &self.cors_origins {
+            let (scheme, rest) = o.split_once("://").unwrap_or(("", ""));
+            let host_ok = !rest.is_empty()
+                && !rest.contains('/')
+                && !rest.contains('*')
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !matches!(scheme, "https" | "http") || !host_ok {
+                return Err(ConfigError::Invalid {
+                    key: "http.cors_origins",
+                    message: format!(
+                        "{o:?} is not an origin like `https://chat.example.com` (no path, no \
+                         wildcard, not `null`)"
+                    ),
+                });
+            }
+        }
+        if !(1..=300).contains(&self.header_read_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                key: "http.header_read_timeout_secs",
+                message: "must be in 1..=300".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -679,6 +723,7 @@ impl Default for Config {
             crypto: CryptoConfig::default(),
             retention: RetentionConfig::default(),
             jobs: JobsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -920,6 +965,8 @@ impl Config {
                 message: "must be in 16..=4096".into(),
             });
         }
+        self.metrics.validate()?;
+        self.http.validate()?;
         if self.http.body_limit_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "http.body_limit_bytes",
@@ -961,6 +1008,38 @@ mod tests {
             assert!(Config::load(Some(Path::new("bad.toml")), &cli).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let with = |o: &str| HttpConfig {
+            cors_origins: vec![o.to_string()],
+            ..HttpConfig::default()
+        };
+        for ok in [
+            "https://chat.example.com",
+            "http://127.0.0.1:3000",
+            "https://[::1]:8443",
+        ] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "*",
+            "null",
+            "https://*.example.com",
+            "https://chat.example.com/",
+            "https://chat.example.com/app",
+            "chat.example.com",
+            "ftp://chat.example.com",
+            "https://",
+        ] {
+            assert!(with(bad).validate().is_err(), "{bad}");
+        }
+        let slow = HttpConfig {
+            header_read_timeout_secs: 0,
+            ..HttpConfig::default()
+        };
+        assert!(slow.validate().is_err());
     }
 
     #[test]

@@ -357,7 +357,8 @@ fn new_canary() -> String {
     format!("PLSD-{}", &raw[..12])
 }
 
-fn log_findings(stage: &str, findings: &[FindingSummary]) {
+fn log_findings(stage: &'static str, findings: &[FindingSummary]) {
+    crate::telemetry::guard_findings(stage, findings);
     if findings.is_empty() {
         return;
     }
@@ -626,6 +627,7 @@ impl ChatService {
         let verdict = self.guard.check_input(&scope, turns, &mut vault);
         log_findings("input", &verdict.findings);
         if let Some(categories) = verdict.blocked {
+            crate::telemetry::guard_blocked("input");
             tracing::warn!(categories = %categories.join(","), user = %who.user_id, "guard blocked a request");
             return Err(GuardRefusal {
                 categories,
@@ -905,6 +907,7 @@ impl ChatService {
         {
             Ok(r) => r,
             Err(e) => {
+                crate::telemetry::llm_failed(&spec.name, started.elapsed());
                 acct.record_result(serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
@@ -964,6 +967,7 @@ impl ChatService {
         };
         if stored {
             self.repo.append_message(&user_msg).await?;
+            crate::telemetry::chat_message("user", &spec.name);
             if let Some(vault) = &vault {
                 self.repo
                     .save_vault(who.tenant_id, session_id, vault, now)
@@ -1126,6 +1130,7 @@ impl ChatService {
         {
             Ok(r) => r,
             Err(e) => {
+                crate::telemetry::llm_failed(&spec.name, started.elapsed());
                 acct.record_result(serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
@@ -1146,6 +1151,16 @@ impl ChatService {
             Err(CoreError::Provider(e)) => ("error", Some(error_kind(e)), None),
             Err(_) => ("error", Some("internal"), None),
         };
+        crate::telemetry::llm_finished(&crate::telemetry::LlmFinished {
+            model: &routed.model,
+            outcome,
+            prompt_tokens: used.prompt_tokens,
+            completion_tokens: used.completion_tokens,
+            latency: started.elapsed(),
+            first_token: Some(computing.duration_since(started)),
+            generating: computing.elapsed(),
+            cached: routed.cached,
+        });
         acct.record_result(serde_json::json!({
             "outcome": outcome,
             "error": error,
@@ -1454,6 +1469,7 @@ impl ChatService {
         );
         log_findings("system prompt", &verdict.findings);
         if let Some(categories) = verdict.blocked {
+            crate::telemetry::guard_blocked("system prompt");
             self.audit_event(
                 SecurityEvent::new(SecurityEventKind::GuardBlocked)
                     .caller(who)
@@ -1857,6 +1873,19 @@ impl Pump {
         } else {
             "completed"
         };
+        crate::telemetry::llm_finished(&crate::telemetry::LlmFinished {
+            model: &meta.model,
+            outcome,
+            prompt_tokens: u64::from(meta.prompt_tokens),
+            completion_tokens: u64::from(meta.completion_tokens),
+            latency: self.started.elapsed(),
+            first_token: Some(self.computing.duration_since(self.started)),
+            generating: self.computing.elapsed(),
+            cached: meta.cached,
+        });
+        if blocked.is_some() {
+            crate::telemetry::guard_blocked("output");
+        }
         acct.record_result(serde_json::json!({
             "outcome": outcome,
             "error": failure.as_ref().map(error_kind),
@@ -1874,6 +1903,7 @@ impl Pump {
         .await;
         acct.close(used, blocked.is_some()).await;
 
+        let stored_model = meta.model.clone();
         let stored = StoredMessage {
             id: MessageId::new(),
             tenant_id: self.tenant,
@@ -1886,7 +1916,10 @@ impl Pump {
         let saved = match &self.repo {
             None => true,
             Some(repo) => match repo.append_message(&stored).await {
-                Ok(()) => true,
+                Ok(()) => {
+                    crate::telemetry::chat_message("assistant", &stored_model);
+                    true
+                }
                 Err(e) => {
                     tracing::error!(error = %e, session = %self.session, "could not store the assistant message");
                     false

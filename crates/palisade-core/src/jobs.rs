@@ -184,13 +184,26 @@ impl JobRunner {
             None => Err(format!("no handler for jobs of kind {:?}", job.kind)),
         };
         let now = now_millis();
+        // A kind without a handler is not a label of its own (the table could hold anything).
+        let label = if self.handlers.contains_key(job.kind.as_str()) {
+            job.kind.as_str()
+        } else {
+            "unknown"
+        };
         match outcome {
-            Ok(()) => self.repo.complete(job.id, now).await?,
+            Ok(()) => {
+                crate::telemetry::job_attempt(label, "done");
+                self.repo.complete(job.id, now).await?
+            }
             Err(error) => {
                 let retry_at = (job.attempts < job.max_attempts).then(|| {
                     now + i64::try_from(backoff(self.backoff_base, job.attempts).as_millis())
                         .unwrap_or(i64::MAX / 2)
                 });
+                crate::telemetry::job_attempt(
+                    label,
+                    if retry_at.is_none() { "dead" } else { "retry" },
+                );
                 if retry_at.is_none() {
                     tracing::error!(job = job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job failed its last attempt: dead letter");
                     if let Some(events) = &self.events {

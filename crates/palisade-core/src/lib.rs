@@ -18,5 +18,6 @@ pub mod ports;
 pub mod provider;
 pub mod quota;
 pub mod retention;
+mod telemetry;
 
 pub use error::{CoreError, CoreResult};

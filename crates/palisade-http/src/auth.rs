@@ -26,6 +26,9 @@ use crate::AppState;
 const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/healthz"),
     (Method::GET, "/readyz"),
+    (Method::GET, "/health"),
+    // Authenticated by `metrics.token` inside the handler (a scraper has no user account).
+    (Method::GET, "/metrics"),
     (Method::GET, "/.well-known/jwks.json"),
     (Method::GET, "/api/auth/providers"),
     (Method::GET, "/api/auth/oidc/login"),

@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod error;
 pub mod limits;
 pub mod routes;
+pub mod telemetry;
 pub mod ui;
 
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 
-/// Dependency checks for `/readyz` (database, ...), provided by the binary.
+/// Dependency checks for `/readyz` and `/health/detailed` (database, Redis, ...), provided by
+/// the binary; the model's state is added by the route.
 #[async_trait::async_trait]
 pub trait Readiness: Send + Sync + 'static {
-    async fn checks(&self) -> Vec<(String, bool)>;
+    async fn checks(&self) -> Vec<routes::health::Check>;
 }
 
 /// Everything handlers can reach.
@@ -60,6 +62,49 @@ pub struct AppState {
     pub retention: Arc<palisade_core::retention::Retention>,
     /// Background jobs and dead letters (admin API).
     pub jobs: Arc<palisade_core::jobs::Jobs>,
+    /// `GET /metrics` on this listener (`None`: the route answers 404).
+    pub metrics: Option<Arc<telemetry::MetricsEndpoint>>,
+    /// Web origins allowed to call the API from a browser (`http.cors_origins`; empty: none).
+    pub cors_origins: Arc<Vec<String>>,
+}
+
+/// CORS for the configured origins only: bearer-token calls (no cookies: the refresh cookie
+/// is `SameSite=Strict` and stays with Palisade's own UI), preflights answered before
+/// authentication. `None` when no origin is configured: browsers then keep other sites out.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -82,6 +127,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(telemetry::scrape))
+        .route("/health", get(routes::health::health))
+        .route("/health/detailed", get(routes::health::detailed))
         .route("/.well-known/jwks.json", get(routes::auth::jwks))
         .route("/api/auth/providers", get(routes::auth::providers))
         .route("/api/auth/oidc/login", get(routes::auth::oidc_login))
@@ -236,6 +284,20 @@ pub fn router(state: AppState) -> Router {
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
         ),
+        // The legacy XSS auditor is itself an attack surface: off, as OWASP advises.
+        (HeaderName::from_static("x-xss-protection"), "0"),
+        (
+            HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
+        ),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
     ];
     // Layers run outside in: authentication first, then the audit of refusals, then the
     // limits (which need the caller).
@@ -256,7 +318,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             client_ip::resolve,
         ))
-        .layer(DefaultBodyLimit::max(state.body_limit_bytes));
+        .layer(DefaultBodyLimit::max(state.body_limit_bytes))
+        // Outermost of the per-route layers: sees every answer, refusals included, and the
+        // matched route pattern.
+        .layer(middleware::from_fn(telemetry::track));
+    // Outside authentication: a preflight carries no credential.
+    if let Some(c) = cors(&state.cors_origins) {
+        app = app.layer(c);
+    }
     for (name, value) in headers {
         app = app.layer(SetResponseHeaderLayer::if_not_present(
             name,

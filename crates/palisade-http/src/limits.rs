@@ -81,6 +81,9 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             retry_after_secs,
         } => {
             tracing::info!(user_id = %who.user_id, limit = %label, "rate limit reached");
+            // The limit's name without its figures ("chat requests per user"), so overrides
+            // do not make series of their own.
+            crate::telemetry::rejected(label.split(':').next().unwrap_or(&label).trim());
             state.chat.count_refusal(&who).await;
             let mut resp = ApiError::from(CoreError::too_many(
                 "rate_limited",

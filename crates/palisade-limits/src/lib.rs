@@ -163,6 +163,12 @@ pub trait Backend: Send + Sync + 'static {
     /// settled to real usage, compute time charged); one round trip on Redis.
     async fn adjust(&self, changes: &[Adjust], now_us: Option<u64>) -> Result<(), LimitError>;
 
+    /// For readiness probes: `Some(answered)` for a backend behind a network hop (Redis),
+    /// `None` when there is nothing to reach (this process's memory).
+    async fn ping(&self) -> Option<bool> {
+        None
+    }
+
     /// Gives back `amount` of a check's cost (unused reservation; a finished stream).
     async fn release(
         &self,

@@ -160,7 +160,10 @@ impl Backend for RedisBackend {
                 .arg(c.cost);
         }
         let mut conn = self.conn.clone();
-        let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let asked = std::time::Instant::now();
+        let out = inv.invoke_async::<Vec<redis::Value>>(&mut conn).await;
+        observe("limits_acquire", asked);
+        let out = out.map_err(unavailable)?;
         let num = |v: Option<&redis::Value>| -> u64 {
             match v {
                 Some(redis::Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
@@ -196,6 +199,18 @@ impl Backend for RedisBackend {
         Ok(Decision::Allowed(statuses))
     }
 
+    async fn ping(&self) -> Option<bool> {
+        let mut conn = self.conn.clone();
+        let asked = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        observe("ping", asked);
+        Some(matches!(answer, Ok(Ok(ref pong)) if pong == "PONG"))
+    }
+
     async fn adjust(&self, changes: &[Adjust], now_us: Option<u64>) -> Result<(), LimitError> {
         if changes.is_empty() {
             return Ok(());
@@ -211,7 +226,16 @@ impl Backend for RedisBackend {
                 .arg(if a.charge { "charge" } else { "release" });
         }
         let mut conn = self.conn.clone();
-        let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let asked = std::time::Instant::now();
+        let out = inv.invoke_async::<i64>(&mut conn).await;
+        observe("limits_adjust", asked);
+        out.map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// One Redis round trip's latency (answered or failed), for `palisade_redis_command_duration_seconds`.
+fn observe(op: &'static str, asked: std::time::Instant) {
+    metrics::histogram!("palisade_redis_command_duration_seconds", "op" => op)
+        .record(asked.elapsed().as_secs_f64());
 }

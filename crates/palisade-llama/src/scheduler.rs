@@ -273,6 +273,8 @@ impl<'m> Scheduler<'m> {
                 queued_ms = job.enqueued.elapsed().as_millis() as u64,
                 "sequence admitted"
             );
+            metrics::histogram!("palisade_engine_queue_wait_seconds")
+                .record(job.enqueued.elapsed().as_secs_f64());
             let sampler = Sampler::new(&job.sampling);
             let text = TextPipeline::new(&job.stop);
             self.slots[slot] = Some(Seq {
@@ -488,6 +490,8 @@ impl<'m> Scheduler<'m> {
     }
 
     fn publish_stats(&self) {
+        metrics::gauge!("palisade_engine_active_sequences").set(self.order.len() as f64);
+        metrics::gauge!("palisade_engine_queue_depth").set(self.queue.len() as f64);
         self.shared
             .active
             .store(self.order.len(), Ordering::Relaxed);

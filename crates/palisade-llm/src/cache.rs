@@ -133,6 +133,7 @@ impl ResponseCache {
             Backend::Memory(c) => c.get(key).await.map(|a| (*a).clone()),
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
+                let asked = std::time::Instant::now();
                 let got: Result<Option<String>, _> = tokio::time::timeout(
                     Duration::from_millis(500),
                     redis::cmd("GET").arg(key).query_async(&mut conn),
@@ -141,6 +142,8 @@ impl ResponseCache {
                 .unwrap_or_else(|_| {
                     Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
                 });
+                metrics::histogram!("palisade_redis_command_duration_seconds", "op" => "cache_get")
+                    .record(asked.elapsed().as_secs_f64());
                 match got {
                     Ok(Some(raw)) => serde_json::from_str(&raw).ok(),
                     Ok(None) => None,
@@ -157,6 +160,11 @@ impl ResponseCache {
         } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
+        metrics::counter!(
+            "palisade_cache_requests_total",
+            "result" => if found.is_some() { "hit" } else { "miss" }
+        )
+        .increment(1);
         found
     }
 

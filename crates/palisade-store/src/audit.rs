@@ -116,7 +116,10 @@ impl Store {
                     tracing::debug!(error = %detail(&err), attempt, "audit append retried");
                     tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }
-                Err(err) => break Err(format!("database: {}", detail(&err))),
+                Err(err) => {
+                    sink_error("database");
+                    break Err(format!("database: {}", detail(&err)));
+                }
             }
         };
         let result = match written {
@@ -127,8 +130,14 @@ impl Store {
                     let copy = links.clone();
                     match tokio::task::spawn_blocking(move || mirror.write(&copy)).await {
                         Ok(Ok(())) => Ok(links),
-                        Ok(Err(e)) => Err(format!("audit sink: {e}")),
-                        Err(e) => Err(format!("audit sink: {e}")),
+                        Ok(Err(e)) => {
+                            sink_error("mirror");
+                            Err(format!("audit sink: {e}"))
+                        }
+                        Err(e) => {
+                            sink_error("mirror");
+                            Err(format!("audit sink: {e}"))
+                        }
                     }
                 }
             },
@@ -136,6 +145,7 @@ impl Store {
         };
         match result {
             Ok(links) => {
+                metrics::counter!("palisade_audit_events_total").increment(links.len() as u64);
                 for (p, link) in batch.into_iter().zip(links) {
                     let _ = p.done.send(Ok(link));
                 }
@@ -152,6 +162,7 @@ impl Store {
     /// Chains and inserts `events` in one transaction (`BEGIN IMMEDIATE`: the chain heads are
     /// read under the write lock).
     async fn write_batch(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
+        let _timed = crate::timed("audit_append");
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -337,4 +348,9 @@ impl Store {
             .map(|r| Ok((r.try_get("seq").map_err(db_err)?, link_from(r)?)))
             .collect()
     }
+}
+
+/// A batch the trail could not record: `database` or `mirror` (the file and stdout copies).
+fn sink_error(sink: &'static str) {
+    metrics::counter!("palisade_audit_sink_errors_total", "sink" => sink).increment(1);
 }

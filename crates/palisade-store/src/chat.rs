@@ -128,6 +128,7 @@ fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
 #[async_trait]
 impl ChatRepository for Store {
     async fn create_session(&self, s: &ChatSession) -> CoreResult<()> {
+        let _timed = crate::timed("create_session");
         let (tenant, row) = (s.tenant_id.to_string(), s.id.to_string());
         let title = self.seal_text(&title_at(&tenant, &row), &s.title).await?;
         let system = self
@@ -156,6 +157,7 @@ impl ChatRepository for Store {
         user: UserId,
         sid: SessionId,
     ) -> CoreResult<Option<ChatSession>> {
+        let _timed = crate::timed("get_session");
         let row = sqlx::query(
             "SELECT id, tenant_id, user_id, title, system_prompt, created_at, updated_at \
              FROM chat_sessions \
@@ -181,6 +183,7 @@ impl ChatRepository for Store {
         limit: u32,
         offset: u32,
     ) -> CoreResult<(Vec<SessionOverview>, u64)> {
+        let _timed = crate::timed("list_sessions");
         // The ORDER BY is chosen from a closed set; values are always bound.
         let order = match sort {
             SessionSort::CreatedDesc => "s.created_at DESC, s.id DESC",
@@ -270,6 +273,7 @@ impl ChatRepository for Store {
         title: &str,
         now: Millis,
     ) -> CoreResult<bool> {
+        let _timed = crate::timed("rename_session");
         let (t, row) = (tenant.to_string(), sid.to_string());
         let title = self.seal_text(&title_at(&t, &row), title).await?;
         let r = sqlx::query(
@@ -318,6 +322,7 @@ impl ChatRepository for Store {
         user: UserId,
         sid: SessionId,
     ) -> CoreResult<bool> {
+        let _timed = crate::timed("delete_session");
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r =
             sqlx::query("DELETE FROM chat_sessions WHERE tenant_id = ? AND user_id = ? AND id = ?")
@@ -341,6 +346,7 @@ impl ChatRepository for Store {
     }
 
     async fn append_message(&self, m: &StoredMessage) -> CoreResult<()> {
+        let _timed = crate::timed("append_message");
         let tenant = m.tenant_id.to_string();
         let content = self
             .seal_text(
@@ -403,6 +409,7 @@ impl ChatRepository for Store {
         before: Option<MessageId>,
         limit: u32,
     ) -> CoreResult<(Vec<StoredMessage>, bool)> {
+        let _timed = crate::timed("list_messages");
         const COLS: &str = "id, tenant_id, session_id, role, content, model, prompt_tokens, \
                             completion_tokens, latency_ms, finish_reason, partial, truncated_turns, \
                             fallback_from, cached, guard_findings, created_at";
@@ -462,6 +469,7 @@ impl ChatRepository for Store {
         tenant: TenantId,
         session: SessionId,
     ) -> CoreResult<Option<Pseudonyms>> {
+        let _timed = crate::timed("load_vault");
         let row =
             sqlx::query("SELECT data FROM guard_vaults WHERE tenant_id = ? AND session_id = ?")
                 .bind(tenant.to_string())
@@ -489,6 +497,7 @@ impl ChatRepository for Store {
         vault: &Pseudonyms,
         now: Millis,
     ) -> CoreResult<()> {
+        let _timed = crate::timed("save_vault");
         let data = serde_json::to_string(vault)
             .map_err(|e| CoreError::Internal(format!("guard vault: {e}")))?;
         let (t, row) = (tenant.to_string(), session.to_string());

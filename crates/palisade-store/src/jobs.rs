@@ -43,6 +43,7 @@ fn job_from(row: &SqliteRow) -> CoreResult<Job> {
 #[async_trait]
 impl JobRepository for Store {
     async fn enqueue(&self, j: &NewJob) -> CoreResult<i64> {
+        let _timed = crate::timed("job_enqueue");
         let now = palisade_core::entities::now_millis();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (kind, tenant_id, payload, state, attempts, max_attempts, run_at, \
@@ -62,6 +63,7 @@ impl JobRepository for Store {
     }
 
     async fn claim(&self, now: Millis, stale_before: Millis) -> CoreResult<Option<Job>> {
+        let _timed = crate::timed("job_claim");
         // One statement: the oldest due job becomes ours, or nobody's.
         let row = sqlx::query(&format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? \
@@ -79,6 +81,7 @@ impl JobRepository for Store {
     }
 
     async fn complete(&self, id: i64, now: Millis) -> CoreResult<()> {
+        let _timed = crate::timed("job_complete");
         sqlx::query(
             "UPDATE jobs SET state = 'done', last_error = NULL, updated_at = ? WHERE id = ?",
         )
@@ -97,6 +100,7 @@ impl JobRepository for Store {
         retry_at: Option<Millis>,
         now: Millis,
     ) -> CoreResult<()> {
+        let _timed = crate::timed("job_fail");
         let error: String = error.chars().take(1000).collect();
         match retry_at {
             Some(at) => sqlx::query(

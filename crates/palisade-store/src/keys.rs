@@ -69,6 +69,7 @@ impl ApiKeyRepository for Store {
     }
 
     async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>> {
+        let _timed = crate::timed("find_key_by_prefix");
         let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE prefix = ?"))
             .bind(prefix)
             .fetch_optional(&self.pool)
@@ -113,6 +114,7 @@ impl ApiKeyRepository for Store {
     }
 
     async fn touch_key(&self, kid: ApiKeyId, now: Millis) -> CoreResult<()> {
+        let _timed = crate::timed("touch_key");
         sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
             .bind(now)
             .bind(kid.to_string())
@@ -205,6 +207,7 @@ impl SecurityEventSink for Store {
         tenant: Option<TenantId>,
         limit: u32,
     ) -> CoreResult<Vec<SecurityEvent>> {
+        let _timed = crate::timed("recent_events");
         let tenant = tenant.map(|t| t.to_string());
         let rows = sqlx::query(
             "SELECT kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \

@@ -57,6 +57,27 @@ impl AuditState {
     }
 }
 
+/// Times one repository operation for spec 003's `db_query_duration_seconds{query_type}`:
+/// recorded when dropped, so every way out of the operation (errors included) counts.
+pub(crate) struct Timed {
+    query_type: &'static str,
+    started: std::time::Instant,
+}
+
+pub(crate) fn timed(query_type: &'static str) -> Timed {
+    Timed {
+        query_type,
+        started: std::time::Instant::now(),
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("db_query_duration_seconds", "query_type" => self.query_type)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
     CoreError::Storage(e.to_string())
 }

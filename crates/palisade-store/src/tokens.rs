@@ -32,6 +32,7 @@ fn session_from(row: &SqliteRow) -> CoreResult<AuthSession> {
 #[async_trait]
 impl RefreshTokenRepository for Store {
     async fn create_auth_session(&self, s: &AuthSession) -> CoreResult<()> {
+        let _timed = crate::timed("create_auth_session");
         sqlx::query(&format!(
             "INSERT INTO auth_sessions ({SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -51,6 +52,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn get_auth_session(&self, sid: TokenFamilyId) -> CoreResult<Option<AuthSession>> {
+        let _timed = crate::timed("get_auth_session");
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = ?"
         ))
@@ -111,6 +113,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn insert(&self, r: RefreshTokenRecord) -> CoreResult<()> {
+        let _timed = crate::timed("refresh_insert");
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, tenant_id, user_id, created_at, \
              expires_at, family_expires_at, used_at, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -131,6 +134,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn consume(&self, token_hash: &str, now: Millis) -> CoreResult<ConsumeOutcome> {
+        let _timed = crate::timed("refresh_consume");
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let row = sqlx::query(
             "SELECT token_hash, family_id, tenant_id, user_id, created_at, expires_at, \
@@ -201,6 +205,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_family(&self, family: TokenFamilyId) -> CoreResult<()> {
+        let _timed = crate::timed("revoke_family");
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?")
             .bind(family.to_string())
@@ -232,6 +237,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_user(&self, tenant: TenantId, user: UserId) -> CoreResult<()> {
+        let _timed = crate::timed("revoke_user");
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for table in ["refresh_tokens", "auth_sessions"] {
             sqlx::query(&format!(

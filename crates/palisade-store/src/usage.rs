@@ -19,6 +19,7 @@ fn signed(v: u64) -> i64 {
 #[async_trait]
 impl UsageRepository for Store {
     async fn add_usage(&self, d: &UsageRow) -> CoreResult<()> {
+        let _timed = crate::timed("add_usage");
         sqlx::query(
             "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
              prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
@@ -49,6 +50,7 @@ impl UsageRepository for Store {
     }
 
     async fn usage(&self, q: &UsageQuery) -> CoreResult<Vec<UsageRow>> {
+        let _timed = crate::timed("usage_report");
         let rows = sqlx::query(
             "SELECT day, tenant_id, user_id, key_id, model, requests, prompt_tokens, \
              completion_tokens, compute_ms, guard_blocks, rate_limited FROM usage_daily \

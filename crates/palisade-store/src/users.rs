@@ -88,6 +88,7 @@ fn like_pattern(s: &str) -> String {
 #[async_trait]
 impl UserRepository for Store {
     async fn create_user(&self, u: NewUser) -> CoreResult<User> {
+        let _timed = crate::timed("create_user");
         let now = now_millis();
         let res = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, password_hash, role, is_active, \
@@ -122,6 +123,7 @@ impl UserRepository for Store {
     }
 
     async fn find_by_username(&self, tenant: TenantId, username: &str) -> CoreResult<Option<User>> {
+        let _timed = crate::timed("find_by_username");
         let row = sqlx::query(&format!(
             "SELECT {USER_COLS} FROM users WHERE tenant_id = ? AND username = ?"
         ))
@@ -137,6 +139,7 @@ impl UserRepository for Store {
     }
 
     async fn find_by_id(&self, tenant: TenantId, uid: UserId) -> CoreResult<Option<User>> {
+        let _timed = crate::timed("find_by_id");
         let row = sqlx::query(&format!(
             "SELECT {USER_COLS} FROM users WHERE tenant_id = ? AND id = ?"
         ))
@@ -164,6 +167,7 @@ impl UserRepository for Store {
         tenant: Option<TenantId>,
         q: &UserQuery,
     ) -> CoreResult<(Vec<User>, u64)> {
+        let _timed = crate::timed("list_users");
         let tenant = tenant.map(|t| t.to_string());
         let pattern = q.search.as_deref().map(like_pattern);
         let filter = "(? IS NULL OR tenant_id = ?) AND (? IS NULL OR \
@@ -210,6 +214,7 @@ impl UserRepository for Store {
         uid: UserId,
         u: &UserUpdate,
     ) -> CoreResult<Option<User>> {
+        let _timed = crate::timed("update_user");
         let (set_email, email) = match &u.email {
             Some(e) => (1i64, e.clone()),
             None => (0, None),
@@ -271,6 +276,7 @@ impl UserRepository for Store {
         uid: UserId,
         at_secs: i64,
     ) -> CoreResult<()> {
+        let _timed = crate::timed("set_tokens_valid_after");
         sqlx::query(
             "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?), updated_at = ? \
              WHERE tenant_id = ? AND id = ?",
@@ -291,6 +297,7 @@ impl UserRepository for Store {
         uid: UserId,
         s: LoginState,
     ) -> CoreResult<()> {
+        let _timed = crate::timed("set_login_state");
         sqlx::query(
             "UPDATE users SET failed_logins = ?, locked_until = ?, hard_locked = ?, \
              last_login_at = COALESCE(?, last_login_at) WHERE tenant_id = ? AND id = ?",

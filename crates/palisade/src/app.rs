@@ -194,6 +194,7 @@ fn init_logging(format: LogFormat) {
 /// Request limits and budgets of `[limits]`, counted in this process or, with `redis.url`
 /// (or `limits.backend = "redis"`), in Redis shared by every replica.
 struct Limits {
+    backend: Arc<dyn palisade_limits::Backend>,
     requests: Arc<dyn palisade_http::limits::RequestLimits>,
     budgets: Arc<dyn palisade_core::quota::Quotas>,
     overrides: Arc<dyn palisade_core::limit_policies::LimitOverrides>,
@@ -223,6 +224,7 @@ async fn build_limits(cfg: &Config) -> anyhow::Result<Option<Limits>> {
         (LimitsBackend::Redis, None) => anyhow::bail!("limits.backend = \"redis\" needs redis.url"),
     };
     Ok(Some(Limits {
+        backend: backend.clone(),
         requests: Arc::new(crate::limits::RouteLimits::new(
             backend.clone(),
             rules.clone(),
@@ -456,12 +458,29 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
     Ok(())
 }
 
-struct StoreReadiness(Store);
+/// The database, and Redis when limits (and the other shared state) live there.
+struct StoreReadiness {
+    store: Store,
+    limits: Option<Arc<dyn palisade_limits::Backend>>,
+}
 
 #[async_trait::async_trait]
 impl Readiness for StoreReadiness {
-    async fn checks(&self) -> Vec<(String, bool)> {
-        vec![("database".into(), self.0.ping().await)]
+    async fn checks(&self) -> Vec<palisade_http::routes::health::Check> {
+        use palisade_http::routes::health::Check;
+        let mut checks = vec![Check::timed("database", self.store.ping()).await];
+        if let Some(b) = &self.limits {
+            let mut answered = None;
+            let check = Check::timed("redis", async {
+                answered = b.ping().await;
+                answered.unwrap_or(true)
+            })
+            .await;
+            if answered.is_some() {
+                checks.push(check);
+            }
+        }
+        checks
     }
 }
 
@@ -584,6 +603,8 @@ fn start_jobs(
 pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let addr: SocketAddr = cfg.listen_addr()?;
+    // First, so the engine and the store record from their first step.
+    let metrics = crate::telemetry::install(&cfg)?;
     let memory = embedded.as_ref().is_some_and(|e| e.memory);
     let is_embedded = embedded.is_some();
     let (store, auth) = open_identity_in(&cfg, memory).await?;
@@ -687,7 +708,10 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         account: auth.clone(),
         admin: auth.clone(),
         chat,
-        readiness: Arc::new(StoreReadiness(store.clone())),
+        readiness: Arc::new(StoreReadiness {
+            store: store.clone(),
+            limits: limits.as_ref().map(|l| l.backend.clone()),
+        }),
         body_limit_bytes: cfg.http.body_limit_bytes as usize,
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
         compat_routes: cfg.auth.compat_routes,
@@ -706,6 +730,8 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
             Arc::new(store.clone()),
             Arc::new(store.clone()),
         )),
+        metrics: metrics.as_ref().and_then(|m| m.endpoint.clone()),
+        cors_origins: Arc::new(cfg.http.cors_origins.clone()),
     };
     if cfg.audit.checkpoint_every_secs > 0 {
         crate::audit::spawn_checkpoints(
@@ -737,9 +763,14 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
         .await
         .context("loading the TLS certificate")?;
+    crate::tls::spawn_reload(rustls_cfg.clone(), &tls, Duration::from_secs(5));
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let metrics_at = match &metrics {
+        Some(m) => m.serve_listener(&cfg)?,
+        None => None,
+    };
 
     let handle = axum_server::Handle::new();
     // An embedded server ends with its client's process; Ctrl-C there stops an answer.
@@ -799,13 +830,39 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
                 tls.cert.display()
             )?;
         }
+        match (metrics_at, &metrics) {
+            (Some(at), _) => writeln!(out, "  metrics:   http://{at}/metrics")?,
+            (None, Some(_)) => writeln!(
+                out,
+                "  metrics:   https://{local}/metrics (bearer token of `metrics.token`)"
+            )?,
+            (None, None) => {}
+        }
         writeln!(out, "listening on https://{local}")?;
         out.flush()?;
     }
     // TCP_NODELAY on every accepted connection: with Nagle's algorithm each small SSE event
     // could wait for a delayed ACK (~40 ms).
-    let served = axum_server::from_tcp_rustls(listener, rustls_cfg)
-        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+    // A client gets `http.header_read_timeout_secs` for its TLS handshake and again for each
+    // request head: a slow-header client is cut off instead of holding a connection forever
+    // (hyper applies its header timeout only once it is given a timer).
+    let head_timeout = Duration::from_secs(cfg.http.header_read_timeout_secs);
+    let mut server = axum_server::from_tcp_rustls(listener, rustls_cfg).map(|tls| {
+        tls.handshake_timeout(head_timeout)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new())
+    });
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    server
+        .http_builder()
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let served = server
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await;

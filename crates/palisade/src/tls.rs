@@ -48,3 +48,56 @@ pub fn ensure(
         self_signed: true,
     })
 }
+
+/// Serves a renewed certificate without a restart: on SIGHUP, and when the files' modification
+/// times change (checked every `every`). Connections already open keep their session; new
+/// handshakes get the new certificate. A pair that does not load (half-written, mismatched)
+/// is logged and the old one kept.
+pub fn spawn_reload(
+    config: axum_server::tls_rustls::RustlsConfig,
+    files: &TlsFiles,
+    every: std::time::Duration,
+) {
+    let (cert, key) = (files.cert.clone(), files.key.clone());
+    let stamp = move || {
+        let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        (m(&cert), m(&key))
+    };
+    let (cert, key) = (files.cert.clone(), files.key.clone());
+    tokio::spawn(async move {
+        let mut seen = stamp();
+        let mut tick = tokio::time::interval(every);
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<()>();
+            let why = tokio::select! {
+                _ = tick.tick() => "changed on disk",
+                () = signalled => "SIGHUP",
+            };
+            let now = stamp();
+            if why != "SIGHUP" && now == seen {
+                continue;
+            }
+            seen = now;
+            match config.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => tracing::info!(cert = %cert.display(), why, "TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    cert = %cert.display(),
+                    "TLS certificate not reloaded; the previous one stays in use"
+                ),
+            }
+        }
+    });
+}

@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::Server;
@@ -36,28 +35,6 @@ trust_zone = "internal"
     f
 }
 
-async fn tls(s: &Server) -> TlsStream<TcpStream> {
-    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let addr = s.base.trim_start_matches("https://").to_string();
-    let tcp = TcpStream::connect(&addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// Opens the socket; `Err((status, error code))` when the handshake is refused.
 async fn open(s: &Server, query: &str, origin: Option<&str>) -> Result<Ws, (u16, String)> {
     let url = format!(
@@ -68,7 +45,7 @@ async fn open(s: &Server, query: &str, origin: Option<&str>) -> Result<Ws, (u16,
     if let Some(o) = origin {
         req.headers_mut().insert("origin", o.parse().unwrap());
     }
-    match tokio_tungstenite::client_async(req, tls(s).await).await {
+    match tokio_tungstenite::client_async(req, common::tls_stream(s).await).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))

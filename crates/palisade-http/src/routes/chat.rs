@@ -122,6 +122,7 @@ fn sse(ev: &ChatStreamEvent) -> Result<Event, Infallible> {
 
 fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream_events(move |tx| async move {
+        let _open = crate::telemetry::Open::stream("sse");
         let start = ChatStreamEvent::Start {
             session_id: run.session_id.to_string(),
             user_message_id: run.user_message_id.to_string(),

@@ -1,12 +1,46 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes, and spec 003's `/health` and `/health/detailed`.
+
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use palisade_core::access::ModelsManage;
 use palisade_types::{HealthCheck, HealthResponse};
+use serde_json::{json, Value};
 
+use crate::auth::Perm;
 use crate::AppState;
+
+/// One dependency's answer to a readiness probe.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub response_time_ms: u64,
+}
+
+impl Check {
+    /// Runs `probe` and times it.
+    pub async fn timed<F: std::future::Future<Output = bool>>(name: &str, probe: F) -> Check {
+        let at = Instant::now();
+        let ok = probe.await;
+        Check {
+            name: name.to_string(),
+            ok,
+            response_time_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Every dependency plus the model.
+async fn all_checks(state: &AppState) -> Vec<Check> {
+    let mut checks = state.readiness.checks().await;
+    let provider = state.chat.provider().clone();
+    checks.push(Check::timed("model", async move { provider.is_ready() }).await);
+    checks
+}
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<HealthResponse> {
@@ -16,22 +50,89 @@ pub async fn healthz() -> Json<HealthResponse> {
     })
 }
 
-/// `GET /readyz`: the database answers and the model is loaded.
+/// `GET /readyz`: the database (and Redis, when configured) answers and the model is loaded.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let mut checks = state.readiness.checks().await;
-    checks.push(("model".into(), state.chat.provider().is_ready()));
-    let ok = checks.iter().all(|(_, ok)| *ok);
+    let checks = all_checks(&state).await;
+    let ok = checks.iter().all(|c| c.ok);
     let body = HealthResponse {
         status: if ok { "ok" } else { "unavailable" }.into(),
         checks: checks
             .into_iter()
-            .map(|(name, ok)| HealthCheck { name, ok })
+            .map(|c| HealthCheck {
+                name: c.name,
+                ok: c.ok,
+            })
             .collect(),
     };
-    let status = if ok {
+    (status_of(ok), Json(body))
+}
+
+fn status_of(ok: bool) -> StatusCode {
+    if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `GET /health` (spec 003): `{"status": "healthy", "timestamp": …}`; public, says nothing
+/// about the dependencies.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "healthy", "timestamp": now_rfc3339() }))
+}
+
+/// `GET /health/detailed` (spec 003), for platform administrators: every dependency with its
+/// response time, the process's memory, the version. 503 when a dependency is down.
+pub async fn detailed(
+    State(state): State<AppState>,
+    _admin: Perm<ModelsManage>,
+) -> impl IntoResponse {
+    let checks = all_checks(&state).await;
+    let ok = checks.iter().all(|c| c.ok);
+    let mut components = serde_json::Map::new();
+    for c in checks {
+        components.insert(
+            c.name,
+            json!({
+                "status": if c.ok { "healthy" } else { "unhealthy" },
+                "response_time_ms": c.response_time_ms,
+            }),
+        );
+    }
+    let (used, available) = memory_mb();
+    components.insert(
+        "memory".into(),
+        json!({ "status": "healthy", "used_mb": used, "available_mb": available }),
+    );
+    let body = json!({
+        "status": if ok { "healthy" } else { "unhealthy" },
+        "timestamp": now_rfc3339(),
+        "components": components,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status_of(ok), Json(body))
+}
+
+/// This process's resident memory and the machine's available memory, in MiB (Linux `/proc`;
+/// `None` elsewhere).
+fn memory_mb() -> (Option<u64>, Option<u64>) {
+    let kb = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
     };
-    (status, Json(body))
+    let used = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| kb(&t, "VmRSS:"))
+        .map(|k| k / 1024);
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| kb(&t, "MemAvailable:"))
+        .map(|k| k / 1024);
+    (used, available)
 }

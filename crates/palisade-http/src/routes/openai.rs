@@ -344,6 +344,7 @@ fn data<T: serde::Serialize>(v: &T) -> Result<Event, Infallible> {
 /// token arrives as an `{"error":…}` event (OpenAI clients raise it as an `APIError`).
 fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream_events(move |tx| async move {
+        let _open = crate::telemetry::Open::stream("openai_sse");
         let id = completion_id(&run);
         let created = unix_now();
         let model = run.model.clone();

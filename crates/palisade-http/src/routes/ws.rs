@@ -303,6 +303,7 @@ impl Session {
     }
 
     async fn serve(mut self) {
+        let _open = crate::telemetry::Open::websocket();
         let ready = json!({
             "type": "ready",
             "user_id": self.who.user_id.to_string(),

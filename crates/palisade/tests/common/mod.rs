@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+pub mod oidc;
 pub mod stub;
 
 use reqwest::{Client, Response, StatusCode};
@@ -78,6 +79,12 @@ impl Server {
 
     /// Starts a server on an existing data dir.
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Server {
+        Self::start_listening(dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts a server listening on `listen` (for flows whose redirect address must be known
+    /// before the server starts, such as single sign-on).
+    pub fn start_listening(dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Server {
         let model = model_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
         assert!(
             model.is_file(),
@@ -85,7 +92,7 @@ impl Server {
             model.display()
         );
         let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path())
             .env("PALISADE_MODEL_DIR", model_dir())
             .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -155,6 +162,11 @@ impl Server {
     /// The server's log so far, as one string.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// The server process's id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -349,4 +361,28 @@ pub async fn sse_events(r: Response) -> Vec<Value> {
         .filter_map(|l| l.strip_prefix("data:"))
         .map(|d| serde_json::from_str(d.trim()).unwrap())
         .collect()
+}
+
+/// A TLS connection to the server (trusting its generated certificate), for tests that speak
+/// raw HTTP or WebSocket over it.
+pub async fn tls_stream(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = s.base.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }

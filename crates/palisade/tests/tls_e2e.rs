@@ -1,0 +1,162 @@
+//! Black-box: the listener's certificate is renewed without a restart. A keep-alive connection
+//! opened under the old certificate goes on working; new handshakes get the new one, after a
+//! SIGHUP or on their own once the files change. A broken pair keeps the old certificate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+type Conn = TlsStream<tokio::net::TcpStream>;
+
+/// A fresh self-signed certificate for 127.0.0.1: (cert PEM, key PEM, cert DER).
+fn cert() -> (String, String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    (
+        ck.cert.pem(),
+        ck.key_pair.serialize_pem(),
+        ck.cert.der().to_vec(),
+    )
+}
+
+/// Writes the pair the way a renewal tool should: to temporary names, then renamed into place.
+fn install(dir: &std::path::Path, cert_pem: &str, key_pem: &str) {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(tls.join("key.pem.new"), key_pem).unwrap();
+    std::fs::write(tls.join("cert.pem.new"), cert_pem).unwrap();
+    std::fs::rename(tls.join("key.pem.new"), tls.join("key.pem")).unwrap();
+    std::fs::rename(tls.join("cert.pem.new"), tls.join("cert.pem")).unwrap();
+}
+
+async fn connect(base: &str, trusted: &[&[u8]]) -> Conn {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+fn served_cert(c: &Conn) -> Vec<u8> {
+    c.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One keep-alive `GET /healthz` on `c`: the status line.
+async fn healthz(c: &mut Conn) -> String {
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.lines().next().unwrap().to_string();
+            }
+        }
+    }
+}
+
+/// Waits until new handshakes present `want`.
+async fn wait_for_cert(base: &str, trusted: &[&[u8]], want: &[u8], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let c = connect(base, trusted).await;
+        if served_cert(&c) == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_pem, a_key, a_der) = cert();
+    install(dir.path(), &a_pem, &a_key);
+    let s = Server::start_in(dir, &[]);
+    let (b_pem, b_key, b_der) = cert();
+    let (c_pem, c_key, c_der) = cert();
+    let trusted: [&[u8]; 3] = [&a_der, &b_der, &c_der];
+
+    let mut old = connect(&s.base, &trusted).await;
+    assert_eq!(served_cert(&old), a_der);
+    assert_eq!(healthz(&mut old).await, "HTTP/1.1 200 OK");
+
+    // SIGHUP: at once.
+    install(s.data_dir(), &b_pem, &b_key);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let took = wait_for_cert(&s.base, &trusted, &b_der, Duration::from_secs(3)).await;
+    eprintln!("new certificate served {took:?} after SIGHUP");
+    // The connection made under the old certificate is still served.
+    assert_eq!(healthz(&mut old).await, "HTTP/1.1 200 OK");
+    assert_eq!(served_cert(&old), a_der);
+
+    // A broken pair (a key that does not match) is refused; the current certificate stays.
+    let tls = s.data_dir().join("tls");
+    std::fs::write(tls.join("key.pem"), &c_key).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let c = connect(&s.base, &trusted).await;
+    assert_eq!(served_cert(&c), b_der);
+    assert!(
+        s.log().contains("TLS certificate not reloaded"),
+        "{}",
+        s.log()
+    );
+
+    // Files changed on disk without a signal: picked up by the watcher.
+    install(s.data_dir(), &c_pem, &c_key);
+    let took = wait_for_cert(&s.base, &trusted, &c_der, Duration::from_secs(12)).await;
+    eprintln!("new certificate served {took:?} after the files changed");
+    assert_eq!(healthz(&mut old).await, "HTTP/1.1 200 OK");
+}
