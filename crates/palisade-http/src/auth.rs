@@ -187,8 +187,15 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
                 ))
                 .into_response();
             }
+            let caller = crate::telemetry::Caller {
+                user: principal.user_id.to_string(),
+                tenant: principal.tenant_id.to_string(),
+            };
             req.extensions_mut().insert(principal);
-            next.run(req).await
+            let mut res = next.run(req).await;
+            // For the access log, which runs outside this middleware.
+            res.extensions_mut().insert(caller);
+            res
         }
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -72,9 +72,18 @@ pub async fn scrape(State(s): State<AppState>, req: Request) -> Response {
     exposition(&endpoint.render)
 }
 
+/// Who made a request, as the authentication middleware found them (for the access log).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub tenant: String,
+}
+
 /// Middleware (outermost of the routes): counts every answer by method, route pattern and
-/// status, times it (to the response head; a stream's body is measured by its own gauges), and
-/// counts refusals at a limit by the limit's code.
+/// status, times it (to the response head; a stream's body is measured by its own gauges),
+/// counts refusals at a limit by the limit's code, and writes one access-log line (target
+/// `palisade::access`: request id, method, route pattern, status, duration, user and tenant
+/// ids; never the query string, a body or a header value).
 pub async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
@@ -82,8 +91,26 @@ pub async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let res = next.run(req).await;
     let status = res.status();
+    let caller = res.extensions().get::<Caller>();
+    tracing::info!(
+        target: "palisade::access",
+        request_id = %request_id,
+        method,
+        route = %endpoint,
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        user_id = caller.map_or("", |c| c.user.as_str()),
+        tenant_id = caller.map_or("", |c| c.tenant.as_str()),
+        "request"
+    );
     metrics::counter!(
         "http_requests_total",
         "method" => method,

@@ -62,7 +62,10 @@ fn assert_hardened(h: &HeaderMap, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_request_ids_cors_and_slow_clients() {
     let cfg = config();
-    let s = Server::start(&[("PALISADE_CONFIG", cfg.path().to_str().unwrap())]);
+    let s = Server::start(&[
+        ("PALISADE_CONFIG", cfg.path().to_str().unwrap()),
+        ("PALISADE_LOG", "warn,palisade::access=info"),
+    ]);
     let admin = s.admin_token().await;
 
     // Security headers on success, refusals and errors alike.
@@ -108,6 +111,38 @@ async fn headers_request_ids_cors_and_slow_clients() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-42.abc:7");
+    // The access log names it, with the route pattern, status and the caller's ids.
+    let r = s
+        .client
+        .get(s.url("/api/auth/me?secret=query-must-not-be-logged"))
+        .bearer_auth(&admin)
+        .header("x-request-id", "trace-43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let me: serde_json::Value = r.json().await.unwrap();
+    let uid = me["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = s.log();
+    let line = |id: &str| {
+        log.lines()
+            .find(|l| l.contains("palisade::access") && l.contains(id))
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{log}"))
+            .to_string()
+    };
+    let health = line("trace-42.abc:7");
+    assert!(
+        health.contains("/healthz") && health.contains("200"),
+        "{health}"
+    );
+    let me_line = line("trace-43");
+    assert!(
+        me_line.contains("/api/auth/me") && me_line.contains(&uid),
+        "{me_line}"
+    );
+    assert!(!log.contains("query-must-not-be-logged"));
+    assert!(!log.contains(&admin), "a token reached the log");
     for bad in ["has space", "<script>", &"x".repeat(200)] {
         let r = s
             .client
