@@ -365,6 +365,9 @@ pub struct TlsConfig {
     /// localhost is generated into the data dir (loopback only).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Mutual TLS: a PEM bundle of the certificate authorities whose client certificates the
+    /// listener requires. A client without such a certificate cannot complete the handshake.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

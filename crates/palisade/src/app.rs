@@ -760,10 +760,16 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         cfg.tls.cert.as_deref(),
         cfg.tls.key.as_deref(),
     )?;
-    let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-        .await
-        .context("loading the TLS certificate")?;
-    crate::tls::spawn_reload(rustls_cfg.clone(), &tls, Duration::from_secs(5));
+    let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(
+        crate::tls::server_config(&tls, cfg.tls.client_ca.as_deref())
+            .context("loading the TLS certificate")?,
+    );
+    crate::tls::spawn_reload(
+        rustls_cfg.clone(),
+        &tls,
+        cfg.tls.client_ca.clone(),
+        Duration::from_secs(5),
+    );
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -828,6 +834,13 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
                 out,
                 "  TLS:       self-signed certificate {}",
                 tls.cert.display()
+            )?;
+        }
+        if let Some(ca) = &cfg.tls.client_ca {
+            writeln!(
+                out,
+                "  mTLS:      client certificates required (CAs in {})",
+                ca.display()
             )?;
         }
         match (metrics_at, &metrics) {

@@ -49,6 +49,56 @@ pub fn ensure(
     })
 }
 
+/// The listener's TLS settings: TLS 1.2 and 1.3 with rustls' modern suites, HTTP/2 and
+/// HTTP/1.1 by ALPN, and, with `client_ca`, client certificates required from those CAs.
+pub fn server_config(
+    files: &TlsFiles,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .with_context(|| format!("reading {}", files.cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no certificate",
+        files.cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading {}", files.key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots
+                    .add(c.with_context(|| format!("reading {}", ca.display()))?)
+                    .with_context(|| format!("a certificate of {}", ca.display()))?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .context("the certificate and its key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
+}
+
 /// Serves a renewed certificate without a restart: on SIGHUP, and when the files' modification
 /// times change (checked every `every`). Connections already open keep their session; new
 /// handshakes get the new certificate. A pair that does not load (half-written, mismatched)
@@ -56,14 +106,21 @@ pub fn ensure(
 pub fn spawn_reload(
     config: axum_server::tls_rustls::RustlsConfig,
     files: &TlsFiles,
+    client_ca: Option<PathBuf>,
     every: std::time::Duration,
 ) {
     let (cert, key) = (files.cert.clone(), files.key.clone());
+    let ca = client_ca.clone();
     let stamp = move || {
         let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-        (m(&cert), m(&key))
+        (m(&cert), m(&key), ca.as_deref().and_then(m))
     };
-    let (cert, key) = (files.cert.clone(), files.key.clone());
+    let files = TlsFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        self_signed: files.self_signed,
+    };
+    let cert = files.cert.clone();
     tokio::spawn(async move {
         let mut seen = stamp();
         let mut tick = tokio::time::interval(every);
@@ -90,8 +147,11 @@ pub fn spawn_reload(
                 continue;
             }
             seen = now;
-            match config.reload_from_pem_file(&cert, &key).await {
-                Ok(()) => tracing::info!(cert = %cert.display(), why, "TLS certificate reloaded"),
+            match server_config(&files, client_ca.as_deref()) {
+                Ok(c) => {
+                    config.reload_from_config(c);
+                    tracing::info!(cert = %cert.display(), why, "TLS certificate reloaded");
+                }
                 Err(e) => tracing::error!(
                     error = %e,
                     cert = %cert.display(),

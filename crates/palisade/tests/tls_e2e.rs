@@ -160,3 +160,120 @@ async fn certificates_reload_without_dropping_connections() {
     eprintln!("new certificate served {took:?} after the files changed");
     assert_eq!(healthz(&mut old).await, "HTTP/1.1 200 OK");
 }
+
+/// A CA, a client certificate it signed, and one it did not.
+struct Pki {
+    ca_pem: String,
+    client: (Vec<u8>, Vec<u8>),
+    stranger: (Vec<u8>, Vec<u8>),
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Palisade test client CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        (p, KeyPair::generate().unwrap())
+    };
+    let (p, k) = leaf("svc-reporting");
+    let client = p.signed_by(&k, &ca_cert, &ca_key).unwrap();
+    let (p, k2) = leaf("mallory");
+    let stranger = p.self_signed(&k2).unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        client: (client.der().to_vec(), k.serialize_der()),
+        stranger: (stranger.der().to_vec(), k2.serialize_der()),
+    }
+}
+
+/// A TLS 1.3 connection presenting `identity` (or none), then one request: the status line,
+/// or the error that ended the exchange.
+async fn try_with(
+    s: &Server,
+    identity: Option<&(Vec<u8>, Vec<u8>)>,
+    path: &str,
+) -> Result<String, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(cert.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+            )
+            .unwrap(),
+    };
+    let tcp = tokio::net::TcpStream::connect(s.base.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut c = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, &p.ca_pem).unwrap();
+    let s = Server::start(&[("PALISADE_TLS__CLIENT_CA", ca.to_str().unwrap())]);
+    assert!(
+        s.stdout.iter().any(|l| l.contains("mTLS:")),
+        "{:?}",
+        s.stdout
+    );
+    assert_eq!(
+        try_with(&s, Some(&p.client), "/healthz").await,
+        Ok("HTTP/1.1 200 OK".to_string())
+    );
+    let without = try_with(&s, None, "/healthz").await;
+    assert!(without.is_err(), "no certificate: {without:?}");
+    let stranger = try_with(&s, Some(&p.stranger), "/healthz").await;
+    assert!(
+        stranger.is_err(),
+        "a certificate of another CA: {stranger:?}"
+    );
+    // The application's own authentication still applies behind mTLS.
+    assert_eq!(
+        try_with(&s, Some(&p.client), "/api/auth/me").await,
+        Ok("HTTP/1.1 401 Unauthorized".to_string())
+    );
+}
