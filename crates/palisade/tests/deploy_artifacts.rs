@@ -9,8 +9,12 @@ use std::path::Path;
 use std::process::Command;
 
 fn deploy(file: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file))
-        .unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy")
+            .join(file),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -42,9 +46,12 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .current_dir(dir.path())
         .output()
         .expect("systemd-analyze (scripts/setup --test installs systemd)");
-    let said = String::from_utf8_lossy(&out.stderr).to_string()
-        + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{said}");
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{said}"
+    );
     assert!(
         !said.contains("palisade.service"),
         "systemd-analyze found problems in the unit:\n{said}"
@@ -60,7 +67,10 @@ fn the_image_runs_as_a_user_and_carries_no_secret() {
         .lines()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line in the runtime stage");
-    assert!(!user.starts_with("0") && !user.starts_with("root"), "{user}");
+    assert!(
+        !user.starts_with("0") && !user.starts_with("root"),
+        "{user}"
+    );
     for secret in ["API_KEY=", "PASSWORD=", "MASTER_KEY", "SECRET="] {
         assert!(!docker.contains(secret), "the image bakes in {secret}");
     }
