@@ -242,7 +242,7 @@ async fn palisade_behind_nginx() {
         .into_client_request()
         .unwrap();
     req.headers_mut().insert("origin", front.parse().unwrap());
-    let tls = tls_to(&s, port).await;
+    let tls = common::tls_to(&s, &format!("127.0.0.1:{port}")).await;
     let (mut ws, _) = tokio_tungstenite::client_async(req, tls)
         .await
         .unwrap_or_else(|e| panic!("WebSocket through nginx: {e}\n{}", nginx.error_log()));
@@ -298,28 +298,4 @@ async fn palisade_behind_nginx() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     drop(nginx);
-}
-
-/// TLS to nginx's port, trusting the server's certificate (which nginx serves).
-async fn tls_to(s: &Server, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
 }

@@ -48,12 +48,7 @@ async fn connect(base: &str, trusted: &[&[u8]]) -> Conn {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("https://"))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
+    common::tls_with(cfg, base.trim_start_matches("https://"))
         .await
         .unwrap()
 }
@@ -203,17 +198,7 @@ async fn try_with(
     path: &str,
 ) -> Result<String, String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
+    let builder = common::trusting(s);
     let cfg = match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => builder
@@ -223,12 +208,7 @@ async fn try_with(
             )
             .unwrap(),
     };
-    let tcp = tokio::net::TcpStream::connect(s.base.trim_start_matches("https://"))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut c = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
+    let mut c = common::tls_with(cfg, s.base.trim_start_matches("https://"))
         .await
         .map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");

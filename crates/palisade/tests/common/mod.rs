@@ -363,26 +363,47 @@ pub async fn sse_events(r: Response) -> Vec<Value> {
         .collect()
 }
 
-/// A TLS connection to the server (trusting its generated certificate), for tests that speak
-/// raw HTTP or WebSocket over it.
-pub async fn tls_stream(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+/// The server's certificate as a trust root, for a TLS client: the builder stops before the
+/// client-authentication choice (none, or a client certificate for mutual TLS).
+pub fn trusting(
+    s: &Server,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
     let pem = std::fs::read(s.data_dir().join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let addr = s.base.trim_start_matches("https://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+}
+
+/// A TLS connection made with `cfg` to `addr` (the server, or a proxy serving its
+/// certificate), named `127.0.0.1`.
+pub async fn tls_with(
+    cfg: rustls::ClientConfig,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
+}
+
+/// A TLS connection to `addr` trusting the server's certificate, for tests that speak raw HTTP
+/// or WebSocket over it.
+pub async fn tls_to(
+    s: &Server,
+    addr: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_with(trusting(s).with_no_client_auth(), addr)
+        .await
         .unwrap()
+}
+
+/// A TLS connection to the server itself.
+pub async fn tls_stream(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_to(s, s.base.trim_start_matches("https://")).await
 }
