@@ -28,8 +28,10 @@ pub enum Admission {
         remaining: u64,
         reset_secs: u64,
     },
-    /// Refused by the limit named `label` (e.g. "chat requests per user: 10 per 1 s").
+    /// Refused by the limit named `label` (e.g. "chat requests per user: 10 per 1 s"); `name`
+    /// is the same without its figures ("chat requests per user"), for metrics.
     Denied {
+        name: &'static str,
         label: String,
         limit: u64,
         retry_after_secs: u32,
@@ -76,14 +78,13 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             resp
         }
         Admission::Denied {
+            name,
             label,
             limit,
             retry_after_secs,
         } => {
             tracing::info!(user_id = %who.user_id, limit = %label, "rate limit reached");
-            // The limit's name without its figures ("chat requests per user"), so overrides
-            // do not make series of their own.
-            crate::telemetry::rejected(label.split(':').next().unwrap_or(&label).trim());
+            crate::telemetry::rejected(name);
             state.chat.count_refusal(&who).await;
             let mut resp = ApiError::from(CoreError::too_many(
                 "rate_limited",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -43,6 +43,19 @@ impl MetricsEndpoint {
         };
         !self.token.is_empty() && bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
     }
+
+    /// A scrape's answer: the values, or 401 without the right bearer (on either listener).
+    pub fn answer(&self, headers: &HeaderMap) -> Response {
+        if !self.admits(headers.get(header::AUTHORIZATION)) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the metrics need the bearer token of `metrics.token`",
+            )
+            .into_response();
+        }
+        exposition(&self.render)
+    }
 }
 
 /// The body of a scrape, with Prometheus' content type.
@@ -57,19 +70,11 @@ pub fn exposition(render: &Render) -> Response {
 
 /// `GET /metrics`: 404 unless `metrics.token` is set (the route does not exist then), 401
 /// without the right bearer.
-pub async fn scrape(State(s): State<AppState>, req: Request) -> Response {
-    let Some(endpoint) = &s.metrics else {
-        return ApiError::not_found().into_response();
-    };
-    if !endpoint.admits(req.headers().get(header::AUTHORIZATION)) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "the metrics need the bearer token of `metrics.token`",
-        )
-        .into_response();
+pub async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    match &s.metrics {
+        Some(endpoint) => endpoint.answer(&headers),
+        None => ApiError::not_found().into_response(),
     }
-    exposition(&endpoint.render)
 }
 
 /// Who made a request, as the authentication middleware found them (for the access log).
@@ -91,18 +96,17 @@ pub async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    // A cheap handle (shared bytes), read only if the access log is on.
+    let request_id = req.headers().get("x-request-id").cloned();
     let res = next.run(req).await;
     let status = res.status();
     let caller = res.extensions().get::<Caller>();
     tracing::info!(
         target: "palisade::access",
-        request_id = %request_id,
+        request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
         method,
         route = %endpoint,
         status = status.as_u16(),

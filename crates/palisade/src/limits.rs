@@ -334,10 +334,13 @@ impl LimitOverrides for LimitRules {
 /// One check with the words that name it to the caller.
 struct Named {
     check: Check,
+    /// The limit without its figures ("tokens per user").
+    name: &'static str,
+    /// With them ("tokens per user: 1000 per 1 d"), for people.
     label: String,
 }
 
-fn rate_check(key: String, dimension: Dimension, r: Rate, cost: u64, label: &str) -> Named {
+fn rate_check(key: String, dimension: Dimension, r: Rate, cost: u64, label: &'static str) -> Named {
     let what = match dimension {
         Dimension::ComputeMs => format!(
             "{label}: {} compute-seconds per {} s",
@@ -354,11 +357,12 @@ fn rate_check(key: String, dimension: Dimension, r: Rate, cost: u64, label: &str
             period: r.period,
             cost,
         },
+        name: label,
         label: what,
     }
 }
 
-fn stream_check(key: String, amount: u32, label: &str) -> Option<Named> {
+fn stream_check(key: String, amount: u32, label: &'static str) -> Option<Named> {
     (amount > 0).then(|| Named {
         check: Check {
             key: format!("{key}:concurrent"),
@@ -367,6 +371,7 @@ fn stream_check(key: String, amount: u32, label: &str) -> Option<Named> {
             period: Duration::ZERO,
             cost: 1,
         },
+        name: label,
         label: format!("{label}: {amount} at a time"),
     })
 }
@@ -480,6 +485,7 @@ impl RequestLimits for RouteLimits {
                 retry_after,
                 ..
             }) => Admission::Denied {
+                name: checks.get(index).map_or("limit", |n| n.name),
                 label: checks
                     .get(index)
                     .map(|n| n.label.clone())
@@ -516,11 +522,12 @@ impl Budgets {
         let m = format!("m:{}", demand.model);
         let model = r.models.get(&demand.model).copied().unwrap_or_default();
         let mut out = Vec::new();
-        let mut rate = |scope: &str, dim: Dimension, rate: Option<Rate>, cost: u64, label: &str| {
-            if let Some(rt) = rate {
-                out.push(rate_check(scope.to_string(), dim, rt, cost, label));
-            }
-        };
+        let mut rate =
+            |scope: &str, dim: Dimension, rate: Option<Rate>, cost: u64, label: &'static str| {
+                if let Some(rt) = rate {
+                    out.push(rate_check(scope.to_string(), dim, rt, cost, label));
+                }
+            };
         rate(
             &u,
             Dimension::Tokens,

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use palisade_config::Config;
@@ -25,10 +25,10 @@ const RATES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 10
 
 /// What `[metrics]` turned on.
 pub struct Metrics {
-    /// For the main port's `/metrics` (set when `metrics.token` is).
+    /// The bearer-guarded scrape (set when `metrics.token` is): the main port's `/metrics`, and
+    /// the separate listener's too.
     pub endpoint: Option<Arc<MetricsEndpoint>>,
     render: Render,
-    token: Option<String>,
 }
 
 /// Installs the recorder when `[metrics]` names a listener or a token; `None` otherwise (every
@@ -56,11 +56,8 @@ pub fn install(cfg: &Config) -> anyhow::Result<Option<Metrics>> {
     });
     let render: Render = Arc::new(move || handle.render());
     Ok(Some(Metrics {
-        endpoint: token
-            .clone()
-            .map(|t| Arc::new(MetricsEndpoint::new(t, render.clone()))),
+        endpoint: token.map(|t| Arc::new(MetricsEndpoint::new(t, render.clone()))),
         render,
-        token,
     }))
 }
 
@@ -77,10 +74,7 @@ impl Metrics {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let gate = Arc::new(Gate {
             render: self.render.clone(),
-            endpoint: self
-                .token
-                .clone()
-                .map(|t| MetricsEndpoint::new(t, self.render.clone())),
+            endpoint: self.endpoint.clone(),
         });
         let app = axum::Router::new()
             .route("/metrics", get(scrape))
@@ -99,16 +93,14 @@ impl Metrics {
 /// too; without it (a loopback address, see config validation) the listener is open.
 struct Gate {
     render: Render,
-    endpoint: Option<MetricsEndpoint>,
+    endpoint: Option<Arc<MetricsEndpoint>>,
 }
 
-async fn scrape(State(g): State<Arc<Gate>>, req: Request) -> Response {
-    if let Some(e) = &g.endpoint {
-        if !e.admits(req.headers().get(header::AUTHORIZATION)) {
-            return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
-        }
+async fn scrape(State(g): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    match &g.endpoint {
+        Some(e) => e.answer(&headers),
+        None => exposition(&g.render),
     }
-    exposition(&g.render)
 }
 
 /// Help texts, and the families that must show from the first scrape (a zero is information:

@@ -8,6 +8,7 @@ use anyhow::Context;
 use palisade_auth::jwt::write_private;
 
 /// Certificate and key paths to serve with.
+#[derive(Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -109,20 +110,13 @@ pub fn spawn_reload(
     client_ca: Option<PathBuf>,
     every: std::time::Duration,
 ) {
-    let (cert, key) = (files.cert.clone(), files.key.clone());
-    let ca = client_ca.clone();
-    let stamp = move || {
+    let files = files.clone();
+    let stamp = move |files: &TlsFiles, ca: Option<&Path>| {
         let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-        (m(&cert), m(&key), ca.as_deref().and_then(m))
+        [Some(files.cert.as_path()), Some(files.key.as_path()), ca].map(|p| p.and_then(m))
     };
-    let files = TlsFiles {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        self_signed: files.self_signed,
-    };
-    let cert = files.cert.clone();
     tokio::spawn(async move {
-        let mut seen = stamp();
+        let mut seen = stamp(&files, client_ca.as_deref());
         let mut tick = tokio::time::interval(every);
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -142,7 +136,7 @@ pub fn spawn_reload(
                 _ = tick.tick() => "changed on disk",
                 () = signalled => "SIGHUP",
             };
-            let now = stamp();
+            let now = stamp(&files, client_ca.as_deref());
             if why != "SIGHUP" && now == seen {
                 continue;
             }
@@ -150,11 +144,11 @@ pub fn spawn_reload(
             match server_config(&files, client_ca.as_deref()) {
                 Ok(c) => {
                     config.reload_from_config(c);
-                    tracing::info!(cert = %cert.display(), why, "TLS certificate reloaded");
+                    tracing::info!(cert = %files.cert.display(), why, "TLS certificate reloaded");
                 }
                 Err(e) => tracing::error!(
                     error = %e,
-                    cert = %cert.display(),
+                    cert = %files.cert.display(),
                     "TLS certificate not reloaded; the previous one stays in use"
                 ),
             }
