@@ -41,6 +41,8 @@ pub struct Config {
     pub guard: GuardSettings,
     /// Request limits, budgets and concurrency (see `docs/limits.md`).
     pub limits: LimitsConfig,
+    /// The database: SQLite in the data dir (default) or PostgreSQL (see `docs/scale-out.md`).
+    pub store: StoreConfig,
     /// Shared state for several replicas (see `docs/limits.md`, `docs/deployment.md`).
     pub redis: RedisConfig,
     /// The tamper-evident audit trail (see `docs/audit.md`).
@@ -169,6 +171,66 @@ impl Default for AuditFileConfig {
     }
 }
 
+/// `[store]`: where Palisade keeps its data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=verify-full&sslrootcert=FILE]`, or a
+    /// reference to it (`env::NAME`, `file::PATH`) so a password need not sit in the file.
+    /// Unset: SQLite, `palisade.db` in the data dir. The password is never logged.
+    pub url: Option<String>,
+    /// Connections of this replica's pool (PostgreSQL).
+    pub max_connections: u32,
+    /// Seconds a request waits for a free connection before it fails (PostgreSQL).
+    pub acquire_timeout_secs: u64,
+    /// `statement_timeout` of every connection, in seconds; 0: none (PostgreSQL).
+    pub statement_timeout_secs: u64,
+    /// The role statements run as (`SET ROLE`, PostgreSQL): the migrations create
+    /// `palisade_app`, which cannot bypass row-level security. Empty: the login role itself,
+    /// which then must not be able to bypass it either.
+    pub role: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_secs: 10,
+            statement_timeout_secs: 30,
+            role: "palisade_app".into(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The URL, with an `env::`/`file::` reference resolved.
+    pub fn resolved_url(&self) -> Result<Option<String>, ConfigError> {
+        match self.url.as_deref() {
+            None => Ok(None),
+            Some(r) if r.starts_with("env::") || r.starts_with("file::") => {
+                resolve_secret("store.url", r).map(Some)
+            }
+            Some(u) => Ok(Some(u.to_string())),
+        }
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn display_url(&self) -> Option<String> {
+        self.url.as_deref().map(hide_password)
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://***@host`.
+fn hide_password(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+        }
+        _ => u.to_string(),
+    }
+}
+
 /// `[redis]`: the Redis that replicas share.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -193,14 +255,7 @@ impl RedisConfig {
 
     /// The URL with any password replaced by `***`, for messages and logs.
     pub fn display_url(&self) -> Option<String> {
-        self.url
-            .as_deref()
-            .map(|u| match (u.find("://"), u.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}://***@{}", &u[..scheme], &u[at + 1..])
-                }
-                _ => u.to_string(),
-            })
+        self.url.as_deref().map(hide_password)
     }
 }
 
@@ -721,6 +776,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             guard: GuardSettings::default(),
             limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
             crypto: CryptoConfig::default(),
@@ -795,6 +851,19 @@ impl Config {
 
     /// Refuses unsafe or impossible settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = self.store.url.as_deref() {
+            let known = ["postgres://", "postgresql://", "env::", "file::"];
+            if !known.iter().any(|k| u.starts_with(k)) {
+                return Err(ConfigError::Invalid {
+                    key: "store.url",
+                    message: format!(
+                        "{} is not a postgres:// URL (leave store.url unset for SQLite in the \
+                         data dir)",
+                        self.store.display_url().unwrap_or_default()
+                    ),
+                });
+            }
+        }
         let addr = self.listen_addr()?;
         let own_cert = self.tls.cert.is_some() || self.tls.key.is_some();
         if self.tls.cert.is_some() != self.tls.key.is_some() {

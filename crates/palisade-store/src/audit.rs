@@ -9,15 +9,15 @@
 use palisade_core::audit::{AuditKey, AuditLink, Broken, ChainVerifier, GENESIS, PLATFORM_CHAIN};
 use palisade_core::identity::SecurityEvent;
 use palisade_core::{CoreError, CoreResult};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{db_err, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 const LINK_COLS: &str = "chain, chain_seq, kind, tenant_id, user_id, actor_id, ip, user_agent, \
                          request_id, detail, created_at, prev_hash, hash";
 
-fn link_from(row: &SqliteRow) -> CoreResult<AuditLink> {
+fn link_from(row: &AnyRow) -> CoreResult<AuditLink> {
     Ok(AuditLink {
         chain: row.try_get("chain").map_err(db_err)?,
         chain_seq: row.try_get("chain_seq").map_err(db_err)?,
@@ -159,15 +159,11 @@ impl Store {
         }
     }
 
-    /// Chains and inserts `events` in one transaction (`BEGIN IMMEDIATE`: the chain heads are
-    /// read under the write lock).
+    /// Chains and inserts `events` in one transaction (under the writer's lock: the chain
+    /// heads are read while no other writer, of this replica or another, can append).
     async fn write_batch(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
         let _timed = crate::timed("audit_append");
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = self.begin_exclusive().await?;
         let mut heads: std::collections::HashMap<String, (i64, String)> =
             std::collections::HashMap::new();
         let mut links = Vec::with_capacity(events.len());
@@ -177,7 +173,7 @@ impl Store {
                 Some(h) => h.clone(),
                 None => {
                     let last = sqlx::query(
-                        "SELECT chain_seq, hash FROM security_events WHERE chain = ? \
+                        "SELECT chain_seq, hash FROM security_events WHERE chain = $1 \
                          ORDER BY chain_seq DESC LIMIT 1",
                     )
                     .bind(&chain)
@@ -211,7 +207,7 @@ impl Store {
             link.hash = self.audit.key.link_hash(&link);
             sqlx::query(&format!(
                 "INSERT INTO security_events ({LINK_COLS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             ))
             .bind(&link.chain)
             .bind(link.chain_seq)
@@ -245,14 +241,14 @@ impl Store {
         let (chain, seq) = after.unwrap_or(("", 0));
         let rows = sqlx::query(&format!(
             "SELECT {LINK_COLS} FROM security_events WHERE chain IS NOT NULL \
-             AND (chain > ? OR (chain = ? AND chain_seq > ?)) \
-             ORDER BY chain, chain_seq LIMIT ?"
+             AND (chain > $1 OR (chain = $2 AND chain_seq > $3)) \
+             ORDER BY chain, chain_seq LIMIT $4"
         ))
         .bind(chain)
         .bind(chain)
         .bind(seq)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         rows.iter().map(link_from).collect()
@@ -262,7 +258,7 @@ impl Store {
     pub async fn verify_audit(&self, key: &AuditKey) -> CoreResult<AuditReport> {
         let unchained: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM security_events WHERE chain IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one_in(self, Scope::System)
                 .await
                 .map_err(db_err)?;
         let mut v = ChainVerifier::new(key.clone());
@@ -299,7 +295,7 @@ impl Store {
                    WHERE chain IS NOT NULL GROUP BY chain) h \
              ON e.chain = h.chain AND e.chain_seq = h.top ORDER BY e.chain",
         )
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         rows.iter()
@@ -316,11 +312,11 @@ impl Store {
     /// The link at (`chain`, `chain_seq`).
     pub async fn audit_link(&self, chain: &str, chain_seq: i64) -> CoreResult<Option<AuditLink>> {
         let row = sqlx::query(&format!(
-            "SELECT {LINK_COLS} FROM security_events WHERE chain = ? AND chain_seq = ?"
+            "SELECT {LINK_COLS} FROM security_events WHERE chain = $1 AND chain_seq = $2"
         ))
         .bind(chain)
         .bind(chain_seq)
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         row.as_ref().map(link_from).transpose()
@@ -336,12 +332,12 @@ impl Store {
     ) -> CoreResult<Vec<(i64, AuditLink)>> {
         let rows = sqlx::query(&format!(
             "SELECT seq, {LINK_COLS} FROM security_events \
-             WHERE chain IS NOT NULL AND created_at >= ? AND seq > ? ORDER BY seq LIMIT ?"
+             WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
         .bind(since_ms)
         .bind(after)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         rows.iter()

@@ -9,11 +9,11 @@ use palisade_core::ids::{MessageId, SessionId, TenantId, UserId};
 use palisade_core::ports::ChatRepository;
 use palisade_core::provider::Role;
 use palisade_core::{CoreError, CoreResult};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::crypto::Place;
 use crate::rows::{get, id};
-use crate::{db_err, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 impl Store {
     /// The session with its title and system prompt decrypted.
@@ -80,7 +80,7 @@ const PREVIEW_CHARS: usize = 120;
 /// The title listed for a conversation whose encryption key was shredded.
 pub const DESTROYED: &str = "(unreadable: its encryption key was destroyed)";
 
-fn session_from(row: &SqliteRow) -> CoreResult<ChatSession> {
+fn session_from(row: &AnyRow) -> CoreResult<ChatSession> {
     Ok(ChatSession {
         id: id(row, "id")?,
         tenant_id: id(row, "tenant_id")?,
@@ -92,7 +92,7 @@ fn session_from(row: &SqliteRow) -> CoreResult<ChatSession> {
     })
 }
 
-fn message_from(row: &SqliteRow) -> CoreResult<StoredMessage> {
+fn message_from(row: &AnyRow) -> CoreResult<StoredMessage> {
     let role: String = get(row, "role")?;
     let role =
         Role::parse(&role).ok_or_else(|| CoreError::Storage(format!("unknown role {role:?}")))?;
@@ -136,7 +136,7 @@ impl ChatRepository for Store {
             .await?;
         sqlx::query(
             "INSERT INTO chat_sessions (id, tenant_id, user_id, title, system_prompt, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(s.id.to_string())
         .bind(s.tenant_id.to_string())
@@ -145,7 +145,7 @@ impl ChatRepository for Store {
         .bind(&system)
         .bind(s.created_at)
         .bind(s.updated_at)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(s.tenant_id))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -161,12 +161,12 @@ impl ChatRepository for Store {
         let row = sqlx::query(
             "SELECT id, tenant_id, user_id, title, system_prompt, created_at, updated_at \
              FROM chat_sessions \
-             WHERE tenant_id = ? AND user_id = ? AND id = ?",
+             WHERE tenant_id = $1 AND user_id = $2 AND id = $3",
         )
         .bind(tenant.to_string())
         .bind(user.to_string())
         .bind(sid.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         match row.as_ref().map(session_from).transpose()? {
@@ -200,15 +200,15 @@ impl ChatRepository for Store {
              (SELECT m.content FROM messages m \
                 WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
                 ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS preview \
-             FROM chat_sessions s WHERE s.tenant_id = ? AND s.user_id = ? \
-             ORDER BY {order} LIMIT ? OFFSET ?"
+             FROM chat_sessions s WHERE s.tenant_id = $1 AND s.user_id = $2 \
+             ORDER BY {order} LIMIT $3 OFFSET $4"
         );
         let rows = sqlx::query(&sql)
             .bind(tenant.to_string())
             .bind(user.to_string())
             .bind(i64::from(limit))
             .bind(i64::from(offset))
-            .fetch_all(&self.pool)
+            .fetch_all_in(self, Scope::Tenant(tenant))
             .await
             .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -255,11 +255,11 @@ impl ChatRepository for Store {
             });
         }
         let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM chat_sessions WHERE tenant_id = ? AND user_id = ?",
+            "SELECT COUNT(*) FROM chat_sessions WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant.to_string())
         .bind(user.to_string())
-        .fetch_one(&self.pool)
+        .fetch_one_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok((out, total.max(0) as u64))
@@ -277,15 +277,15 @@ impl ChatRepository for Store {
         let (t, row) = (tenant.to_string(), sid.to_string());
         let title = self.seal_text(&title_at(&t, &row), title).await?;
         let r = sqlx::query(
-            "UPDATE chat_sessions SET title = ?, updated_at = ? \
-             WHERE tenant_id = ? AND user_id = ? AND id = ?",
+            "UPDATE chat_sessions SET title = $1, updated_at = $2 \
+             WHERE tenant_id = $3 AND user_id = $4 AND id = $5",
         )
         .bind(title)
         .bind(now)
         .bind(tenant.to_string())
         .bind(user.to_string())
         .bind(sid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
@@ -302,15 +302,15 @@ impl ChatRepository for Store {
         let (t, row) = (tenant.to_string(), sid.to_string());
         let system_prompt = self.seal_opt(&system_at(&t, &row), system_prompt).await?;
         let r = sqlx::query(
-            "UPDATE chat_sessions SET system_prompt = ?, updated_at = ? \
-             WHERE tenant_id = ? AND user_id = ? AND id = ?",
+            "UPDATE chat_sessions SET system_prompt = $1, updated_at = $2 \
+             WHERE tenant_id = $3 AND user_id = $4 AND id = $5",
         )
         .bind(system_prompt)
         .bind(now)
         .bind(tenant.to_string())
         .bind(user.to_string())
         .bind(sid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
@@ -323,18 +323,19 @@ impl ChatRepository for Store {
         sid: SessionId,
     ) -> CoreResult<bool> {
         let _timed = crate::timed("delete_session");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let r =
-            sqlx::query("DELETE FROM chat_sessions WHERE tenant_id = ? AND user_id = ? AND id = ?")
-                .bind(tenant.to_string())
-                .bind(user.to_string())
-                .bind(sid.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        let mut tx = self.begin(Scope::Tenant(tenant)).await?;
+        let r = sqlx::query(
+            "DELETE FROM chat_sessions WHERE tenant_id = $1 AND user_id = $2 AND id = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(sid.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         if r.rows_affected() == 1 {
             // Explicit, in case foreign keys were off on this connection.
-            sqlx::query("DELETE FROM messages WHERE tenant_id = ? AND session_id = ?")
+            sqlx::query("DELETE FROM messages WHERE tenant_id = $1 AND session_id = $2")
                 .bind(tenant.to_string())
                 .bind(sid.to_string())
                 .execute(&mut *tx)
@@ -354,14 +355,14 @@ impl ChatRepository for Store {
                 &m.content,
             )
             .await?;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin(Scope::Tenant(m.tenant_id)).await?;
         let meta = m.meta.as_ref();
         let r = sqlx::query(
             "INSERT INTO messages (id, tenant_id, session_id, role, content, model, prompt_tokens, \
              completion_tokens, latency_ms, finish_reason, partial, truncated_turns, fallback_from, \
              cached, guard_findings, created_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+             WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = $17 AND id = $18)",
         )
         .bind(m.id.to_string())
         .bind(m.tenant_id.to_string())
@@ -391,7 +392,7 @@ impl ChatRepository for Store {
             // The session was deleted while the answer was being generated.
             return Err(CoreError::NotFound("session"));
         }
-        sqlx::query("UPDATE chat_sessions SET updated_at = MAX(updated_at, ?) WHERE tenant_id = ? AND id = ?")
+        sqlx::query("UPDATE chat_sessions SET updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END WHERE tenant_id = $2 AND id = $3")
             .bind(m.created_at)
             .bind(m.tenant_id.to_string())
             .bind(m.session_id.to_string())
@@ -417,21 +418,21 @@ impl ChatRepository for Store {
         let rows = match before {
             Some(b) => {
                 let anchor = sqlx::query(
-                    "SELECT created_at, id FROM messages WHERE tenant_id = ? AND session_id = ? AND id = ?",
+                    "SELECT created_at, id FROM messages WHERE tenant_id = $1 AND session_id = $2 AND id = $3",
                 )
                 .bind(tenant.to_string())
                 .bind(session.to_string())
                 .bind(b.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional_in(self, Scope::Tenant(tenant))
                 .await
                 .map_err(db_err)?
                 .ok_or(CoreError::NotFound("message"))?;
                 let at: i64 = get(&anchor, "created_at")?;
                 let aid: String = get(&anchor, "id")?;
                 sqlx::query(&format!(
-                    "SELECT {COLS} FROM messages WHERE tenant_id = ? AND session_id = ? \
-                     AND (created_at < ? OR (created_at = ? AND id < ?)) \
-                     ORDER BY created_at DESC, id DESC LIMIT ?"
+                    "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND session_id = $2 \
+                     AND (created_at < $3 OR (created_at = $4 AND id < $5)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $6"
                 ))
                 .bind(tenant.to_string())
                 .bind(session.to_string())
@@ -439,18 +440,18 @@ impl ChatRepository for Store {
                 .bind(at)
                 .bind(aid)
                 .bind(fetch)
-                .fetch_all(&self.pool)
+                .fetch_all_in(self, Scope::Tenant(tenant))
                 .await
             }
             None => {
                 sqlx::query(&format!(
-                    "SELECT {COLS} FROM messages WHERE tenant_id = ? AND session_id = ? \
-                     ORDER BY created_at DESC, id DESC LIMIT ?"
+                    "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND session_id = $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT $3"
                 ))
                 .bind(tenant.to_string())
                 .bind(session.to_string())
                 .bind(fetch)
-                .fetch_all(&self.pool)
+                .fetch_all_in(self, Scope::Tenant(tenant))
                 .await
             }
         }
@@ -471,10 +472,10 @@ impl ChatRepository for Store {
     ) -> CoreResult<Option<Pseudonyms>> {
         let _timed = crate::timed("load_vault");
         let row =
-            sqlx::query("SELECT data FROM guard_vaults WHERE tenant_id = ? AND session_id = ?")
+            sqlx::query("SELECT data FROM guard_vaults WHERE tenant_id = $1 AND session_id = $2")
                 .bind(tenant.to_string())
                 .bind(session.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional_in(self, Scope::Tenant(tenant))
                 .await
                 .map_err(db_err)?;
         match row {
@@ -504,7 +505,7 @@ impl ChatRepository for Store {
         let data = self.seal_text(&vault_at(&t, &row), &data).await?;
         sqlx::query(
             "INSERT INTO guard_vaults (session_id, tenant_id, data, updated_at) \
-             SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = ? AND id = ?) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM chat_sessions WHERE tenant_id = $5 AND id = $6) \
              ON CONFLICT (session_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at \
              WHERE guard_vaults.tenant_id = excluded.tenant_id",
         )
@@ -514,7 +515,7 @@ impl ChatRepository for Store {
         .bind(now)
         .bind(tenant.to_string())
         .bind(session.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(())

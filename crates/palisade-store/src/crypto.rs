@@ -24,7 +24,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::Row;
 
-use crate::{db_err, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 /// The prefix of a sealed value.
 const SEALED: &str = "enc1:";
@@ -280,11 +280,11 @@ impl Store {
             return Ok((version, k));
         }
         let row = sqlx::query(
-            "SELECT wrapped, master_id FROM tenant_keys WHERE tenant_id = ? AND version = ?",
+            "SELECT wrapped, master_id FROM tenant_keys WHERE tenant_id = $1 AND version = $2",
         )
         .bind(tenant)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let Some(row) = row else {
@@ -307,17 +307,17 @@ impl Store {
     async fn current_version(&self, c: &Cipher, tenant: &str) -> CoreResult<i64> {
         for _ in 0..3 {
             let newest = sqlx::query(
-                "SELECT version, wrapped IS NOT NULL AS live FROM tenant_keys \
-                 WHERE tenant_id = ? ORDER BY version DESC LIMIT 1",
+                "SELECT version, CASE WHEN wrapped IS NULL THEN 0 ELSE 1 END AS live FROM tenant_keys \
+                 WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1",
             )
             .bind(tenant)
-            .fetch_optional(&self.pool)
+            .fetch_optional_in(self, Scope::System)
             .await
             .map_err(db_err)?;
             let next = match newest {
                 Some(row) => {
                     let v: i64 = row.try_get("version").map_err(db_err)?;
-                    let live: bool = row.try_get("live").map_err(db_err)?;
+                    let live = row.try_get::<i64, _>("live").map_err(db_err)? != 0;
                     if live {
                         if let Ok(mut cur) = c.current.lock() {
                             cur.insert(tenant.to_string(), (Instant::now(), v));
@@ -336,14 +336,14 @@ impl Store {
             // Two writers racing for the first key: one insert wins, both use it.
             sqlx::query(
                 "INSERT INTO tenant_keys (tenant_id, version, wrapped, master_id, created_at) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, version) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, version) DO NOTHING",
             )
             .bind(tenant)
             .bind(next)
             .bind(&wrapped)
             .bind(&master_id)
             .bind(now_millis())
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         }
@@ -419,19 +419,23 @@ impl Store {
     /// read again. New values get a new key. Returns the number of keys destroyed.
     pub async fn shred_tenant_keys(&self, tenant: &str) -> CoreResult<u64> {
         let r = sqlx::query(
-            "UPDATE tenant_keys SET wrapped = NULL, shredded_at = ? \
-             WHERE tenant_id = ? AND wrapped IS NOT NULL",
+            "UPDATE tenant_keys SET wrapped = NULL, shredded_at = $1 \
+             WHERE tenant_id = $2 AND wrapped IS NOT NULL",
         )
         .bind(now_millis())
         .bind(tenant)
-        .execute(&self.pool)
+        .execute_in(self, Scope::System)
         .await
         .map_err(db_err)?;
-        // Out of the write-ahead log too (secure_delete zeroes the old bytes in the file).
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        // Out of SQLite's write-ahead log too (secure_delete zeroes the old bytes in the
+        // file). PostgreSQL's old row versions go with VACUUM; the wrapped key is useless
+        // without the master key, which never enters the database.
+        if self.backend == crate::Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute_in(self, Scope::System)
+                .await
+                .map_err(db_err)?;
+        }
         if let Some(c) = &self.cipher {
             c.forget(tenant);
         }
@@ -447,10 +451,10 @@ impl Store {
         };
         let rows = sqlx::query(
             "SELECT tenant_id, version, wrapped, master_id FROM tenant_keys \
-             WHERE wrapped IS NOT NULL AND master_id <> ?",
+             WHERE wrapped IS NOT NULL AND master_id <> $1",
         )
         .bind(new.id())
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut n = 0;
@@ -473,15 +477,15 @@ impl Store {
             })?;
             let again = seal(&new.aead()?, &c.rng, &dek_aad(&tenant, version), &raw)?;
             let r = sqlx::query(
-                "UPDATE tenant_keys SET wrapped = ?, master_id = ? \
-                 WHERE tenant_id = ? AND version = ? AND master_id = ? AND wrapped IS NOT NULL",
+                "UPDATE tenant_keys SET wrapped = $1, master_id = $2 \
+                 WHERE tenant_id = $3 AND version = $4 AND master_id = $5 AND wrapped IS NOT NULL",
             )
             .bind(b64().encode(again))
             .bind(new.id())
             .bind(&tenant)
             .bind(version)
             .bind(&master_id)
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
             n += r.rows_affected();
@@ -496,7 +500,7 @@ impl Store {
             "SELECT master_id, COUNT(*) AS n FROM tenant_keys WHERE wrapped IS NOT NULL \
              GROUP BY master_id ORDER BY master_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut out = Vec::new();
@@ -508,7 +512,7 @@ impl Store {
         }
         let shredded: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM tenant_keys WHERE wrapped IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one_in(self, Scope::System)
                 .await
                 .map_err(db_err)?;
         Ok((out, shredded))

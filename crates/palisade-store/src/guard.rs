@@ -7,7 +7,7 @@ use palisade_core::{CoreError, CoreResult};
 use sqlx::Row;
 
 use crate::rows::id;
-use crate::{db_err, Store};
+use crate::{db_err, Run, Scope, Store};
 
 #[async_trait]
 impl GuardPolicyRepository for Store {
@@ -16,7 +16,7 @@ impl GuardPolicyRepository for Store {
             "SELECT tenant_id, policy, updated_at, updated_by FROM guard_policies \
              ORDER BY tenant_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -41,14 +41,14 @@ impl GuardPolicyRepository for Store {
             .map_err(|e| CoreError::Internal(format!("json: {e}")))?;
         let res = sqlx::query(
             "INSERT INTO guard_policies (tenant_id, policy, updated_at, updated_by) \
-             VALUES (?, ?, ?, ?) ON CONFLICT(tenant_id) DO UPDATE SET policy = excluded.policy, \
+             VALUES ($1, $2, $3, $4) ON CONFLICT(tenant_id) DO UPDATE SET policy = excluded.policy, \
              updated_at = excluded.updated_at, updated_by = excluded.updated_by",
         )
         .bind(p.tenant_id.to_string())
         .bind(policy)
         .bind(p.updated_at)
         .bind(&p.updated_by)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(p.tenant_id))
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -60,9 +60,9 @@ impl GuardPolicyRepository for Store {
     }
 
     async fn delete_guard_policy(&self, tenant: TenantId) -> CoreResult<bool> {
-        let res = sqlx::query("DELETE FROM guard_policies WHERE tenant_id = ?")
+        let res = sqlx::query("DELETE FROM guard_policies WHERE tenant_id = $1")
             .bind(tenant.to_string())
-            .execute(&self.pool)
+            .execute_in(self, Scope::Tenant(tenant))
             .await
             .map_err(db_err)?;
         Ok(res.rows_affected() > 0)

@@ -6,21 +6,21 @@ use palisade_core::identity::{ApiKey, SecurityEvent, SecurityEventKind};
 use palisade_core::ids::{ApiKeyId, TenantId, UserId};
 use palisade_core::ports::{ApiKeyRepository, ExternalIdentityRepository, SecurityEventSink};
 use palisade_core::{CoreError, CoreResult};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::rows::{get, id};
-use crate::{db_err, Store};
+use crate::{db_err, Run, Scope, Store};
 
 const KEY_COLS: &str = "id, tenant_id, user_id, name, prefix, key_hash, scopes, models, \
                         expires_at, last_used_at, created_at, revoked, store_conversations";
 
-fn json_list(row: &SqliteRow, col: &str) -> CoreResult<Option<Vec<String>>> {
+fn json_list(row: &AnyRow, col: &str) -> CoreResult<Option<Vec<String>>> {
     let raw: Option<String> = get(row, col)?;
     raw.map(|s| serde_json::from_str(&s).map_err(|_| CoreError::Storage(format!("corrupt {col}"))))
         .transpose()
 }
 
-fn key_from(row: &SqliteRow) -> CoreResult<ApiKey> {
+fn key_from(row: &AnyRow) -> CoreResult<ApiKey> {
     Ok(ApiKey {
         id: id(row, "id")?,
         tenant_id: id(row, "tenant_id")?,
@@ -47,7 +47,7 @@ impl ApiKeyRepository for Store {
     async fn insert_key(&self, k: &ApiKey) -> CoreResult<()> {
         let models = k.models.as_deref().map(to_json).transpose()?;
         sqlx::query(&format!(
-            "INSERT INTO api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
         .bind(k.id.to_string())
         .bind(k.tenant_id.to_string())
@@ -62,7 +62,7 @@ impl ApiKeyRepository for Store {
         .bind(k.created_at)
         .bind(i64::from(k.revoked))
         .bind(i64::from(k.store_conversations))
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(k.tenant_id))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -70,18 +70,20 @@ impl ApiKeyRepository for Store {
 
     async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>> {
         let _timed = crate::timed("find_key_by_prefix");
-        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE prefix = ?"))
-            .bind(prefix)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE prefix = $1"
+        ))
+        .bind(prefix)
+        .fetch_optional_in(self, Scope::System)
+        .await
+        .map_err(db_err)?;
         row.as_ref().map(key_from).transpose()
     }
 
     async fn find_key_by_id(&self, kid: ApiKeyId) -> CoreResult<Option<ApiKey>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1"))
             .bind(kid.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         row.as_ref().map(key_from).transpose()
@@ -89,12 +91,12 @@ impl ApiKeyRepository for Store {
 
     async fn list_keys(&self, tenant: TenantId, user: UserId) -> CoreResult<Vec<ApiKey>> {
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = ? AND user_id = ? \
+            "SELECT {KEY_COLS} FROM api_keys WHERE tenant_id = $1 AND user_id = $2 \
              ORDER BY created_at DESC LIMIT 1000"
         ))
         .bind(tenant.to_string())
         .bind(user.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         rows.iter().map(key_from).collect()
@@ -102,12 +104,12 @@ impl ApiKeyRepository for Store {
 
     async fn revoke_key(&self, tenant: TenantId, user: UserId, kid: ApiKeyId) -> CoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE api_keys SET revoked = 1 WHERE id = ? AND tenant_id = ? AND user_id = ?",
+            "UPDATE api_keys SET revoked = 1 WHERE id = $1 AND tenant_id = $2 AND user_id = $3",
         )
         .bind(kid.to_string())
         .bind(tenant.to_string())
         .bind(user.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() > 0)
@@ -115,10 +117,10 @@ impl ApiKeyRepository for Store {
 
     async fn touch_key(&self, kid: ApiKeyId, now: Millis) -> CoreResult<()> {
         let _timed = crate::timed("touch_key");
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(kid.to_string())
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -133,11 +135,11 @@ impl ExternalIdentityRepository for Store {
         subject: &str,
     ) -> CoreResult<Option<(TenantId, UserId)>> {
         let row = sqlx::query(
-            "SELECT tenant_id, user_id FROM external_identities WHERE provider = ? AND subject = ?",
+            "SELECT tenant_id, user_id FROM external_identities WHERE provider = $1 AND subject = $2",
         )
         .bind(provider)
         .bind(subject)
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         row.map(|r| Ok((id(&r, "tenant_id")?, id(&r, "user_id")?)))
@@ -153,21 +155,21 @@ impl ExternalIdentityRepository for Store {
     ) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO external_identities (provider, subject, tenant_id, user_id, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(provider)
         .bind(subject)
         .bind(tenant.to_string())
         .bind(user.to_string())
         .bind(palisade_core::entities::now_millis())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(())
     }
 }
 
-fn opt_id<T: From<uuid::Uuid>>(row: &SqliteRow, col: &str) -> CoreResult<Option<T>> {
+fn opt_id<T: From<uuid::Uuid>>(row: &AnyRow, col: &str) -> CoreResult<Option<T>> {
     let raw: Option<String> = get(row, col)?;
     raw.map(|s| {
         s.parse::<uuid::Uuid>()
@@ -177,7 +179,7 @@ fn opt_id<T: From<uuid::Uuid>>(row: &SqliteRow, col: &str) -> CoreResult<Option<
     .transpose()
 }
 
-fn event_from(row: &SqliteRow) -> CoreResult<SecurityEvent> {
+fn event_from(row: &AnyRow) -> CoreResult<SecurityEvent> {
     let kind: String = get(row, "kind")?;
     let detail: String = get(row, "detail")?;
     Ok(SecurityEvent {
@@ -208,15 +210,16 @@ impl SecurityEventSink for Store {
         limit: u32,
     ) -> CoreResult<Vec<SecurityEvent>> {
         let _timed = crate::timed("recent_events");
+        let scope = tenant.map(Scope::Tenant).unwrap_or(Scope::System);
         let tenant = tenant.map(|t| t.to_string());
         let rows = sqlx::query(
             "SELECT kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \
-             created_at, chain_seq, hash FROM security_events WHERE (? IS NULL OR tenant_id = ?) ORDER BY seq DESC LIMIT ?",
+             created_at, chain_seq, hash FROM security_events WHERE ($1 IS NULL OR tenant_id = $2) ORDER BY seq DESC LIMIT $3",
         )
         .bind(&tenant)
         .bind(&tenant)
         .bind(i64::from(limit.min(1000)))
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, scope)
         .await
         .map_err(db_err)?;
         rows.iter().map(event_from).collect()
@@ -228,7 +231,7 @@ impl palisade_core::ports::InviteRepository for Store {
     async fn create_invite(&self, i: &palisade_core::identity::Invite) -> CoreResult<()> {
         sqlx::query(
             "INSERT INTO invites (code_hash, tenant_id, role, created_by, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&i.code_hash)
         .bind(i.tenant_id.to_string())
@@ -236,7 +239,7 @@ impl palisade_core::ports::InviteRepository for Store {
         .bind(i.created_by.map(|u| u.to_string()))
         .bind(i.created_at)
         .bind(i.expires_at)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(i.tenant_id))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -248,14 +251,14 @@ impl palisade_core::ports::InviteRepository for Store {
         now: Millis,
     ) -> CoreResult<Option<palisade_core::identity::Invite>> {
         let row = sqlx::query(
-            "UPDATE invites SET used_at = ? WHERE code_hash = ? AND used_at IS NULL \
-             AND expires_at > ? \
+            "UPDATE invites SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL \
+             AND expires_at > $3 \
              RETURNING code_hash, tenant_id, role, created_by, created_at, expires_at",
         )
         .bind(now)
         .bind(code_hash)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         row.map(|r| {
@@ -274,9 +277,9 @@ impl palisade_core::ports::InviteRepository for Store {
     }
 
     async fn release_invite(&self, code_hash: &str) -> CoreResult<()> {
-        sqlx::query("UPDATE invites SET used_at = NULL WHERE code_hash = ?")
+        sqlx::query("UPDATE invites SET used_at = NULL WHERE code_hash = $1")
             .bind(code_hash)
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         Ok(())

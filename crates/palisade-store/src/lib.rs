@@ -1,5 +1,6 @@
-//! Storage adapters for Palisade's repositories (sqlx). SQLite (WAL) is the embedded default;
-//! migrations are embedded in the binary and run on open.
+//! Storage adapters for Palisade's repositories (sqlx): SQLite (WAL) is the embedded default,
+//! PostgreSQL (row-level security per tenant) the production one; migrations of both are
+//! embedded in the binary.
 
 mod audit;
 mod chat;
@@ -17,20 +18,23 @@ mod users;
 pub use audit::AuditReport;
 pub use crypto::{MasterKey, MasterSource};
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+mod db;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use db::{migrations, Backend, PgSettings};
+pub(crate) use db::{Run, RunScalar, Scope};
 
 use palisade_core::entities::now_millis;
 use palisade_core::ids::DEFAULT_TENANT;
 use palisade_core::{CoreError, CoreResult};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 /// The store: one connection pool implementing every repository port.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     audit: std::sync::Arc<AuditState>,
     /// Encryption at rest (`None`: values are written as they are; tests and tools).
     cipher: Option<std::sync::Arc<crypto::Cipher>>,
@@ -84,50 +88,49 @@ pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database file and runs the migrations.
-    pub async fn open_sqlite(path: &Path) -> CoreResult<Store> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            // Deleted content (a shredded data key, a purged conversation) is overwritten in
-            // the file, not just unlinked.
-            .pragma("secure_delete", "on")
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await
-            .map_err(db_err)?;
-        Self::init(pool).await
+    pub async fn open_sqlite(path: &std::path::Path) -> CoreResult<Store> {
+        let pool = db::sqlite_file(path).await?;
+        Self::init(pool, Backend::Sqlite).await
     }
 
     /// A private in-memory database (for tests and `--embedded` runs).
     pub async fn open_in_memory() -> CoreResult<Store> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(db_err)?
-            .foreign_keys(true);
-        // One connection: every connection of `:memory:` would be its own database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts)
-            .await
-            .map_err(db_err)?;
-        Self::init(pool).await
+        let pool = db::sqlite_memory().await?;
+        Self::init(pool, Backend::Sqlite).await
     }
 
-    async fn init(pool: SqlitePool) -> CoreResult<Store> {
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
+    /// Connects to PostgreSQL (`postgres://...`), runs the migrations once (an advisory lock
+    /// keeps replicas starting together from racing) and checks that the role queries run as
+    /// cannot bypass row-level security.
+    pub async fn open_postgres(url: &str, settings: &PgSettings) -> CoreResult<Store> {
+        db::migrate_postgres(url).await?;
+        let pool = db::postgres_pool(url, settings).await?;
+        Self::init(pool, Backend::Postgres).await
+    }
+
+    /// Runs the PostgreSQL migrations and nothing else (`palisade db migrate`); returns the
+    /// number of migrations applied now.
+    pub async fn migrate_postgres(url: &str) -> CoreResult<usize> {
+        db::migrate_postgres(url).await
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn init(pool: AnyPool, backend: Backend) -> CoreResult<Store> {
+        if backend == Backend::Sqlite {
+            sqlx::migrate!("migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
+        }
         // A store opened without the server's key (tests, tools) still chains its events,
         // under a key of its own that nobody else holds.
         let store = Store {
             pool,
+            backend,
             audit: AuditState::new(palisade_core::audit::AuditKey::generate()),
             cipher: None,
         };
@@ -152,13 +155,16 @@ impl Store {
     }
 
     async fn ensure_default_tenant(&self) -> CoreResult<()> {
-        sqlx::query("INSERT OR IGNORE INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(DEFAULT_TENANT.to_string())
-            .bind("default")
-            .bind(now_millis())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(DEFAULT_TENANT.to_string())
+        .bind("default")
+        .bind(now_millis())
+        .execute_in(self, Scope::System)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 

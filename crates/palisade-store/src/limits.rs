@@ -7,7 +7,7 @@ use palisade_core::{CoreError, CoreResult};
 use sqlx::Row;
 
 use crate::rows::id;
-use crate::{db_err, Store};
+use crate::{db_err, Run, Scope, Store};
 
 #[async_trait]
 impl LimitPolicyRepository for Store {
@@ -16,7 +16,7 @@ impl LimitPolicyRepository for Store {
             "SELECT scope, subject, tenant_id, limits, updated_at, updated_by \
              FROM limit_policies ORDER BY tenant_id, scope, subject LIMIT 100000",
         )
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -46,7 +46,7 @@ impl LimitPolicyRepository for Store {
             .map_err(|e| CoreError::Internal(format!("json: {e}")))?;
         let res = sqlx::query(
             "INSERT INTO limit_policies (scope, subject, tenant_id, limits, updated_at, \
-             updated_by) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(scope, subject) DO UPDATE SET \
+             updated_by) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(scope, subject) DO UPDATE SET \
              tenant_id = excluded.tenant_id, limits = excluded.limits, \
              updated_at = excluded.updated_at, updated_by = excluded.updated_by",
         )
@@ -56,7 +56,7 @@ impl LimitPolicyRepository for Store {
         .bind(limits)
         .bind(p.updated_at)
         .bind(&p.updated_by)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(p.tenant_id))
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -68,10 +68,10 @@ impl LimitPolicyRepository for Store {
     }
 
     async fn delete_limit_policy(&self, scope: LimitScope, subject: &str) -> CoreResult<bool> {
-        let res = sqlx::query("DELETE FROM limit_policies WHERE scope = ? AND subject = ?")
+        let res = sqlx::query("DELETE FROM limit_policies WHERE scope = $1 AND subject = $2")
             .bind(scope.as_str())
             .bind(subject)
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         Ok(res.rows_affected() > 0)

@@ -6,7 +6,7 @@ use palisade_core::models::{ModelRegistryRepository, StoredModel};
 use palisade_core::{CoreError, CoreResult};
 use sqlx::Row;
 
-use crate::{db_err, Store};
+use crate::{db_err, Run, Scope, Store};
 
 #[async_trait]
 impl ModelRegistryRepository for Store {
@@ -14,7 +14,7 @@ impl ModelRegistryRepository for Store {
         let rows = sqlx::query(
             "SELECT name, spec, updated_at, updated_by FROM model_registry ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -46,7 +46,7 @@ impl ModelRegistryRepository for Store {
             .transpose()
             .map_err(|e| CoreError::Internal(format!("json: {e}")))?;
         sqlx::query(
-            "INSERT INTO model_registry (name, spec, updated_at, updated_by) VALUES (?, ?, ?, ?) \
+            "INSERT INTO model_registry (name, spec, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
              ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, \
              updated_at = excluded.updated_at, updated_by = excluded.updated_by",
         )
@@ -54,7 +54,7 @@ impl ModelRegistryRepository for Store {
         .bind(spec)
         .bind(m.updated_at)
         .bind(&m.updated_by)
-        .execute(&self.pool)
+        .execute_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         Ok(())

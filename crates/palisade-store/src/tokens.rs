@@ -7,15 +7,15 @@ use palisade_core::ids::{TenantId, TokenFamilyId, UserId};
 use palisade_core::ports::{ConsumeOutcome, RefreshTokenRecord, RefreshTokenRepository};
 use palisade_core::CoreResult;
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::rows::{get, id};
-use crate::{db_err, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 const SESSION_COLS: &str =
     "id, tenant_id, user_id, created_at, last_used_at, expires_at, user_agent, ip, revoked";
 
-fn session_from(row: &SqliteRow) -> CoreResult<AuthSession> {
+fn session_from(row: &AnyRow) -> CoreResult<AuthSession> {
     Ok(AuthSession {
         id: id(row, "id")?,
         tenant_id: id(row, "tenant_id")?,
@@ -34,7 +34,7 @@ impl RefreshTokenRepository for Store {
     async fn create_auth_session(&self, s: &AuthSession) -> CoreResult<()> {
         let _timed = crate::timed("create_auth_session");
         sqlx::query(&format!(
-            "INSERT INTO auth_sessions ({SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO auth_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
         .bind(s.id.to_string())
         .bind(s.tenant_id.to_string())
@@ -45,7 +45,7 @@ impl RefreshTokenRepository for Store {
         .bind(&s.user_agent)
         .bind(&s.ip)
         .bind(i64::from(s.revoked))
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(s.tenant_id))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -54,10 +54,10 @@ impl RefreshTokenRepository for Store {
     async fn get_auth_session(&self, sid: TokenFamilyId) -> CoreResult<Option<AuthSession>> {
         let _timed = crate::timed("get_auth_session");
         let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = ?"
+            "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = $1"
         ))
         .bind(sid.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         row.as_ref().map(session_from).transpose()
@@ -70,13 +70,13 @@ impl RefreshTokenRepository for Store {
         now: Millis,
     ) -> CoreResult<Vec<AuthSession>> {
         let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLS} FROM auth_sessions WHERE tenant_id = ? AND user_id = ? \
-             AND revoked = 0 AND expires_at > ? ORDER BY created_at DESC LIMIT 500"
+            "SELECT {SESSION_COLS} FROM auth_sessions WHERE tenant_id = $1 AND user_id = $2 \
+             AND revoked = 0 AND expires_at > $3 ORDER BY created_at DESC LIMIT 500"
         ))
         .bind(tenant.to_string())
         .bind(user.to_string())
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         rows.iter().map(session_from).collect()
@@ -88,9 +88,9 @@ impl RefreshTokenRepository for Store {
         user: UserId,
         sid: TokenFamilyId,
     ) -> CoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         let r = sqlx::query(
-            "UPDATE auth_sessions SET revoked = 1 WHERE id = ? AND tenant_id = ? AND user_id = ?",
+            "UPDATE auth_sessions SET revoked = 1 WHERE id = $1 AND tenant_id = $2 AND user_id = $3",
         )
         .bind(sid.to_string())
         .bind(tenant.to_string())
@@ -100,7 +100,7 @@ impl RefreshTokenRepository for Store {
         .map_err(db_err)?;
         sqlx::query(
             "UPDATE refresh_tokens SET revoked = 1 \
-             WHERE family_id = ? AND tenant_id = ? AND user_id = ?",
+             WHERE family_id = $1 AND tenant_id = $2 AND user_id = $3",
         )
         .bind(sid.to_string())
         .bind(tenant.to_string())
@@ -116,7 +116,7 @@ impl RefreshTokenRepository for Store {
         let _timed = crate::timed("refresh_insert");
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, tenant_id, user_id, created_at, \
-             expires_at, family_expires_at, used_at, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at, family_expires_at, used_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&r.token_hash)
         .bind(r.family_id.to_string())
@@ -127,7 +127,7 @@ impl RefreshTokenRepository for Store {
         .bind(r.family_expires_at)
         .bind(r.used_at)
         .bind(i64::from(r.revoked))
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(r.tenant_id))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -135,10 +135,10 @@ impl RefreshTokenRepository for Store {
 
     async fn consume(&self, token_hash: &str, now: Millis) -> CoreResult<ConsumeOutcome> {
         let _timed = crate::timed("refresh_consume");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin(Scope::System).await?;
         let row = sqlx::query(
             "SELECT token_hash, family_id, tenant_id, user_id, created_at, expires_at, \
-             family_expires_at, used_at, revoked FROM refresh_tokens WHERE token_hash = ?",
+             family_expires_at, used_at, revoked FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&mut *tx)
@@ -159,12 +159,12 @@ impl RefreshTokenRepository for Store {
             revoked: get::<i64>(&row, "revoked")? != 0,
         };
         if rec.used_at.is_some() || rec.revoked {
-            sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?")
+            sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
                 .bind(rec.family_id.to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = ?")
+            sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = $1")
                 .bind(rec.family_id.to_string())
                 .execute(&mut *tx)
                 .await
@@ -180,14 +180,14 @@ impl RefreshTokenRepository for Store {
         }
         // The `used_at IS NULL` guard makes a concurrent second use lose the race.
         let updated = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
         )
         .bind(now)
         .bind(token_hash)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        sqlx::query("UPDATE auth_sessions SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE auth_sessions SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(rec.family_id.to_string())
             .execute(&mut *tx)
@@ -206,13 +206,13 @@ impl RefreshTokenRepository for Store {
 
     async fn revoke_family(&self, family: TokenFamilyId) -> CoreResult<()> {
         let _timed = crate::timed("revoke_family");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?")
+        let mut tx = self.begin(Scope::System).await?;
+        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
             .bind(family.to_string())
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = ?")
+        sqlx::query("UPDATE auth_sessions SET revoked = 1 WHERE id = $1")
             .bind(family.to_string())
             .execute(&mut *tx)
             .await
@@ -222,9 +222,9 @@ impl RefreshTokenRepository for Store {
 
     async fn revoke_family_of(&self, token_hash: &str) -> CoreResult<bool> {
         let family: Option<String> =
-            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
                 .bind(token_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional_in(self, Scope::System)
                 .await
                 .map_err(db_err)?;
         match family.and_then(|f| f.parse::<TokenFamilyId>().ok()) {
@@ -238,10 +238,10 @@ impl RefreshTokenRepository for Store {
 
     async fn revoke_user(&self, tenant: TenantId, user: UserId) -> CoreResult<()> {
         let _timed = crate::timed("revoke_user");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         for table in ["refresh_tokens", "auth_sessions"] {
             sqlx::query(&format!(
-                "UPDATE {table} SET revoked = 1 WHERE tenant_id = ? AND user_id = ?"
+                "UPDATE {table} SET revoked = 1 WHERE tenant_id = $1 AND user_id = $2"
             ))
             .bind(tenant.to_string())
             .bind(user.to_string())

@@ -5,9 +5,9 @@ use palisade_core::quota::{UsageQuery, UsageRepository, UsageRow};
 use palisade_core::CoreResult;
 use sqlx::Row;
 
-use crate::{db_err, Store};
+use crate::{db_err, Run, Scope, Store};
 
-fn count(row: &sqlx::sqlite::SqliteRow, col: &str) -> CoreResult<u64> {
+fn count(row: &sqlx::any::AnyRow, col: &str) -> CoreResult<u64> {
     let v: i64 = row.try_get(col).map_err(db_err)?;
     Ok(u64::try_from(v).unwrap_or(0))
 }
@@ -23,7 +23,7 @@ impl UsageRepository for Store {
         sqlx::query(
             "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
              prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
              requests = requests + excluded.requests, \
              prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
@@ -43,7 +43,7 @@ impl UsageRepository for Store {
         .bind(signed(d.compute_ms))
         .bind(signed(d.guard_blocks))
         .bind(signed(d.rate_limited))
-        .execute(&self.pool)
+        .execute_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -54,8 +54,8 @@ impl UsageRepository for Store {
         let rows = sqlx::query(
             "SELECT day, tenant_id, user_id, key_id, model, requests, prompt_tokens, \
              completion_tokens, compute_ms, guard_blocks, rate_limited FROM usage_daily \
-             WHERE day >= ? AND day <= ? AND (? IS NULL OR tenant_id = ?) \
-             AND (? IS NULL OR user_id = ?) \
+             WHERE day >= $1 AND day <= $2 AND ($3 IS NULL OR tenant_id = $4) \
+             AND ($5 IS NULL OR user_id = $6) \
              ORDER BY day, tenant_id, user_id, key_id, model LIMIT 100000",
         )
         .bind(&q.from_day)
@@ -64,7 +64,7 @@ impl UsageRepository for Store {
         .bind(q.tenant.map(|t| t.to_string()))
         .bind(q.user.map(|u| u.to_string()))
         .bind(q.user.map(|u| u.to_string()))
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, Scope::System)
         .await
         .map_err(db_err)?;
         let mut out = Vec::with_capacity(rows.len());

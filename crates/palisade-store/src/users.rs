@@ -7,17 +7,17 @@ use palisade_core::identity::{LoginState, Tenant, UserQuery, UserUpdate};
 use palisade_core::ids::{TenantId, UserId};
 use palisade_core::ports::{TenantRepository, UserRepository};
 use palisade_core::{CoreError, CoreResult};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::rows::{get, id};
-use crate::{db_err, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 const USER_COLS: &str = "id, tenant_id, username, email, password_hash, role, is_active, \
      tokens_valid_after, created_at, updated_at, must_change_password, failed_logins, \
      locked_until, hard_locked, auth_source, totp_secret, totp_enabled, totp_last_step, \
      last_login_at";
 
-fn user_from(row: &SqliteRow) -> CoreResult<User> {
+fn user_from(row: &AnyRow) -> CoreResult<User> {
     let role: String = get(row, "role")?;
     Ok(User {
         id: id(row, "id")?,
@@ -62,7 +62,7 @@ impl Store {
     }
 }
 
-fn tenant_from(row: &SqliteRow) -> CoreResult<Tenant> {
+fn tenant_from(row: &AnyRow) -> CoreResult<Tenant> {
     Ok(Tenant {
         id: id(row, "id")?,
         name: get(row, "name")?,
@@ -93,7 +93,7 @@ impl UserRepository for Store {
         let res = sqlx::query(
             "INSERT INTO users (id, tenant_id, username, email, password_hash, role, is_active, \
              tokens_valid_after, created_at, updated_at, must_change_password, auth_source) \
-             VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, 1, 0, $7, $8, $9, $10)",
         )
         .bind(UserId::new().to_string())
         .bind(u.tenant_id.to_string())
@@ -105,7 +105,7 @@ impl UserRepository for Store {
         .bind(now)
         .bind(i64::from(u.must_change_password))
         .bind(&u.auth_source)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(u.tenant_id))
         .await;
         match res {
             Ok(_) => self
@@ -125,11 +125,11 @@ impl UserRepository for Store {
     async fn find_by_username(&self, tenant: TenantId, username: &str) -> CoreResult<Option<User>> {
         let _timed = crate::timed("find_by_username");
         let row = sqlx::query(&format!(
-            "SELECT {USER_COLS} FROM users WHERE tenant_id = ? AND username = ?"
+            "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND username = $2"
         ))
         .bind(tenant.to_string())
         .bind(username)
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         match row.as_ref().map(user_from).transpose()? {
@@ -141,11 +141,11 @@ impl UserRepository for Store {
     async fn find_by_id(&self, tenant: TenantId, uid: UserId) -> CoreResult<Option<User>> {
         let _timed = crate::timed("find_by_id");
         let row = sqlx::query(&format!(
-            "SELECT {USER_COLS} FROM users WHERE tenant_id = ? AND id = ?"
+            "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"
         ))
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         match row.as_ref().map(user_from).transpose()? {
@@ -156,7 +156,7 @@ impl UserRepository for Store {
 
     async fn count_users(&self) -> CoreResult<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
+            .fetch_one_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         Ok(n.max(0) as u64)
@@ -168,31 +168,27 @@ impl UserRepository for Store {
         q: &UserQuery,
     ) -> CoreResult<(Vec<User>, u64)> {
         let _timed = crate::timed("list_users");
+        let scope = tenant.map(Scope::Tenant).unwrap_or(Scope::System);
         let tenant = tenant.map(|t| t.to_string());
         let pattern = q.search.as_deref().map(like_pattern);
-        let filter = "(? IS NULL OR tenant_id = ?) AND (? IS NULL OR \
-                      username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')";
+        let filter = "($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR \
+                      LOWER(username) LIKE LOWER($2) ESCAPE '\\' \
+                      OR LOWER(email) LIKE LOWER($2) ESCAPE '\\')";
         let rows = sqlx::query(&format!(
             "SELECT {USER_COLS} FROM users WHERE {filter} \
-             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(&tenant)
-        .bind(&tenant)
-        .bind(&pattern)
-        .bind(&pattern)
         .bind(&pattern)
         .bind(i64::from(q.limit))
         .bind(i64::from(q.offset))
-        .fetch_all(&self.pool)
+        .fetch_all_in(self, scope)
         .await
         .map_err(db_err)?;
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM users WHERE {filter}"))
             .bind(&tenant)
-            .bind(&tenant)
             .bind(&pattern)
-            .bind(&pattern)
-            .bind(&pattern)
-            .fetch_one(&self.pool)
+            .fetch_one_in(self, scope)
             .await
             .map_err(db_err)?;
         // Listings never need the TOTP secret: it stays sealed, out of the answer.
@@ -216,21 +212,21 @@ impl UserRepository for Store {
     ) -> CoreResult<Option<User>> {
         let _timed = crate::timed("update_user");
         let (set_email, email) = match &u.email {
-            Some(e) => (1i64, e.clone()),
-            None => (0, None),
+            Some(e) => (true, e.clone()),
+            None => (false, None),
         };
         let r = sqlx::query(
             "UPDATE users SET \
-               email = CASE WHEN ? THEN ? ELSE email END, \
-               role = COALESCE(?, role), \
-               is_active = COALESCE(?, is_active), \
-               password_hash = COALESCE(?, password_hash), \
-               must_change_password = COALESCE(?, must_change_password), \
-               failed_logins = CASE WHEN ? THEN 0 ELSE failed_logins END, \
-               locked_until = CASE WHEN ? THEN 0 ELSE locked_until END, \
-               hard_locked = CASE WHEN ? THEN 0 ELSE hard_locked END, \
-               updated_at = ? \
-             WHERE tenant_id = ? AND id = ?",
+               email = CASE WHEN $1 THEN $2 ELSE email END, \
+               role = COALESCE($3, role), \
+               is_active = COALESCE($4, is_active), \
+               password_hash = COALESCE($5, password_hash), \
+               must_change_password = COALESCE($6, must_change_password), \
+               failed_logins = CASE WHEN $7 THEN 0 ELSE failed_logins END, \
+               locked_until = CASE WHEN $8 THEN 0 ELSE locked_until END, \
+               hard_locked = CASE WHEN $9 THEN 0 ELSE hard_locked END, \
+               updated_at = $10 \
+             WHERE tenant_id = $11 AND id = $12",
         )
         .bind(set_email)
         .bind(email)
@@ -244,7 +240,7 @@ impl UserRepository for Store {
         .bind(now_millis())
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await;
         match r {
             Ok(r) if r.rows_affected() == 0 => Ok(None),
@@ -257,10 +253,10 @@ impl UserRepository for Store {
     }
 
     async fn delete_user(&self, tenant: TenantId, uid: UserId) -> CoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         // Refresh tokens, sessions, keys, links and codes cascade; chats cascade through
         // sessions; tokens reference the user directly.
-        let r = sqlx::query("DELETE FROM users WHERE tenant_id = ? AND id = ?")
+        let r = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.to_string())
             .bind(uid.to_string())
             .execute(&mut *tx)
@@ -278,14 +274,15 @@ impl UserRepository for Store {
     ) -> CoreResult<()> {
         let _timed = crate::timed("set_tokens_valid_after");
         sqlx::query(
-            "UPDATE users SET tokens_valid_after = MAX(tokens_valid_after, ?), updated_at = ? \
-             WHERE tenant_id = ? AND id = ?",
+            "UPDATE users SET tokens_valid_after = CASE WHEN tokens_valid_after < $1 THEN $1 \
+             ELSE tokens_valid_after END, updated_at = $2 \
+             WHERE tenant_id = $3 AND id = $4",
         )
         .bind(at_secs)
         .bind(now_millis())
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -299,8 +296,8 @@ impl UserRepository for Store {
     ) -> CoreResult<()> {
         let _timed = crate::timed("set_login_state");
         sqlx::query(
-            "UPDATE users SET failed_logins = ?, locked_until = ?, hard_locked = ?, \
-             last_login_at = COALESCE(?, last_login_at) WHERE tenant_id = ? AND id = ?",
+            "UPDATE users SET failed_logins = $1, locked_until = $2, hard_locked = $3, \
+             last_login_at = COALESCE($4, last_login_at) WHERE tenant_id = $5 AND id = $6",
         )
         .bind(i64::from(s.failed_logins))
         .bind(s.locked_until)
@@ -308,7 +305,7 @@ impl UserRepository for Store {
         .bind(s.last_login_at)
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -324,15 +321,15 @@ impl UserRepository for Store {
         let (t, row) = (tenant.to_string(), uid.to_string());
         let secret = self.seal_opt(&totp_at(&t, &row), secret).await?;
         sqlx::query(
-            "UPDATE users SET totp_secret = ?, totp_enabled = ?, updated_at = ? \
-             WHERE tenant_id = ? AND id = ?",
+            "UPDATE users SET totp_secret = $1, totp_enabled = $2, updated_at = $3 \
+             WHERE tenant_id = $4 AND id = $5",
         )
         .bind(secret)
         .bind(i64::from(enabled))
         .bind(now_millis())
         .bind(tenant.to_string())
         .bind(uid.to_string())
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(())
@@ -340,14 +337,14 @@ impl UserRepository for Store {
 
     async fn claim_totp_step(&self, tenant: TenantId, uid: UserId, step: i64) -> CoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE users SET totp_last_step = ? \
-             WHERE tenant_id = ? AND id = ? AND totp_last_step < ?",
+            "UPDATE users SET totp_last_step = $1 \
+             WHERE tenant_id = $2 AND id = $3 AND totp_last_step < $4",
         )
         .bind(step)
         .bind(tenant.to_string())
         .bind(uid.to_string())
         .bind(step)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
@@ -359,8 +356,8 @@ impl UserRepository for Store {
         uid: UserId,
         hashes: &[String],
     ) -> CoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = ? AND user_id = ?")
+        let mut tx = self.begin(Scope::Tenant(tenant)).await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2")
             .bind(tenant.to_string())
             .bind(uid.to_string())
             .execute(&mut *tx)
@@ -368,7 +365,7 @@ impl UserRepository for Store {
             .map_err(db_err)?;
         for h in hashes {
             sqlx::query(
-                "INSERT INTO recovery_codes (tenant_id, user_id, code_hash) VALUES (?, ?, ?)",
+                "INSERT INTO recovery_codes (tenant_id, user_id, code_hash) VALUES ($1, $2, $3)",
             )
             .bind(tenant.to_string())
             .bind(uid.to_string())
@@ -387,14 +384,14 @@ impl UserRepository for Store {
         hash: &str,
     ) -> CoreResult<bool> {
         let r = sqlx::query(
-            "UPDATE recovery_codes SET used_at = ? \
-             WHERE tenant_id = ? AND user_id = ? AND code_hash = ? AND used_at IS NULL",
+            "UPDATE recovery_codes SET used_at = $1 \
+             WHERE tenant_id = $2 AND user_id = $3 AND code_hash = $4 AND used_at IS NULL",
         )
         .bind(now_millis())
         .bind(tenant.to_string())
         .bind(uid.to_string())
         .bind(hash)
-        .execute(&self.pool)
+        .execute_in(self, Scope::Tenant(tenant))
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
@@ -411,12 +408,12 @@ impl TenantRepository for Store {
             created_at: now_millis(),
         };
         let r = sqlx::query(
-            "INSERT INTO tenants (id, name, created_at, is_active) VALUES (?, ?, ?, 1)",
+            "INSERT INTO tenants (id, name, created_at, is_active) VALUES ($1, $2, $3, 1)",
         )
         .bind(t.id.to_string())
         .bind(&t.name)
         .bind(t.created_at)
-        .execute(&self.pool)
+        .execute_in(self, Scope::System)
         .await;
         match r {
             Ok(_) => Ok(t),
@@ -428,37 +425,38 @@ impl TenantRepository for Store {
     }
 
     async fn get_tenant(&self, tid: TenantId) -> CoreResult<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = $1")
             .bind(tid.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         row.as_ref().map(tenant_from).transpose()
     }
 
     async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row =
+            sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE name = $1")
+                .bind(name)
+                .fetch_optional_in(self, Scope::System)
+                .await
+                .map_err(db_err)?;
         row.as_ref().map(tenant_from).transpose()
     }
 
     async fn list_tenants(&self) -> CoreResult<Vec<Tenant>> {
         let rows =
             sqlx::query("SELECT id, name, is_active, created_at FROM tenants ORDER BY created_at")
-                .fetch_all(&self.pool)
+                .fetch_all_in(self, Scope::System)
                 .await
                 .map_err(db_err)?;
         rows.iter().map(tenant_from).collect()
     }
 
     async fn set_tenant_active(&self, tid: TenantId, active: bool) -> CoreResult<bool> {
-        let r = sqlx::query("UPDATE tenants SET is_active = ? WHERE id = ?")
+        let r = sqlx::query("UPDATE tenants SET is_active = $1 WHERE id = $2")
             .bind(i64::from(active))
             .bind(tid.to_string())
-            .execute(&self.pool)
+            .execute_in(self, Scope::System)
             .await
             .map_err(db_err)?;
         Ok(r.rows_affected() > 0)

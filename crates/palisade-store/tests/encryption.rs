@@ -1,4 +1,5 @@
-//! Encryption at rest on a real SQLite file: no plaintext in the database or its WAL, the owner
+//! Encryption at rest on a real SQLite file (no plaintext in the database or its WAL) or, with
+//! `PALISADE_TEST_POSTGRES` set, a real PostgreSQL database (no plaintext in `pg_dump`): the owner
 //! reads it back, a master-key rotation keeps it readable, and shredding a tenant's key makes it
 //! unreadable for good.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +13,8 @@ use palisade_core::ids::{MessageId, SessionId, DEFAULT_TENANT};
 use palisade_core::ports::{ChatRepository, UserRepository};
 use palisade_core::provider::Role;
 use palisade_core::CoreError;
-use palisade_store::{MasterKey, Store};
+use palisade_store::testing::TestDb;
+use palisade_store::MasterKey;
 
 /// Every byte of the database file and its journals.
 fn disk_bytes(dir: &Path) -> Vec<u8> {
@@ -26,6 +28,27 @@ fn disk_bytes(dir: &Path) -> Vec<u8> {
     all
 }
 
+/// Everything the database holds, as an attacker with the files (SQLite) or a dump
+/// (PostgreSQL) sees it.
+fn stored_bytes(db: &TestDb, dir: &Path) -> Vec<u8> {
+    match db {
+        TestDb::Sqlite(_) => disk_bytes(dir),
+        TestDb::Postgres(url) => {
+            let out = std::process::Command::new("pg_dump")
+                .args(["--no-owner", "--dbname", url])
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(contains(&out.stdout, "COPY public.messages"));
+            out.stdout
+        }
+    }
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -33,9 +56,10 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[tokio::test]
 async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("p.db");
+    let db = TestDb::new(&dir.path().join("p.db")).await.unwrap();
     let k1 = MasterKey::generate().unwrap();
-    let s = Store::open_sqlite(&db)
+    let s = db
+        .open()
         .await
         .unwrap()
         .with_master_keys(vec![k1.clone()], None);
@@ -78,8 +102,8 @@ async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
         .await
         .unwrap();
 
-    // Nothing of it in the file, the WAL or the shared memory file.
-    assert!(!contains(&disk_bytes(dir.path()), &marker));
+    // Nothing of it in the file, the WAL or the shared memory file (or the dump).
+    assert!(!contains(&stored_bytes(&db, dir.path()), &marker));
 
     // The owner reads it all back.
     let (msgs, _) = s
@@ -116,7 +140,8 @@ async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
     drop(s);
 
     // Another master key opens nothing.
-    let stranger = Store::open_sqlite(&db)
+    let stranger = db
+        .open()
         .await
         .unwrap()
         .with_master_keys(vec![MasterKey::generate().unwrap()], None);
@@ -128,7 +153,8 @@ async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
 
     // Rotation: the data keys are re-wrapped under k2, and k2 alone then reads everything.
     let k2 = MasterKey::generate().unwrap();
-    let rotating = Store::open_sqlite(&db)
+    let rotating = db
+        .open()
         .await
         .unwrap()
         .with_master_keys(vec![k2.clone(), k1.clone()], None);
@@ -138,7 +164,8 @@ async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
     assert_eq!(by_master, vec![(k2.id(), 1)]);
     assert_eq!(shredded, 0);
     drop(rotating);
-    let s = Store::open_sqlite(&db)
+    let s = db
+        .open()
         .await
         .unwrap()
         .with_master_keys(vec![k2.clone()], None);

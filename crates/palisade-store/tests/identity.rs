@@ -18,7 +18,7 @@ use palisade_store::Store;
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     // As the server opens it: sealed TOTP secrets and content.
-    let s = Store::open_sqlite(&dir.path().join("t.db"))
+    let s = palisade_store::testing::store_at(&dir.path().join("t.db"))
         .await
         .unwrap()
         .with_master_keys(vec![palisade_store::MasterKey::generate().unwrap()], None);

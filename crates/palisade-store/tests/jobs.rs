@@ -12,7 +12,9 @@ use palisade_store::Store;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("j.db")).await.unwrap();
+    let s = palisade_store::testing::store_at(&dir.path().join("j.db"))
+        .await
+        .unwrap();
     (dir, s)
 }
 

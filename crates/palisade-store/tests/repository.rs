@@ -14,7 +14,7 @@ use palisade_store::Store;
 /// The store as the server opens it: content encrypted under a master key.
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_sqlite(&dir.path().join("t.db"))
+    let s = palisade_store::testing::store_at(&dir.path().join("t.db"))
         .await
         .unwrap()
         .with_master_keys(vec![palisade_store::MasterKey::generate().unwrap()], None);

@@ -64,11 +64,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Db(DbCommand::Migrate(a)) => {
             init_logging(LogFormat::Text);
             let cfg = load_config(&a.common, None)?;
-            let (_store, _auth) = open_identity(&cfg).await?;
-            println!(
-                "database {} is at the current schema",
-                cfg.data_dir.join("palisade.db").display()
-            );
+            match cfg
+                .store
+                .resolved_url()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                // Once per deploy, before the replicas start (they migrate too, under the same
+                // advisory lock, so a forgotten run is harmless).
+                Some(url) => {
+                    let n = Store::migrate_postgres(&url)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", store_location(&cfg)))?;
+                    println!(
+                        "database {} is at the current schema ({n} migration(s) applied now)",
+                        store_location(&cfg)
+                    );
+                }
+                None => {
+                    let (_store, _auth) = open_identity(&cfg).await?;
+                    println!("database {} is at the current schema", store_location(&cfg));
+                }
+            }
             Ok(0)
         }
         other => run_local(other).await.map(|()| 0),
@@ -112,7 +128,7 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
             create_private_dir(&cfg.data_dir)?;
             let kid =
                 KeyRing::rotate(&cfg.data_dir.join("keys")).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if cfg.data_dir.join("palisade.db").exists() {
+            if cfg.store.url.is_some() || cfg.data_dir.join("palisade.db").exists() {
                 let (store, _auth) = open_identity(&cfg).await?;
                 use palisade_core::ports::SecurityEventSink;
                 let event = palisade_core::identity::SecurityEvent::new(
@@ -274,6 +290,53 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(pw)
 }
 
+/// The configured database: PostgreSQL when `store.url` is set, else SQLite in the data dir
+/// (`memory`: in memory). `create`: a missing SQLite file is created (else it is an error:
+/// the tools that read an existing database).
+pub(crate) async fn open_store(cfg: &Config, memory: bool, create: bool) -> anyhow::Result<Store> {
+    let url = cfg
+        .store
+        .resolved_url()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(url) = url {
+        let shown = cfg.store.display_url().unwrap_or_default();
+        return Store::open_postgres(&url, &pg_settings(&cfg.store))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"));
+    }
+    if memory {
+        return Store::open_in_memory()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the in-memory database: {e}"));
+    }
+    let db = cfg.data_dir.join("palisade.db");
+    anyhow::ensure!(
+        create || db.exists(),
+        "no database at {} (give --data-dir or --config)",
+        db.display()
+    );
+    Store::open_sqlite(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))
+}
+
+/// `[store]` as the store's PostgreSQL settings.
+pub(crate) fn pg_settings(s: &palisade_config::StoreConfig) -> palisade_store::PgSettings {
+    palisade_store::PgSettings {
+        max_connections: s.max_connections,
+        acquire_timeout: std::time::Duration::from_secs(s.acquire_timeout_secs.max(1)),
+        statement_timeout: std::time::Duration::from_secs(s.statement_timeout_secs),
+        role: Some(s.role.clone()).filter(|r| !r.is_empty()),
+    }
+}
+
+/// Where the database is, for messages: the PostgreSQL URL without its password, or the file.
+pub(crate) fn store_location(cfg: &Config) -> String {
+    cfg.store
+        .display_url()
+        .unwrap_or_else(|| cfg.data_dir.join("palisade.db").display().to_string())
+}
+
 /// Creates the data dir (owner-only) and opens the store and the identity service.
 async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)> {
     open_identity_in(cfg, false).await
@@ -283,16 +346,7 @@ async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)
 /// data dir), keys and certificate still in `cfg.data_dir`.
 async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, Arc<AuthService>)> {
     create_private_dir(&cfg.data_dir)?;
-    let db = cfg.data_dir.join("palisade.db");
-    let store = if memory {
-        Store::open_in_memory()
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the in-memory database: {e}"))?
-    } else {
-        Store::open_sqlite(&db)
-            .await
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?
-    };
+    let store = open_store(cfg, memory, true).await?;
     let (master_keys, master_source) = crate::masterkey::load(cfg)?;
     let store = store
         .with_audit_key(crate::audit::load_key(cfg)?)
@@ -797,6 +851,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         let mut out = std::io::stdout().lock();
         writeln!(out, "palisade {} ready", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "  data dir:  {}", cfg.data_dir.display())?;
+        writeln!(out, "  database:  {}", store_location(&cfg))?;
         writeln!(
             out,
             "  model:     {} ({})",

@@ -336,13 +336,5 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
 }
 
 async fn open(cfg: &Config) -> anyhow::Result<Store> {
-    let db = cfg.data_dir.join("palisade.db");
-    anyhow::ensure!(
-        db.exists(),
-        "no database at {} (give --data-dir or --config)",
-        db.display()
-    );
-    Store::open_sqlite(&db)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))
+    crate::app::open_store(cfg, false, false).await
 }

@@ -92,16 +92,9 @@ pub fn load(cfg: &Config) -> anyhow::Result<(Vec<MasterKey>, MasterSource)> {
 
 /// The database of the data dir, opened with the master keys (no server needed).
 async fn open(cfg: &Config) -> anyhow::Result<Store> {
-    let db = cfg.data_dir.join("palisade.db");
-    anyhow::ensure!(
-        db.exists(),
-        "no database at {} (give --data-dir or --config)",
-        db.display()
-    );
     let (keys, again) = load(cfg)?;
-    let store = Store::open_sqlite(&db)
-        .await
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?
+    let store = crate::app::open_store(cfg, false, false)
+        .await?
         .with_audit_key(crate::audit::load_key(cfg)?)
         .with_master_keys(keys, Some(again));
     Ok(store)

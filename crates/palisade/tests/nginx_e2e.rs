@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nginx::{site, start_nginx};
 use common::oidc::free_port;
 use common::{Server, ADMIN_PASSWORD};
 use futures::{SinkExt, StreamExt};
@@ -19,127 +18,13 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-fn nginx_bin() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("nginx is not installed (scripts/setup --test installs it)")
-}
-
-/// nginx, stopped when dropped.
-struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nginx {
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-/// The shipped site configuration with loopback addresses and the server's own certificate.
-fn site(upstream: &str, port: u16, http_port: u16, tls: &Path) -> String {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/palisade.conf"),
-    )
-    .unwrap();
-    let cert = tls.join("cert.pem").display().to_string();
-    let key = tls.join("key.pem").display().to_string();
-    let mut out = String::new();
-    for line in template.lines() {
-        let t = line.trim_start();
-        let replaced = if t.ends_with("# PALISADE_UPSTREAM") {
-            format!("    server {upstream};")
-        } else if t.starts_with("listen [::]") {
-            continue;
-        } else if t == "listen 80;" {
-            format!("    listen 127.0.0.1:{http_port};")
-        } else if t.ends_with("# PALISADE_LISTEN") {
-            format!("    listen 127.0.0.1:{port} ssl http2;")
-        } else if t.ends_with("# PALISADE_CERT") {
-            format!("    ssl_certificate {cert};")
-        } else if t.ends_with("# PALISADE_KEY") {
-            format!("    ssl_certificate_key {key};")
-        } else if t.ends_with("# PALISADE_UPSTREAM_CA") {
-            format!("    proxy_ssl_trusted_certificate {cert};")
-        } else {
-            line.to_string()
-        };
-        out.push_str(&replaced);
-        out.push('\n');
-    }
-    out
-}
-
-fn start_nginx(site_conf: &str, port: u16) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-    std::fs::write(dir.path().join("palisade.conf"), site_conf).unwrap();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let main = format!(
-        "daemon off;\n{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 512; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp/body;\n\
-           proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
-           uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-           include {d}/palisade.conf;\n}}\n",
-        user = if root { "user root;\n" } else { "" },
-    );
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, main).unwrap();
-    let check = Command::new(nginx_bin())
-        .args(["-t", "-p"])
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stderr).to_string();
-    assert!(check.status.success(), "nginx -t failed:\n{said}");
-    assert!(said.contains("syntax is ok"), "{said}");
-    let child = Command::new(nginx_bin())
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let n = Nginx { child, dir };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nginx did not listen: {}",
-            n.error_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn palisade_behind_nginx() {
     let s = Server::start(&[("PALISADE_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]);
     let upstream = s.base.trim_start_matches("https://").to_string();
     let (port, http_port) = (free_port(), free_port());
     let nginx = start_nginx(
-        &site(&upstream, port, http_port, &s.data_dir().join("tls")),
+        &site(&[&upstream], port, http_port, &s.data_dir().join("tls")),
         port,
     );
     let front = format!("https://127.0.0.1:{port}");

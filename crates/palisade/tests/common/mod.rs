@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+pub mod nginx;
 pub mod oidc;
 pub mod stub;
 
@@ -42,12 +43,42 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", data_dir)
+        .envs(postgres_url(data_dir).map(|u| ("PALISADE_STORE__URL", u)))
         .output()
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+/// The PostgreSQL database of a test's data dir, when the suite runs on PostgreSQL
+/// (`PALISADE_TEST_POSTGRES` set): created on first use and remembered in the data dir, so a
+/// restart or a CLI command on the same dir finds the same database.
+pub fn postgres_url(data_dir: &Path) -> Option<String> {
+    let server = palisade_store::testing::postgres_server()?;
+    let remembered = data_dir.join(".test-postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return Some(url);
+    }
+    // Its own thread and runtime: callers may be inside a test's runtime.
+    let url = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(palisade_store::testing::fresh_postgres(&server))
+    })
+    .join()
+    .unwrap()
+    .expect("a fresh PostgreSQL database");
+    std::fs::write(&remembered, &url).unwrap();
+    Some(url)
+}
+
+/// True when the suite runs on PostgreSQL (tests that look into the SQLite file skip then).
+pub fn on_postgres() -> bool {
+    palisade_store::testing::postgres_server().is_some()
 }
 
 /// The model directory shared by tests (`PALISADE_MODEL_DIR`, as `scripts/test` sets it).
@@ -107,6 +138,7 @@ impl Server {
             .env("PALISADE_LIMITS__TOKENS_PER_USER", "off")
             .env("PALISADE_LIMITS__COMPUTE_PER_USER", "off")
             .env("PALISADE_LIMITS__STREAMS_PER_USER", "0")
+            .envs(postgres_url(dir.path()).map(|u| ("PALISADE_STORE__URL", u)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

@@ -1,0 +1,431 @@
+//! The two databases behind one pool type (sqlx `Any`): connecting, migrating, and running a
+//! statement inside its tenant's scope.
+//!
+//! On PostgreSQL every statement runs in a transaction whose `palisade.tenant` setting names
+//! the tenant it may see (`*`: the platform's own work, such as looking up an API key before
+//! its tenant is known). Row-level security policies (migration 0013) compare each row's
+//! `tenant_id` with that setting, so a query that forgot its tenant filter still sees only its
+//! tenant's rows, and one run with no setting sees nothing. SQLite has no row security: the
+//! embedded single-node store relies on the filters alone.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use palisade_core::ids::TenantId;
+use palisade_core::{CoreError, CoreResult};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyQueryResult, AnyRow};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, FromRow, Transaction};
+
+use crate::{db_err, Store};
+
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+}
+
+/// Connection settings for PostgreSQL (`[store]` of the configuration).
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// Connections in the pool of this process.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+    /// `statement_timeout` of every connection (0: none).
+    pub statement_timeout: Duration,
+    /// The role statements run as (`SET ROLE`), when the login role is a more privileged one;
+    /// `None`: the login role itself. Either way it must not bypass row-level security.
+    pub role: Option<String>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            role: Some("palisade_app".into()),
+        }
+    }
+}
+
+/// The migrations embedded for `backend`: (version, description), in order.
+pub fn migrations(backend: Backend) -> Vec<(i64, String)> {
+    let m = match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+    };
+    m.iter()
+        .map(|m| (m.version, m.description.to_string()))
+        .collect()
+}
+
+/// What a statement may see on PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope {
+    /// Every tenant: the platform's own work (pre-authentication lookups, jobs, the audit
+    /// chain, key management). Each use is named at its call.
+    System,
+    /// One tenant's rows only.
+    Tenant(TenantId),
+}
+
+impl Scope {
+    fn setting(self) -> String {
+        match self {
+            Scope::System => "*".into(),
+            Scope::Tenant(t) => t.to_string(),
+        }
+    }
+}
+
+fn install() {
+    sqlx::any::install_default_drivers();
+}
+
+/// A SQLite file database (created if missing), WAL, foreign keys on, secure delete.
+pub(crate) async fn sqlite_file(path: &Path) -> CoreResult<AnyPool> {
+    install();
+    let url = format!("sqlite://{}?mode=rwc", encode_path(&path.to_string_lossy()));
+    AnyPoolOptions::new()
+        .max_connections(8)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA foreign_keys = ON",
+                    // Deleted content (a shredded data key, a purged conversation) is
+                    // overwritten in the file, not just unlinked.
+                    "PRAGMA secure_delete = ON",
+                    "PRAGMA busy_timeout = 10000",
+                ] {
+                    conn.execute(pragma).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .map_err(db_err)
+}
+
+/// `%`, `?`, `#` and spaces are escaped in the URL's path; everything else stays as it is.
+fn encode_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for c in p.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A private in-memory SQLite database: one connection (each connection of `:memory:` would
+/// be a database of its own), never closed while the pool lives.
+pub(crate) async fn sqlite_memory() -> CoreResult<AnyPool> {
+    install();
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
+        .connect("sqlite::memory:")
+        .await
+        .map_err(db_err)
+}
+
+/// Runs the PostgreSQL migrations on one connection of the login role. sqlx holds a
+/// PostgreSQL advisory lock while it migrates, so replicas starting together apply each
+/// migration once. Returns how many were applied now.
+pub(crate) async fn migrate_postgres(url: &str) -> CoreResult<usize> {
+    install();
+    let mut conn = AnyConnection::connect(url).await.map_err(connect_err)?;
+    let migrator = sqlx::migrate!("migrations/postgres");
+    let before: i64 = applied(&mut conn).await;
+    migrator
+        .run(&mut conn)
+        .await
+        .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
+    let after: i64 = applied(&mut conn).await;
+    let _ = conn.close().await;
+    Ok(usize::try_from(after - before).unwrap_or(0))
+}
+
+async fn applied(conn: &mut AnyConnection) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or(0)
+}
+
+/// A connection error without the URL (it may hold a password).
+fn connect_err(e: sqlx::Error) -> CoreError {
+    CoreError::Storage(format!("connecting to PostgreSQL: {e}"))
+}
+
+/// Role names are identifiers: lower-case letters, digits and `_`.
+fn valid_role(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 63
+        && r.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The pool of a replica: every connection switches to the application role and gets the
+/// statement timeout; a role that could bypass row-level security is refused.
+pub(crate) async fn postgres_pool(url: &str, s: &PgSettings) -> CoreResult<AnyPool> {
+    install();
+    if let Some(r) = &s.role {
+        if !valid_role(r) {
+            return Err(CoreError::Storage(format!(
+                "store.role {r:?} is not a plain role name (lower-case letters, digits, _)"
+            )));
+        }
+    }
+    let role = s.role.clone();
+    let timeout_ms = s.statement_timeout.as_millis();
+    let pool = AnyPoolOptions::new()
+        .max_connections(s.max_connections.max(1))
+        .acquire_timeout(s.acquire_timeout)
+        .after_connect(move |conn, _| {
+            let role = role.clone();
+            Box::pin(async move {
+                if let Some(r) = role {
+                    conn.execute(format!("SET ROLE {r}").as_str()).await?;
+                }
+                conn.execute(format!("SET statement_timeout = {timeout_ms}").as_str())
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(connect_err)?;
+    let bypass: bool = sqlx::query_scalar(
+        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&pool)
+    .await
+    .map_err(db_err)?;
+    if bypass {
+        pool.close().await;
+        return Err(CoreError::Storage(
+            "the database role Palisade runs as can bypass row-level security (SUPERUSER or \
+             BYPASSRLS); set store.role to a role without either (migrations create \
+             palisade_app) or connect as one"
+                .into(),
+        ));
+    }
+    Ok(pool)
+}
+
+impl Store {
+    /// A transaction that sees what `scope` allows (PostgreSQL), or a plain one (SQLite).
+    pub(crate) async fn begin(&self, scope: Scope) -> CoreResult<Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if self.backend == Backend::Postgres {
+            set_scope(&mut tx, scope).await.map_err(db_err)?;
+        }
+        Ok(tx)
+    }
+
+    /// A transaction holding the database's write lock for the audit chain: `BEGIN IMMEDIATE`
+    /// on SQLite, a transaction-scoped advisory lock on PostgreSQL (shared by every replica).
+    pub(crate) async fn begin_exclusive(&self) -> CoreResult<Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db_err),
+            Backend::Postgres => {
+                let mut tx = self.begin(Scope::System).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(AUDIT_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(tx)
+            }
+        }
+    }
+}
+
+/// The advisory lock key of the audit chain writer ("palisade" in ASCII, as a number).
+const AUDIT_LOCK: i64 = 0x7061_6c69_7361_6465;
+
+async fn set_scope(conn: &mut AnyConnection, scope: Scope) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
+        .bind(scope.setting())
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+}
+
+/// Runs one statement in its scope: on SQLite straight on the pool, on PostgreSQL in a
+/// transaction of its own with the tenant setting.
+pub(crate) trait Run<'q>: Sized {
+    fn execute_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<AnyQueryResult, sqlx::Error>>
+    where
+        'q: 'a;
+    fn fetch_optional_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'q: 'a;
+    fn fetch_all_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Vec<AnyRow>, sqlx::Error>>
+    where
+        'q: 'a;
+}
+
+/// Runs `$body` with `$exec` as the pool (SQLite) or a scoped transaction (PostgreSQL).
+macro_rules! scoped {
+    ($store:ident, $scope:ident, |$exec:ident| $body:expr) => {
+        Box::pin(async move {
+            if $store.backend == Backend::Sqlite {
+                let $exec = &$store.pool;
+                return $body.await;
+            }
+            let mut tx = $store.pool.begin().await?;
+            set_scope(&mut tx, $scope).await?;
+            let out = {
+                let $exec = &mut *tx;
+                $body.await?
+            };
+            tx.commit().await?;
+            Ok(out)
+        })
+    };
+}
+
+impl<'q> Run<'q> for Query<'q, Any, AnyArguments<'q>> {
+    fn execute_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<AnyQueryResult, sqlx::Error>>
+    where
+        'q: 'a,
+    {
+        scoped!(store, scope, |e| self.execute(e))
+    }
+
+    fn fetch_optional_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'q: 'a,
+    {
+        scoped!(store, scope, |e| self.fetch_optional(e))
+    }
+
+    fn fetch_all_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Vec<AnyRow>, sqlx::Error>>
+    where
+        'q: 'a,
+    {
+        scoped!(store, scope, |e| self.fetch_all(e))
+    }
+}
+
+/// As [`Run`] for `query_scalar`.
+pub(crate) trait RunScalar<'q, O>: Sized {
+    fn fetch_one_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<O, sqlx::Error>>
+    where
+        'q: 'a;
+    fn fetch_optional_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<O>, sqlx::Error>>
+    where
+        'q: 'a;
+}
+
+impl<'q, O> RunScalar<'q, O> for QueryScalar<'q, Any, O, AnyArguments<'q>>
+where
+    O: Send + Unpin + 'q,
+    (O,): Send + Unpin + for<'r> FromRow<'r, AnyRow>,
+{
+    fn fetch_one_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<O, sqlx::Error>>
+    where
+        'q: 'a,
+    {
+        scoped!(store, scope, |e| self.fetch_one(e))
+    }
+
+    fn fetch_optional_in<'a>(
+        self,
+        store: &'a Store,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<Option<O>, sqlx::Error>>
+    where
+        'q: 'a,
+    {
+        scoped!(store, scope, |e| self.fetch_optional(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_plain_identifiers() {
+        assert!(valid_role("palisade_app"));
+        assert!(!valid_role("app; DROP TABLE users"));
+        assert!(!valid_role("App"));
+        assert!(!valid_role(""));
+    }
+
+    #[test]
+    fn paths_are_escaped_in_sqlite_urls() {
+        assert_eq!(encode_path("/tmp/a b?#%.db"), "/tmp/a%20b%3F%23%25.db");
+    }
+}
