@@ -16,7 +16,7 @@ use palisade_core::ids::TenantId;
 use palisade_core::{CoreError, CoreResult};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyQueryResult, AnyRow};
 use sqlx::query::{Query, QueryScalar};
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, FromRow, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, FromRow, Transaction};
 
 use crate::{db_err, Store};
 
@@ -161,21 +161,25 @@ pub(crate) async fn sqlite_memory() -> CoreResult<AnyPool> {
 /// migration once. Returns how many were applied now.
 pub(crate) async fn migrate_postgres(url: &str) -> CoreResult<usize> {
     install();
-    let mut conn = AnyConnection::connect(url).await.map_err(connect_err)?;
-    let migrator = sqlx::migrate!("migrations/postgres");
-    let before: i64 = applied(&mut conn).await;
-    migrator
-        .run(&mut conn)
+    // A pool of one connection, not a bare connection: the migrator's future over a pool is
+    // `Send` for every lifetime, so the server can run it inside spawned tasks.
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
         .await
-        .map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
-    let after: i64 = applied(&mut conn).await;
-    let _ = conn.close().await;
+        .map_err(connect_err)?;
+    let migrator = sqlx::migrate!("migrations/postgres");
+    let before = applied(&pool).await;
+    let run = migrator.run(&pool).await;
+    let after = applied(&pool).await;
+    pool.close().await;
+    run.map_err(|e| CoreError::Storage(format!("migration failed: {e}")))?;
     Ok(usize::try_from(after - before).unwrap_or(0))
 }
 
-async fn applied(conn: &mut AnyConnection) -> i64 {
+async fn applied(pool: &AnyPool) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&mut *conn)
+        .fetch_one(pool)
         .await
         .unwrap_or(0)
 }
@@ -288,27 +292,21 @@ async fn set_scope(conn: &mut AnyConnection, scope: Scope) -> Result<(), sqlx::E
 /// Runs one statement in its scope: on SQLite straight on the pool, on PostgreSQL in a
 /// transaction of its own with the tenant setting.
 pub(crate) trait Run<'q>: Sized {
-    fn execute_in<'a>(
+    fn execute_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<AnyQueryResult, sqlx::Error>>
-    where
-        'q: 'a;
-    fn fetch_optional_in<'a>(
+    ) -> BoxFuture<'q, Result<AnyQueryResult, sqlx::Error>>;
+    fn fetch_optional_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<Option<AnyRow>, sqlx::Error>>
-    where
-        'q: 'a;
-    fn fetch_all_in<'a>(
+    ) -> BoxFuture<'q, Result<Option<AnyRow>, sqlx::Error>>;
+    fn fetch_all_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<Vec<AnyRow>, sqlx::Error>>
-    where
-        'q: 'a;
+    ) -> BoxFuture<'q, Result<Vec<AnyRow>, sqlx::Error>>;
 }
 
 /// Runs `$body` with `$exec` as the pool (SQLite) or a scoped transaction (PostgreSQL).
@@ -332,56 +330,39 @@ macro_rules! scoped {
 }
 
 impl<'q> Run<'q> for Query<'q, Any, AnyArguments<'q>> {
-    fn execute_in<'a>(
+    fn execute_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<AnyQueryResult, sqlx::Error>>
-    where
-        'q: 'a,
-    {
+    ) -> BoxFuture<'q, Result<AnyQueryResult, sqlx::Error>> {
         scoped!(store, scope, |e| self.execute(e))
     }
 
-    fn fetch_optional_in<'a>(
+    fn fetch_optional_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<Option<AnyRow>, sqlx::Error>>
-    where
-        'q: 'a,
-    {
+    ) -> BoxFuture<'q, Result<Option<AnyRow>, sqlx::Error>> {
         scoped!(store, scope, |e| self.fetch_optional(e))
     }
 
-    fn fetch_all_in<'a>(
+    fn fetch_all_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<Vec<AnyRow>, sqlx::Error>>
-    where
-        'q: 'a,
-    {
+    ) -> BoxFuture<'q, Result<Vec<AnyRow>, sqlx::Error>> {
         scoped!(store, scope, |e| self.fetch_all(e))
     }
 }
 
 /// As [`Run`] for `query_scalar`.
 pub(crate) trait RunScalar<'q, O>: Sized {
-    fn fetch_one_in<'a>(
+    fn fetch_one_in(self, store: &'q Store, scope: Scope) -> BoxFuture<'q, Result<O, sqlx::Error>>;
+    fn fetch_optional_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<O, sqlx::Error>>
-    where
-        'q: 'a;
-    fn fetch_optional_in<'a>(
-        self,
-        store: &'a Store,
-        scope: Scope,
-    ) -> BoxFuture<'a, Result<Option<O>, sqlx::Error>>
-    where
-        'q: 'a;
+    ) -> BoxFuture<'q, Result<Option<O>, sqlx::Error>>;
 }
 
 impl<'q, O> RunScalar<'q, O> for QueryScalar<'q, Any, O, AnyArguments<'q>>
@@ -389,25 +370,15 @@ where
     O: Send + Unpin + 'q,
     (O,): Send + Unpin + for<'r> FromRow<'r, AnyRow>,
 {
-    fn fetch_one_in<'a>(
-        self,
-        store: &'a Store,
-        scope: Scope,
-    ) -> BoxFuture<'a, Result<O, sqlx::Error>>
-    where
-        'q: 'a,
-    {
+    fn fetch_one_in(self, store: &'q Store, scope: Scope) -> BoxFuture<'q, Result<O, sqlx::Error>> {
         scoped!(store, scope, |e| self.fetch_one(e))
     }
 
-    fn fetch_optional_in<'a>(
+    fn fetch_optional_in(
         self,
-        store: &'a Store,
+        store: &'q Store,
         scope: Scope,
-    ) -> BoxFuture<'a, Result<Option<O>, sqlx::Error>>
-    where
-        'q: 'a,
-    {
+    ) -> BoxFuture<'q, Result<Option<O>, sqlx::Error>> {
         scoped!(store, scope, |e| self.fetch_optional(e))
     }
 }
