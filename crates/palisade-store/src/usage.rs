@@ -25,12 +25,12 @@ impl UsageRepository for Store {
              prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
-             requests = requests + excluded.requests, \
-             prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = completion_tokens + excluded.completion_tokens, \
-             compute_ms = compute_ms + excluded.compute_ms, \
-             guard_blocks = guard_blocks + excluded.guard_blocks, \
-             rate_limited = rate_limited + excluded.rate_limited",
+             requests = usage_daily.requests + excluded.requests, \
+             prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+             completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+             compute_ms = usage_daily.compute_ms + excluded.compute_ms, \
+             guard_blocks = usage_daily.guard_blocks + excluded.guard_blocks, \
+             rate_limited = usage_daily.rate_limited + excluded.rate_limited",
         )
         .bind(&d.day)
         .bind(&d.tenant_id)
