@@ -66,6 +66,15 @@ async fn app_connection(url: &str) -> AnyConnection {
     c
 }
 
+/// Names the tenant the rest of the open transaction on `c` serves, as the store does.
+async fn as_tenant(c: &mut AnyConnection, tenant: &str) {
+    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
+        .bind(tenant)
+        .execute(&mut *c)
+        .await
+        .unwrap();
+}
+
 async fn count(c: &mut AnyConnection, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(&mut *c)
@@ -105,11 +114,7 @@ async fn row_security_hides_other_tenants_even_without_a_filter() {
     // Tenant A's setting: a query with no tenant filter sees A's rows only, and B's not even
     // when it asks for them by id.
     let mut tx = c.begin().await.unwrap();
-    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
-        .bind(a.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    as_tenant(&mut tx, &a.to_string()).await;
     let titles: Vec<String> = sqlx::query("SELECT tenant_id FROM chat_sessions")
         .fetch_all(&mut *tx)
         .await
@@ -140,11 +145,7 @@ async fn row_security_hides_other_tenants_even_without_a_filter() {
     assert_eq!(r.rows_affected(), 1, "A's own message only");
     tx.rollback().await.unwrap();
     let mut tx = c.begin().await.unwrap();
-    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
-        .bind(a.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    as_tenant(&mut tx, &a.to_string()).await;
     let forged = sqlx::query(
         "INSERT INTO chat_sessions (id, tenant_id, user_id, title, created_at, updated_at) \
          SELECT $1, tenant_id, user_id, 'forged', 1, 1 FROM chat_sessions LIMIT 1",
@@ -163,11 +164,7 @@ async fn row_security_hides_other_tenants_even_without_a_filter() {
 
     // A wrong tenant (one that does not exist) sees nothing either.
     let mut tx = c.begin().await.unwrap();
-    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
-        .bind(TenantId::new().to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    as_tenant(&mut tx, &TenantId::new().to_string()).await;
     assert_eq!(
         count(&mut tx, "SELECT COUNT(*) FROM chat_sessions").await,
         0
@@ -177,11 +174,7 @@ async fn row_security_hides_other_tenants_even_without_a_filter() {
 
     // The setting is per transaction: it does not leak into the next one on the connection.
     let mut tx = c.begin().await.unwrap();
-    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
-        .bind(a.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    as_tenant(&mut tx, &a.to_string()).await;
     tx.commit().await.unwrap();
     assert_eq!(count(&mut c, "SELECT COUNT(*) FROM chat_sessions").await, 0);
 
@@ -222,9 +215,7 @@ async fn the_application_role_cannot_bypass_row_security_or_edit_the_audit_trail
         .await
         .is_err());
     let mut tx = c.begin().await.unwrap();
-    tx.execute("SELECT set_config('palisade.tenant', '*', true)")
-        .await
-        .unwrap();
+    as_tenant(&mut tx, "*").await;
     assert!(count(&mut tx, "SELECT COUNT(*) FROM security_events").await >= 1);
     for sql in [
         "UPDATE security_events SET detail = '{}'",

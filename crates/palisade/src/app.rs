@@ -293,15 +293,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 /// The configured database: PostgreSQL when `store.url` is set, else SQLite in the data dir
 /// (`memory`: in memory). `create`: a missing SQLite file is created (else it is an error:
 /// the tools that read an existing database).
-pub(crate) fn open_store(
-    cfg: &Config,
-    memory: bool,
-    create: bool,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Store>> + Send + '_>> {
-    Box::pin(open_store_inner(cfg, memory, create))
-}
-
-async fn open_store_inner(cfg: &Config, memory: bool, create: bool) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(cfg: &Config, memory: bool, create: bool) -> anyhow::Result<Store> {
     let url = cfg
         .store
         .resolved_url()
