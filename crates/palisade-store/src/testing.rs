@@ -1,5 +1,5 @@
 //! Test helpers (feature `testing`): a fresh PostgreSQL database per test, so the same tests
-//! run on SQLite and, with `PALISADE_TEST_POSTGRES` set, on PostgreSQL.
+//! run on SQLite and, with `TEST_POSTGRES_URL` set, on PostgreSQL.
 
 use std::path::Path;
 
@@ -10,9 +10,9 @@ use crate::{db_err, PgSettings, Store};
 
 /// The variable naming the PostgreSQL server tests may use: the URL of a database the test
 /// role can connect to and create databases from (e.g. `postgres://postgres@127.0.0.1:5432/test`).
-pub const POSTGRES_ENV: &str = "PALISADE_TEST_POSTGRES";
+pub const POSTGRES_ENV: &str = "TEST_POSTGRES_URL";
 
-/// The URL of `PALISADE_TEST_POSTGRES`, when it is set (and not empty).
+/// The URL of `TEST_POSTGRES_URL`, when it is set (and not empty).
 pub fn postgres_server() -> Option<String> {
     std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty())
 }
@@ -71,7 +71,7 @@ pub async fn fresh_postgres(server: &str) -> CoreResult<String> {
 }
 
 /// A test's database: a SQLite file, or a PostgreSQL database of its own when
-/// `PALISADE_TEST_POSTGRES` is set. Open it as often as the test needs.
+/// `TEST_POSTGRES_URL` is set. Open it as often as the test needs.
 #[derive(Debug, Clone)]
 pub enum TestDb {
     Sqlite(std::path::PathBuf),
@@ -79,7 +79,7 @@ pub enum TestDb {
 }
 
 impl TestDb {
-    /// A new database: PostgreSQL when `PALISADE_TEST_POSTGRES` is set, else SQLite at `path`.
+    /// A new database: PostgreSQL when `TEST_POSTGRES_URL` is set, else SQLite at `path`.
     pub async fn new(path: &Path) -> CoreResult<TestDb> {
         match postgres_server() {
             Some(server) => Ok(TestDb::Postgres(fresh_postgres(&server).await?)),
@@ -96,7 +96,7 @@ impl TestDb {
     }
 }
 
-/// A store for a test: PostgreSQL (a database of its own) when `PALISADE_TEST_POSTGRES` is
+/// A store for a test: PostgreSQL (a database of its own) when `TEST_POSTGRES_URL` is
 /// set, else SQLite at `path`.
 pub async fn store_at(path: &Path) -> CoreResult<Store> {
     TestDb::new(path).await?.open().await

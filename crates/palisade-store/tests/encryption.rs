@@ -1,5 +1,5 @@
 //! Encryption at rest on a real SQLite file (no plaintext in the database or its WAL) or, with
-//! `PALISADE_TEST_POSTGRES` set, a real PostgreSQL database (no plaintext in `pg_dump`): the owner
+//! `TEST_POSTGRES_URL` set, a real PostgreSQL database (no plaintext in `pg_dump`): the owner
 //! reads it back, a master-key rotation keeps it readable, and shredding a tenant's key makes it
 //! unreadable for good.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

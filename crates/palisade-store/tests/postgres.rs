@@ -1,4 +1,4 @@
-//! The PostgreSQL backend on a real server (`PALISADE_TEST_POSTGRES`, e.g.
+//! The PostgreSQL backend on a real server (`TEST_POSTGRES_URL`, e.g.
 //! `postgres://postgres@127.0.0.1:5432/test`): row-level security per tenant holds even for a
 //! query that forgot its tenant filter, the application role cannot bypass it or edit the audit
 //! trail, replicas migrating together do not race, and both backends' migrations stay in step.
@@ -16,7 +16,7 @@ use sqlx::{AnyConnection, Connection, Executor, Row};
 fn server() -> Option<String> {
     let s = postgres_server();
     if s.is_none() {
-        eprintln!("skipped: PALISADE_TEST_POSTGRES is not set (scripts/test sets it when PostgreSQL answers on 127.0.0.1:5432)");
+        eprintln!("skipped: TEST_POSTGRES_URL is not set (scripts/test sets it when PostgreSQL answers on 127.0.0.1:5432)");
     }
     s
 }

@@ -844,7 +844,7 @@ async fn users_yaml_import_upgrades_bcrypt() {
     );
     let file = s.data_dir().join("users.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let out = std::process::Command::new(common::bin())
+    let out = common::command_in(s.data_dir())
         .args(["user", "import"])
         .arg(&file)
         .arg("--data-dir")
@@ -863,7 +863,7 @@ async fn users_yaml_import_upgrades_bcrypt() {
     let tok = t["access_token"].as_str().unwrap();
     let me: Value = s.get(tok, "/api/auth/me").await.json().await.unwrap();
     assert_eq!(me["must_change_password"], false);
-    let db = rusqlite_hash(s.data_dir(), "analyst1");
+    let db = stored_hash(s.data_dir(), "analyst1");
     assert!(db.starts_with("$argon2id$"), "{db}");
     // The weak plain password must be changed at first login.
     let t = s.login("plain1", "pass123").await;
@@ -877,24 +877,12 @@ async fn users_yaml_import_upgrades_bcrypt() {
     let _ = admin;
 }
 
-/// Reads a user's stored password hash from the SQLite file (python3's sqlite3 module).
-fn rusqlite_hash(dir: &std::path::Path, user: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             print(c.execute('SELECT password_hash FROM users WHERE username=?',(sys.argv[2],)).fetchone()[0])",
-        )
-        .arg(dir.join("palisade.db"))
-        .arg(user)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// Reads a user's stored password hash from the database, as an outside tool would.
+fn stored_hash(dir: &std::path::Path, user: &str) -> String {
+    common::sql(
+        dir,
+        &format!("SELECT password_hash FROM users WHERE username = '{user}'"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

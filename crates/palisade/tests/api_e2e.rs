@@ -283,7 +283,7 @@ async fn users_cannot_touch_each_others_sessions() {
         )
         .await;
     assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
-    let mut child = Command::new(common::bin())
+    let mut child = common::command_in(s.data_dir())
         .args([
             "user",
             "create",

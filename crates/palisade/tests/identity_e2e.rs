@@ -414,7 +414,7 @@ async fn signing_key_rotation_keeps_live_tokens() {
     let s = Server::start(&[]);
     let old = s.admin_token().await;
     let old_kid = jsonwebtoken::decode_header(&old).unwrap().kid.unwrap();
-    let out = std::process::Command::new(common::bin())
+    let out = common::command_in(s.data_dir())
         .args(["keys", "rotate", "--data-dir"])
         .arg(s.data_dir())
         .output()

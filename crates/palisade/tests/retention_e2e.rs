@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::Server;
@@ -16,29 +15,21 @@ use serde_json::{json, Value};
 
 /// Inserts a conversation last touched `days_ago` days ago straight into the database (an
 /// outside tool, as if it had been written long ago).
-fn old_conversation(db: &Path, tenant: &str, user: &str, title: &str, days_ago: i64) -> String {
-    const SCRIPT: &str = r#"
-import sqlite3, sys, time, uuid
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("PRAGMA busy_timeout = 10000")
-sid = str(uuid.uuid4())
-at = int(time.time() * 1000) - int(sys.argv[5]) * 86400000
-con.execute("INSERT INTO chat_sessions (id, tenant_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (sid, sys.argv[2], sys.argv[3], sys.argv[4], at, at))
-print(sid)
-"#;
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(db)
-        .args([tenant, user, title, &days_ago.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn old_conversation(dir: &Path, tenant: &str, user: &str, title: &str, days_ago: i64) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = now - days_ago * 86_400_000;
+    common::sql(
+        dir,
+        &format!(
+            "INSERT INTO chat_sessions (id, tenant_id, user_id, title, created_at, updated_at) \
+             VALUES ('{id}', '{tenant}', '{user}', '{title}', {at}, {at})"
+        ),
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    id
 }
 
 async fn titles(s: &Server, token: &str) -> Vec<String> {
@@ -79,7 +70,7 @@ async fn retention_purges_old_conversations_except_held_ones() {
     let home = me["tenant_id"].as_str().unwrap().to_string();
     let (ann_id, ann, _) = s.new_user(&admin, "ann", "user", None).await;
     let (bob_id, bob, _) = s.new_user(&admin, "bob", "user", None).await;
-    let db = s.data_dir().join("palisade.db");
+    let db = s.data_dir();
     old_conversation(&db, &home, &ann_id, "ann old", 40);
     old_conversation(&db, &home, &ann_id, "ann recent", 5);
     old_conversation(&db, &home, &bob_id, "bob old", 40);

@@ -52,8 +52,21 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `palisade` for a CLI step on a server's data dir: the shell's `PALISADE_*` variables are
+/// dropped and, when the suite runs on PostgreSQL, the data dir's database is named.
+pub fn command_in(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PALISADE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(postgres_url(data_dir).map(|u| ("PALISADE_STORE__URL", u)));
+    cmd
+}
+
 /// The PostgreSQL database of a test's data dir, when the suite runs on PostgreSQL
-/// (`PALISADE_TEST_POSTGRES` set): created on first use and remembered in the data dir, so a
+/// (`TEST_POSTGRES_URL` set): created on first use and remembered in the data dir, so a
 /// restart or a CLI command on the same dir finds the same database.
 pub fn postgres_url(data_dir: &Path) -> Option<String> {
     let server = palisade_store::testing::postgres_server()?;
@@ -76,9 +89,49 @@ pub fn postgres_url(data_dir: &Path) -> Option<String> {
     Some(url)
 }
 
+/// Runs one SQL statement on a data dir's database as an outside tool would (psql as the
+/// database's owner on PostgreSQL, Python's `sqlite3` on the SQLite file) and returns what it
+/// printed, trimmed: the first column of each row, one row per line. The test builds the SQL
+/// from values it chose itself.
+pub fn sql(data_dir: &Path, statement: &str) -> String {
+    let out = match postgres_url(data_dir) {
+        Some(url) => Command::new("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", statement])
+            .output()
+            .expect("psql (scripts/setup --test installs postgresql-client)"),
+        None => Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys\n\
+                 con = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 con.execute('PRAGMA busy_timeout = 10000')\n\
+                 for row in con.execute(sys.argv[2]): print(row[0])",
+            ])
+            .arg(data_dir.join("palisade.db"))
+            .arg(statement)
+            .output()
+            .expect("python3"),
+    };
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// True when the suite runs on PostgreSQL (tests that look into the SQLite file skip then).
 pub fn on_postgres() -> bool {
     palisade_store::testing::postgres_server().is_some()
+}
+
+/// On PostgreSQL, says why the calling test does not apply there and returns true.
+pub fn skip_on_postgres(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    skip
 }
 
 /// The model directory shared by tests (`PALISADE_MODEL_DIR`, as `scripts/test` sets it).
@@ -122,7 +175,9 @@ impl Server {
             "the model is missing at {}; run `palisade model pull` (scripts/test does)",
             model.display()
         );
-        let mut cmd = Command::new(bin());
+        // Only the settings below and the test's own reach the server: a `PALISADE_*` variable
+        // of the shell that runs the tests would be read as configuration.
+        let mut cmd = command_in(dir.path());
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir.path())
             .env("PALISADE_MODEL_DIR", model_dir())
@@ -138,7 +193,6 @@ impl Server {
             .env("PALISADE_LIMITS__TOKENS_PER_USER", "off")
             .env("PALISADE_LIMITS__COMPUTE_PER_USER", "off")
             .env("PALISADE_LIMITS__STREAMS_PER_USER", "0")
-            .envs(postgres_url(dir.path()).map(|u| ("PALISADE_STORE__URL", u)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
