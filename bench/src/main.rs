@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 mod gateway;
 mod guard;
+mod history;
 mod limits;
 
 #[derive(Parser, Debug)]
@@ -51,6 +52,8 @@ enum Scenario {
     Guard,
     /// Limit decisions (memory and Redis) and the limited /v1 path.
     Limits,
+    /// The chat-history read path on PostgreSQL + Redis: 1 replica vs 2.
+    History,
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
@@ -96,7 +99,16 @@ async fn admin_token(s: &Server) -> anyhow::Result<String> {
 }
 
 fn start(bin: &PathBuf, streams: usize, env: &[(&str, &str)]) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
+    start_in(bin, streams, tempfile::tempdir()?, env)
+}
+
+/// As [`start`], on an existing data dir.
+fn start_in(
+    bin: &PathBuf,
+    streams: usize,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -294,6 +306,11 @@ async fn main() -> anyhow::Result<()> {
         let mut figures = limits::run(args.quick).await?;
         figures["v1_path"] = limited_path(&args).await?;
         doc.insert("limits".into(), figures);
+    }
+    if all || args.scenario == Scenario::History {
+        if let Some(figures) = history::run(&args, !all).await? {
+            doc.insert("history_read".into(), figures);
+        }
     }
     if all || args.scenario == Scenario::Guard {
         let quick = args.quick;

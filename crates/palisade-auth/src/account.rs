@@ -216,8 +216,8 @@ impl AccountService for AuthService {
             .await?
             .ok_or(CoreError::NotFound("user"))?;
         // Every other session ends; this device gets a fresh one.
-        self.deny_jti(&p.token_id);
         self.end_all_sessions(user.tenant_id, user.id).await?;
+        self.deny_jti(&p.token_id).await?;
         self.emit(
             SecurityEvent::new(K::PasswordChange)
                 .user(user.tenant_id, user.id)

@@ -3,8 +3,8 @@
 //! LLM tokens, over the core's repository ports. Self-service lives in `account.rs`,
 //! administration in `admin.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +20,7 @@ use palisade_core::ports::{
     ApiKeyRepository, ConsumeOutcome, ExternalIdentityRepository, RefreshTokenRecord,
     RefreshTokenRepository, SecurityEventSink, TenantRepository, UserRepository,
 };
+use palisade_core::shared::{LocalShared, SharedState};
 use palisade_core::{CoreError, CoreResult};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -125,8 +126,9 @@ pub struct AuthService {
     /// A hash checked for unknown users so that they take as long as known ones.
     dummy_hash: String,
     ghosts: GhostAccounts,
-    /// `jti`s of logged-out access tokens, with their expiry (seconds).
-    denied: Mutex<HashMap<String, i64>>,
+    /// `jti`s of logged-out access tokens until they expire, and other state every replica
+    /// sees (memory in one process, Redis with `redis.url`).
+    shared: Arc<dyn SharedState>,
     pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
     pub(crate) ldap: Option<Arc<crate::ldap::Ldap>>,
 }
@@ -145,10 +147,16 @@ impl AuthService {
             ghosts: GhostAccounts::new(settings.throttle, 100_000),
             settings,
             dummy_hash: hash_password("palisade-timing-equaliser")?,
-            denied: Mutex::new(HashMap::new()),
+            shared: Arc::new(LocalShared::new()),
             oidc: None,
             ldap: None,
         })
+    }
+
+    /// Keeps revoked token ids where every replica sees them.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedState>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Accepts the OpenID provider's logins and bearer tokens.
@@ -329,24 +337,16 @@ impl AuthService {
         })
     }
 
-    fn is_denied(&self, jti: &str, now: i64) -> bool {
-        match self.denied.lock() {
-            Ok(mut d) => {
-                if d.len() > 10_000 {
-                    d.retain(|_, exp| *exp > now);
-                }
-                d.get(jti).is_some_and(|exp| *exp > now)
-            }
-            // A poisoned lock fails closed.
-            Err(_) => true,
-        }
+    /// Whether the access token `jti` was revoked. When the shared state cannot answer, the
+    /// token is refused (fail closed).
+    async fn is_denied(&self, jti: &str) -> CoreResult<bool> {
+        self.shared.is_denied(jti).await
     }
 
-    pub(crate) fn deny_jti(&self, jti: &str) {
-        let exp = chrono::Utc::now().timestamp() + self.settings.access_ttl_secs + 60;
-        if let Ok(mut d) = self.denied.lock() {
-            d.insert(jti.to_string(), exp);
-        }
+    /// Revokes the access token `jti` on every replica until it would have expired anyway.
+    pub(crate) async fn deny_jti(&self, jti: &str) -> CoreResult<()> {
+        let ttl = Duration::from_secs(self.settings.access_ttl_secs.max(0) as u64 + 60);
+        self.shared.deny(jti, ttl).await
     }
 
     /// Ends every session and access token of a user (logout everywhere, password or role
@@ -448,7 +448,7 @@ impl AuthService {
         let claims: AccessClaims = self.keys.verify(TokenKind::Access, token)?;
         let user_id: UserId = claims.sub.parse().map_err(|_| CoreError::invalid_token())?;
         let tenant_id: TenantId = claims.tid.parse().map_err(|_| CoreError::invalid_token())?;
-        if self.is_denied(&claims.jti, chrono::Utc::now().timestamp()) {
+        if self.is_denied(&claims.jti).await? {
             return Err(CoreError::invalid_token());
         }
         let user = self.load_active_user(tenant_id, user_id).await?;
@@ -892,10 +892,11 @@ impl IdentityService for AuthService {
             self.repos.tokens.revoke_family_of(&hash_secret(t)).await?;
         }
         if let Some(p) = who {
-            self.deny_jti(&p.token_id);
+            // The session first (the database every replica reads), then the token id.
             if let Credential::Session { session: Some(sid) } = &p.credential {
                 self.repos.tokens.revoke_family(*sid).await?;
             }
+            self.deny_jti(&p.token_id).await?;
             self.emit(
                 SecurityEvent::new(K::Logout)
                     .user(p.tenant_id, p.user_id)
@@ -907,8 +908,8 @@ impl IdentityService for AuthService {
     }
 
     async fn logout_all(&self, p: &Principal) -> CoreResult<()> {
-        self.deny_jti(&p.token_id);
         self.end_all_sessions(p.tenant_id, p.user_id).await?;
+        self.deny_jti(&p.token_id).await?;
         self.emit(
             SecurityEvent::new(K::LogoutAll)
                 .user(p.tenant_id, p.user_id)

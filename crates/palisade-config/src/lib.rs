@@ -207,7 +207,8 @@ impl StoreConfig {
     /// The URL, with an `env::`/`file::` reference resolved.
     pub fn resolved_url(&self) -> Result<Option<String>, ConfigError> {
         match self.url.as_deref() {
-            None => Ok(None),
+            // Empty (`PALISADE_STORE__URL=`): the embedded SQLite file.
+            None | Some("") => Ok(None),
             Some(r) if r.starts_with("env::") || r.starts_with("file::") => {
                 resolve_secret("store.url", r).map(Some)
             }
@@ -217,12 +218,15 @@ impl StoreConfig {
 
     /// The URL with any password replaced by `***`, for messages and logs.
     pub fn display_url(&self) -> Option<String> {
-        self.url.as_deref().map(hide_password)
+        self.url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(hide_password)
     }
 }
 
 /// `scheme://user:secret@host` → `scheme://***@host`.
-fn hide_password(u: &str) -> String {
+pub fn hide_password(u: &str) -> String {
     match (u.find("://"), u.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &u[..scheme], &u[at + 1..])
@@ -851,7 +855,7 @@ impl Config {
 
     /// Refuses unsafe or impossible settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(u) = self.store.url.as_deref() {
+        if let Some(u) = self.store.url.as_deref().filter(|u| !u.is_empty()) {
             let known = ["postgres://", "postgresql://", "env::", "file::"];
             if !known.iter().any(|k| u.starts_with(k)) {
                 return Err(ConfigError::Invalid {

@@ -47,6 +47,10 @@ pub enum CoreError {
     /// detail is logged, never shown.
     #[error("the audit trail is unavailable")]
     AuditUnavailable(String),
+    /// The state replicas share (Redis) cannot be reached, so a check that must not be skipped
+    /// (a revoked token, a single-use ticket) cannot be made; detail is logged, never shown.
+    #[error("shared state unavailable")]
+    SharedUnavailable(String),
     /// Storage failure; detail is logged, never shown.
     #[error("storage error")]
     Storage(String),

@@ -18,6 +18,7 @@ pub mod ports;
 pub mod provider;
 pub mod quota;
 pub mod retention;
+pub mod shared;
 mod telemetry;
 
 pub use error::{CoreError, CoreResult};

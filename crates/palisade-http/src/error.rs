@@ -192,6 +192,17 @@ impl From<CoreError> for ApiError {
                     )
                 }
             }
+            CoreError::SharedUnavailable(detail) => {
+                tracing::error!(%detail, "shared state unavailable: request refused");
+                ApiError {
+                    retry_after: Some(2),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shared_state_unavailable",
+                        "the state replicas share cannot be reached right now; try again shortly",
+                    )
+                }
+            }
             CoreError::Storage(detail) | CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 ApiError::new(

@@ -52,6 +52,8 @@ pub struct AppState {
     pub limits: Option<Arc<dyn limits::RequestLimits>>,
     /// Single-use tickets of the WebSocket handshake.
     pub ws_tickets: Arc<routes::ws::WsTickets>,
+    /// What every replica must see: config-change notices go out through it.
+    pub shared: Arc<dyn palisade_core::shared::SharedState>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<client_ip::TrustedProxies>,
     /// The audit trail (refusals and administrative changes are recorded here).
@@ -66,6 +68,15 @@ pub struct AppState {
     pub metrics: Option<Arc<telemetry::MetricsEndpoint>>,
     /// Web origins allowed to call the API from a browser (`http.cors_origins`; empty: none).
     pub cors_origins: Arc<Vec<String>>,
+}
+
+/// Tells every replica that an administrator changed `topic`, so each reloads it. A lost
+/// notice is logged, not the admin's error: the change is stored, and replicas also reload
+/// on their own every 30 seconds.
+pub(crate) async fn announce(s: &AppState, topic: palisade_core::shared::ConfigTopic) {
+    if let Err(e) = s.shared.publish(topic).await {
+        tracing::warn!(topic = topic.as_str(), error = %e, "could not tell the other replicas about a change");
+    }
 }
 
 /// CORS for the configured origins only: bearer-token calls (no cookies: the refresh cookie

@@ -4,6 +4,7 @@
 
 mod audit;
 mod chat;
+mod copy;
 mod crypto;
 mod guard;
 mod jobs;
@@ -16,6 +17,7 @@ mod usage;
 mod users;
 
 pub use audit::AuditReport;
+pub use copy::{copy_sqlite_to_postgres, CopyReport};
 pub use crypto::{MasterKey, MasterSource};
 
 mod db;

@@ -87,8 +87,73 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Db(DbCommand::Copy(a)) => {
+            init_logging(LogFormat::Text);
+            let cfg = load_config(&a.common, None)?;
+            db_copy(&cfg, a.from.as_deref(), a.to.as_deref()).await?;
+            Ok(0)
+        }
         other => run_local(other).await.map(|()| 0),
     }
+}
+
+/// `palisade db copy`: the SQLite database into PostgreSQL, with a progress bar per table.
+async fn db_copy(cfg: &Config, from: Option<&str>, to: Option<&str>) -> anyhow::Result<()> {
+    let from = match from {
+        Some(f) => PathBuf::from(f.strip_prefix("sqlite://").unwrap_or(f)),
+        None => cfg.data_dir.join("palisade.db"),
+    };
+    if !from.is_file() {
+        anyhow::bail!("no SQLite database at {}", from.display());
+    }
+    let to = match to {
+        // A reference is resolved; a plain URL is taken as it is (prefer a reference when it
+        // holds a password: command lines are visible to other local users).
+        Some(t) if t.starts_with("env::") || t.starts_with("file::") => {
+            palisade_config::resolve_secret("--to", t)?
+        }
+        Some(t) => t.to_string(),
+        None => cfg.store.resolved_url()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "name the PostgreSQL database with --to postgres://... (or [store] url)"
+            )
+        })?,
+    };
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!("--to must be a postgres:// URL");
+    }
+    let shown = palisade_config::hide_password(&to);
+    let source = Store::open_sqlite(&from)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    println!("copying {} into {shown}", from.display());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  {msg:<22} [{bar:30}] {pos}/{len} rows")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let report = palisade_store::copy_sqlite_to_postgres(&source, &to, |table, done, total| {
+        if done == 0 {
+            bar.set_length(total);
+            bar.set_message(table.to_string());
+        }
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("copy into {shown}: {e}"))?;
+    bar.finish_and_clear();
+    let rows: u64 = report.tables.iter().map(|(_, n)| n).sum();
+    for (table, n) in report.tables.iter().filter(|(_, n)| *n > 0) {
+        println!("  {table:<22} {n:>8} rows");
+    }
+    println!(
+        "copied {rows} rows of {} tables in one transaction.\n\
+         Next: set [store] url to that database, keep this data dir's master.key, audit.key and \
+         keys/ for every replica, and check the trail there with `palisade audit verify`.",
+        report.tables.len()
+    );
+    Ok(())
 }
 
 async fn run_local(command: Command) -> anyhow::Result<()> {
@@ -128,7 +193,7 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
             create_private_dir(&cfg.data_dir)?;
             let kid =
                 KeyRing::rotate(&cfg.data_dir.join("keys")).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if cfg.store.url.is_some() || cfg.data_dir.join("palisade.db").exists() {
+            if cfg.store.display_url().is_some() || cfg.data_dir.join("palisade.db").exists() {
                 let (store, _auth) = open_identity(&cfg).await?;
                 use palisade_core::ports::SecurityEventSink;
                 let event = palisade_core::identity::SecurityEvent::new(
@@ -339,12 +404,17 @@ pub(crate) fn store_location(cfg: &Config) -> String {
 
 /// Creates the data dir (owner-only) and opens the store and the identity service.
 async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)> {
-    open_identity_in(cfg, false).await
+    open_identity_in(cfg, false, None).await
 }
 
 /// As [`open_identity`]; `memory`: the database lives in memory (an `--embedded` run without a
-/// data dir), keys and certificate still in `cfg.data_dir`.
-async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, Arc<AuthService>)> {
+/// data dir), keys and certificate still in `cfg.data_dir`; `shared`: where revoked tokens are
+/// kept (Redis for a server with `redis.url`; this process's memory otherwise).
+async fn open_identity_in(
+    cfg: &Config,
+    memory: bool,
+    shared: Option<Arc<dyn palisade_core::shared::SharedState>>,
+) -> anyhow::Result<(Store, Arc<AuthService>)> {
     create_private_dir(&cfg.data_dir)?;
     let store = open_store(cfg, memory, true).await?;
     let (master_keys, master_source) = crate::masterkey::load(cfg)?;
@@ -387,6 +457,9 @@ async fn open_identity_in(cfg: &Config, memory: bool) -> anyhow::Result<(Store, 
     };
     let mut auth = AuthService::new(repos, Arc::new(keys), Arc::new(roles), settings)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(shared) = shared {
+        auth = auth.with_shared(shared);
+    }
     if let Some(o) = &a.oidc {
         let secret = o
             .client_secret
@@ -516,6 +589,7 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
 struct StoreReadiness {
     store: Store,
     limits: Option<Arc<dyn palisade_limits::Backend>>,
+    shared: Arc<dyn palisade_core::shared::SharedState>,
 }
 
 #[async_trait::async_trait]
@@ -524,12 +598,20 @@ impl Readiness for StoreReadiness {
         use palisade_http::routes::health::Check;
         let at = std::time::Instant::now();
         let mut checks = vec![Check::took("database", self.store.ping().await, at)];
-        if let Some(b) = &self.limits {
-            let at = std::time::Instant::now();
-            // `None`: counters in this process's memory, nothing to reach.
-            if let Some(ok) = b.ping().await {
+        let at = std::time::Instant::now();
+        // `None`: counters in this process's memory, nothing to reach.
+        let limits = match &self.limits {
+            Some(b) => b.ping().await,
+            None => None,
+        };
+        match limits {
+            Some(ok) => checks.push(Check::took("redis", ok, at)),
+            // Tickets and revocations may live in Redis without the limits.
+            None if self.shared.is_shared() => {
+                let ok = self.shared.ping().await.is_ok();
                 checks.push(Check::took("redis", ok, at));
             }
+            None => {}
         }
         checks
     }
@@ -658,7 +740,8 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let metrics = crate::telemetry::install(&cfg)?;
     let memory = embedded.as_ref().is_some_and(|e| e.memory);
     let is_embedded = embedded.is_some();
-    let (store, auth) = open_identity_in(&cfg, memory).await?;
+    let shared = crate::shared::open(&cfg).await?;
+    let (store, auth) = open_identity_in(&cfg, memory, Some(shared.clone())).await?;
     let audit_sinks = crate::audit_sink::attach(&cfg, &store)?;
     let local_user = match &embedded {
         Some(_) => Some(embedded_user(&cfg, &store, &auth).await?),
@@ -734,17 +817,14 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     }
     // Overrides stored by other replicas (or before a restart of this one's peers) apply here
     // within seconds.
-    let reload = limit_policies.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = reload.load().await {
-                tracing::warn!(error = %e, "reloading limit overrides failed");
-            }
-        }
-    });
+    crate::shared::spawn_reloads(
+        &shared,
+        crate::shared::Reloadable {
+            models: registry.clone(),
+            guard: guard_policies.clone(),
+            limits: limit_policies.clone(),
+        },
+    );
     let chat = Arc::new(chat);
     let retention = Arc::new(palisade_core::retention::Retention::new(
         Arc::new(store.clone()),
@@ -762,6 +842,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         readiness: Arc::new(StoreReadiness {
             store: store.clone(),
             limits: limits.as_ref().map(|l| l.backend.clone()),
+            shared: shared.clone(),
         }),
         body_limit_bytes: cfg.http.body_limit_bytes as usize,
         auth_limiter: IpLimiter::per_minute(cfg.auth.ip_limit_per_minute),
@@ -769,7 +850,8 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         guard_policies,
         limit_policies,
         limits: limits.map(|l| l.requests),
-        ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new()),
+        ws_tickets: Arc::new(palisade_http::routes::ws::WsTickets::new(shared.clone())),
+        shared: shared.clone(),
         trusted_proxies: Arc::new(
             palisade_http::client_ip::TrustedProxies::parse(&cfg.http.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("configuration `http.trusted_proxies`: {e}"))?,

@@ -414,6 +414,24 @@ pub enum DbCommand {
     /// does this at start.
     #[command(alias = "init")]
     Migrate(DbMigrateArgs),
+    /// Copy everything an SQLite database holds (users, conversations, keys, audit trail, ...)
+    /// into a new PostgreSQL database, in one transaction, for moving to several replicas.
+    /// Encrypted content stays encrypted: keep the data dir's master.key, audit.key and keys/.
+    Copy(DbCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbCopyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The SQLite database: `sqlite://PATH` or a path [default: the data dir's palisade.db].
+    #[arg(long, value_name = "SQLITE")]
+    pub from: Option<String>,
+    /// The PostgreSQL database: `postgres://USER[:PASSWORD]@HOST:PORT/DB`, or `env::NAME` /
+    /// `file::PATH` holding it [default: the configuration's store.url]. It is migrated first
+    /// and must hold no users, conversations or audit events yet.
+    #[arg(long, value_name = "POSTGRES")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,7 @@ pub async fn put_policy(
     let tenant: TenantId = id.parse()?;
     let before = view_json(tenant, s.guard_policies.get(&g, tenant)?).0;
     let after = view_json(tenant, s.guard_policies.put(&g, tenant, policy).await?);
+    crate::announce(&s, palisade_core::shared::ConfigTopic::GuardPolicies).await;
     record(&s, &g, tenant, "set", &before, &after.0).await;
     Ok(after)
 }
@@ -63,6 +64,7 @@ pub async fn reset_policy(
     let tenant: TenantId = id.parse()?;
     let before = view_json(tenant, s.guard_policies.get(&g, tenant)?).0;
     let after = view_json(tenant, s.guard_policies.reset(&g, tenant).await?);
+    crate::announce(&s, palisade_core::shared::ConfigTopic::GuardPolicies).await;
     record(&s, &g, tenant, "reset", &before, &after.0).await;
     Ok(after)
 }

@@ -71,6 +71,7 @@ pub async fn put(
         .limit_policies
         .put(&g, scope, &subject, tenant(&q)?, limits)
         .await?;
+    crate::announce(&s, palisade_core::shared::ConfigTopic::LimitPolicies).await;
     crate::audit::record_change(
         &s,
         g.principal(),
@@ -94,6 +95,7 @@ pub async fn reset(
     s.limit_policies
         .reset(&g, scope, &subject, in_tenant)
         .await?;
+    crate::announce(&s, palisade_core::shared::ConfigTopic::LimitPolicies).await;
     crate::audit::record_change(
         &s,
         g.principal(),

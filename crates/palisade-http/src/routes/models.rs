@@ -76,6 +76,7 @@ pub async fn admin_put(
         .get(&name)
         .and_then(|m| serde_json::to_value(m.as_ref()).ok());
     let saved = s.chat.registry().put(&g, &name, spec).await?;
+    crate::announce(&s, palisade_core::shared::ConfigTopic::Models).await;
     let after = serde_json::to_value(saved.as_ref()).unwrap_or_default();
     let (old, new) =
         crate::audit::changed_fields(before.as_ref().unwrap_or(&serde_json::Value::Null), &after);
@@ -102,6 +103,7 @@ pub async fn admin_delete(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     s.chat.registry().delete(&g, &name).await?;
+    crate::announce(&s, palisade_core::shared::ConfigTopic::Models).await;
     crate::audit::record_change(
         &s,
         g.principal(),

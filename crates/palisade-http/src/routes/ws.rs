@@ -17,8 +17,7 @@
 //! Server messages: `ready`, `start`, `token`, `message` (the stored answer, with metadata),
 //! `stopped`, `pong`, `authenticated` and `error` (`code`, `message`, `categories` for guard blocks).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -30,8 +29,10 @@ use axum::Json;
 use palisade_core::auth_api::ClientInfo;
 use palisade_core::chat::{ChatEvent, ChatInput, ChatRun, SamplingInput};
 use palisade_core::entities::{millis_to_rfc3339, Principal};
+use palisade_core::shared::SharedState;
 use palisade_core::CoreError;
 use rand::RngCore;
+use ring::{aead, digest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -42,77 +43,86 @@ use crate::AppState;
 
 /// How long a ticket may wait before it is used.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
-/// Tickets waiting at once; beyond this, new ones are refused until old ones expire.
-const MAX_TICKETS: usize = 100_000;
 /// A socket that sent nothing (not even a pong) for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Interval of the server's ping frames.
 const PING_EVERY: Duration = Duration::from_secs(25);
 
-struct Ticket {
-    token: String,
-    expires: Instant,
-}
-
-/// Single-use WebSocket tickets, held in memory (per replica).
+/// Single-use WebSocket tickets, kept in the state replicas share (so the ticket one replica
+/// issues opens a socket on another). What is stored cannot be used on its own: the key is a
+/// hash of the ticket and the credential is sealed with a key derived from it, so only the
+/// ticket's holder can read it back.
 pub struct WsTickets {
-    inner: Mutex<HashMap<String, Ticket>>,
+    shared: Arc<dyn SharedState>,
     ttl: Duration,
 }
 
-impl Default for WsTickets {
-    fn default() -> Self {
-        Self::with_ttl(TICKET_TTL)
-    }
-}
-
 impl WsTickets {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(shared: Arc<dyn SharedState>) -> Self {
+        Self::with_ttl(shared, TICKET_TTL)
     }
 
-    pub fn with_ttl(ttl: Duration) -> Self {
-        Self {
-            inner: Mutex::new(HashMap::new()),
-            ttl,
-        }
+    pub fn with_ttl(shared: Arc<dyn SharedState>, ttl: Duration) -> Self {
+        Self { shared, ttl }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ticket>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shared-state key of a ticket's raw bytes and the sealing key derived from them.
+    fn keys(raw: &[u8; 32]) -> Result<(String, aead::LessSafeKey), ApiError> {
+        let id = digest::digest(
+            &digest::SHA256,
+            &[&b"palisade ws ticket id "[..], &raw[..]].concat(),
+        );
+        let k = digest::digest(
+            &digest::SHA256,
+            &[&b"palisade ws ticket key "[..], &raw[..]].concat(),
+        );
+        let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, k.as_ref())
+            .map_err(|_| ApiError::from(CoreError::Internal("ticket key".into())))?;
+        Ok((
+            format!("wst:{}", hex::encode(id.as_ref())),
+            aead::LessSafeKey::new(key),
+        ))
     }
 
     /// A new ticket standing for `token`.
-    pub fn issue(&self, token: &str) -> Result<String, ApiError> {
+    pub async fn issue(&self, token: &str) -> Result<String, ApiError> {
         let mut raw = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut raw);
-        let ticket = format!("wst_{}", hex::encode(raw));
-        let mut map = self.lock();
-        if map.len() >= MAX_TICKETS {
-            let now = Instant::now();
-            map.retain(|_, t| t.expires > now);
-            if map.len() >= MAX_TICKETS {
-                return Err(ApiError::from(CoreError::too_many(
-                    "too_many_tickets",
-                    "too many WebSocket tickets are waiting; try again shortly",
-                    TICKET_TTL.as_secs() as u32,
-                )));
-            }
-        }
-        map.insert(
-            ticket.clone(),
-            Ticket {
-                token: token.to_string(),
-                expires: Instant::now() + self.ttl,
-            },
-        );
-        Ok(ticket)
+        let (id, key) = Self::keys(&raw)?;
+        let mut sealed = token.as_bytes().to_vec();
+        // Each key seals exactly one value, so a fixed nonce is never reused under a key.
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key([0u8; 12]),
+            aead::Aad::empty(),
+            &mut sealed,
+        )
+        .map_err(|_| ApiError::from(CoreError::Internal("sealing a ticket".into())))?;
+        self.shared.put_once(&id, &sealed, self.ttl).await?;
+        Ok(format!("wst_{}", hex::encode(raw)))
     }
 
-    /// Takes a ticket out (it cannot be used twice); `None` when unknown or expired.
-    pub fn redeem(&self, ticket: &str) -> Option<String> {
-        let t = self.lock().remove(ticket)?;
-        (t.expires > Instant::now()).then_some(t.token)
+    /// Takes a ticket out (it cannot be used twice); `None` when unknown, malformed or expired.
+    pub async fn redeem(&self, ticket: &str) -> Result<Option<String>, ApiError> {
+        let Some(raw) = ticket
+            .strip_prefix("wst_")
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return Ok(None);
+        };
+        let (id, key) = Self::keys(&raw)?;
+        let Some(mut sealed) = self.shared.take(&id).await? else {
+            return Ok(None);
+        };
+        let opened = key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key([0u8; 12]),
+                aead::Aad::empty(),
+                &mut sealed,
+            )
+            .ok()
+            .and_then(|plain| String::from_utf8(plain.to_vec()).ok());
+        Ok(opened)
     }
 }
 
@@ -123,7 +133,7 @@ pub async fn ticket(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let token = bearer(&headers).ok_or_else(|| ApiError::from(CoreError::unauthenticated()))?;
-    let ticket = s.ws_tickets.issue(token)?;
+    let ticket = s.ws_tickets.issue(token).await?;
     Ok(Json(json!({
         "ticket": ticket,
         "expires_in": s.ws_tickets.ttl.as_secs(),
@@ -168,17 +178,17 @@ pub async fn connect(
             "WebSocket connections are accepted only from this server's own origin",
         )));
     }
-    let token = q
-        .ticket
-        .as_deref()
-        .and_then(|t| s.ws_tickets.redeem(t))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_ticket",
-                "missing, used or expired WebSocket ticket; get one from POST /api/chat/ws/ticket",
-            )
-        })?;
+    let token = match q.ticket.as_deref() {
+        Some(t) => s.ws_tickets.redeem(t).await?,
+        None => None,
+    };
+    let token = token.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_ticket",
+            "missing, used or expired WebSocket ticket; get one from POST /api/chat/ws/ticket",
+        )
+    })?;
     let who = usable_principal(&s, &token, &client).await?;
     let request_id = request_id(&headers);
     let limit = s.body_limit_bytes;
@@ -494,21 +504,45 @@ async fn next_event(run: &mut Option<ChatRun>) -> Option<ChatEvent> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tickets_are_single_use_random_and_expire() {
-        let t = WsTickets::new();
-        let a = t.issue("token-a").unwrap_or_default();
-        let b = t.issue("token-a").unwrap_or_default();
+    #[tokio::test]
+    async fn tickets_are_single_use_random_sealed_and_expire() {
+        let shared = Arc::new(palisade_core::shared::LocalShared::new());
+        let t = WsTickets::new(shared.clone());
+        let a = t.issue("token-a").await.unwrap_or_default();
+        let b = t.issue("token-a").await.unwrap_or_default();
         assert_ne!(a, b);
         assert_eq!(a.len(), 4 + 64);
-        assert_eq!(t.redeem(&a).as_deref(), Some("token-a"));
-        assert_eq!(t.redeem(&a), None, "second use");
-        assert_eq!(t.redeem("wst_unknown"), None);
-        assert_eq!(t.redeem(&b).as_deref(), Some("token-a"));
+        // What the shared state holds is neither the ticket nor the token.
+        let raw = <[u8; 32]>::try_from(hex::decode(&a[4..]).unwrap_or_default()).unwrap_or([0; 32]);
+        let id = WsTickets::keys(&raw).map(|k| k.0).unwrap_or_default();
+        assert!(!id.contains(&a[4..]));
+        let stored = shared.take(&id).await.ok().flatten().unwrap_or_default();
+        assert!(!stored.windows(7).any(|w| w == b"token-a"));
+        shared
+            .put_once(&id, &stored, Duration::from_secs(5))
+            .await
+            .unwrap_or_default();
+        assert_eq!(
+            t.redeem(&a).await.ok().flatten().as_deref(),
+            Some("token-a")
+        );
+        assert_eq!(t.redeem(&a).await.ok().flatten(), None, "second use");
+        assert_eq!(t.redeem("wst_unknown").await.ok().flatten(), None);
+        assert_eq!(
+            t.redeem(&format!("wst_{}", "0".repeat(64)))
+                .await
+                .ok()
+                .flatten(),
+            None
+        );
+        assert_eq!(
+            t.redeem(&b).await.ok().flatten().as_deref(),
+            Some("token-a")
+        );
 
-        let short = WsTickets::with_ttl(Duration::from_millis(0));
-        let c = short.issue("token-c").unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(short.redeem(&c), None, "expired");
+        let short = WsTickets::with_ttl(shared, Duration::from_millis(0));
+        let c = short.issue("token-c").await.unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(short.redeem(&c).await.ok().flatten(), None, "expired");
     }
 }

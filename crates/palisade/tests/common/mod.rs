@@ -96,7 +96,16 @@ pub fn postgres_url(data_dir: &Path) -> Option<String> {
 pub fn sql(data_dir: &Path, statement: &str) -> String {
     let out = match postgres_url(data_dir) {
         Some(url) => Command::new("psql")
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", statement])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &url,
+                "-c",
+                statement,
+            ])
             .output()
             .expect("psql (scripts/setup --test installs postgresql-client)"),
         None => Command::new("python3")
@@ -248,6 +257,24 @@ impl Server {
     /// The server's log so far, as one string.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Kills the server at once (SIGKILL: no draining), as a crashed replica would go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for the server to exit on its own; its status, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The server process's id (for signals).
