@@ -165,6 +165,13 @@ pub(crate) async fn migrate_postgres(url: &str) -> CoreResult<usize> {
     // `Send` for every lifetime, so the server can run it inside spawned tasks.
     let pool = AnyPoolOptions::new()
         .max_connections(1)
+        // Notices such as "relation _sqlx_migrations already exists, skipping" are not news.
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET client_min_messages = warning").await?;
+                Ok(())
+            })
+        })
         .connect(url)
         .await
         .map_err(connect_err)?;

@@ -621,7 +621,7 @@ async fn every_security_act_is_recorded_with_its_context() {
     assert_eq!(code, 0, "{exported}");
     let file = std::fs::read_to_string(s.data_dir().join("audit/audit.jsonl")).unwrap();
     let key = |l: &str| {
-        let v: Value = serde_json::from_str(l).unwrap();
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
         (
             v["chain"].as_str().unwrap().to_string(),
             v["chain_seq"].as_i64().unwrap(),

@@ -71,9 +71,9 @@ async fn retention_purges_old_conversations_except_held_ones() {
     let (ann_id, ann, _) = s.new_user(&admin, "ann", "user", None).await;
     let (bob_id, bob, _) = s.new_user(&admin, "bob", "user", None).await;
     let db = s.data_dir();
-    old_conversation(&db, &home, &ann_id, "ann old", 40);
-    old_conversation(&db, &home, &ann_id, "ann recent", 5);
-    old_conversation(&db, &home, &bob_id, "bob old", 40);
+    old_conversation(db, &home, &ann_id, "ann old", 40);
+    old_conversation(db, &home, &ann_id, "ann recent", 5);
+    old_conversation(db, &home, &bob_id, "bob old", 40);
 
     // Nothing goes while retention is forever (the default).
     tokio::time::sleep(Duration::from_millis(2500)).await;
