@@ -179,6 +179,14 @@ pub struct StoreConfig {
     /// reference to it (`env::NAME`, `file::PATH`) so a password need not sit in the file.
     /// Unset: SQLite, `palisade.db` in the data dir. The password is never logged.
     pub url: Option<String>,
+    /// Which database (spec 002's `--db-backend`): `auto` (PostgreSQL when `url` is set, else
+    /// SQLite in the data dir), `postgresql` (`url` required), `sqlite` or `memory` (nothing
+    /// is kept after the process ends).
+    pub backend: StoreBackend,
+    /// What `auto` does when the configured database cannot be opened at start: `none` (a
+    /// clear start-up error) or `memory` (serve from an in-memory database, warn loudly, and
+    /// `/readyz` reports `degraded`). Never used by `postgresql` or `sqlite`.
+    pub fallback: StoreFallback,
     /// Connections of this replica's pool (PostgreSQL).
     pub max_connections: u32,
     /// Seconds a request waits for a free connection before it fails (PostgreSQL).
@@ -195,6 +203,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: None,
+            backend: StoreBackend::Auto,
+            fallback: StoreFallback::None,
             max_connections: 16,
             acquire_timeout_secs: 10,
             statement_timeout_secs: 30,
@@ -216,6 +226,14 @@ impl StoreConfig {
         }
     }
 
+    /// The PostgreSQL URL that serves: `url` unless `backend` says SQLite or memory.
+    pub fn postgres_url(&self) -> Result<Option<String>, ConfigError> {
+        match self.backend {
+            StoreBackend::Sqlite | StoreBackend::Memory => Ok(None),
+            StoreBackend::Auto | StoreBackend::Postgresql => self.resolved_url(),
+        }
+    }
+
     /// The URL with any password replaced by `***`, for messages and logs.
     pub fn display_url(&self) -> Option<String> {
         self.url
@@ -223,6 +241,33 @@ impl StoreConfig {
             .filter(|u| !u.is_empty())
             .map(hide_password)
     }
+}
+
+/// `store.backend`: which database serves.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// PostgreSQL when `store.url` is set, else SQLite in the data dir.
+    #[default]
+    Auto,
+    /// PostgreSQL at `store.url`, or a start-up error.
+    #[serde(alias = "postgres")]
+    Postgresql,
+    /// SQLite (`palisade.db` in the data dir), even when `store.url` is set.
+    Sqlite,
+    /// A private in-memory database: nothing survives the process.
+    Memory,
+}
+
+/// `store.fallback`: what `store.backend = "auto"` does when the database cannot be opened.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFallback {
+    /// Refuse to start (nothing is silently lost).
+    #[default]
+    None,
+    /// Serve from memory, say so loudly, report `degraded`.
+    Memory,
 }
 
 /// `scheme://user:secret@host` → `scheme://***@host`.
@@ -805,8 +850,17 @@ pub enum ConfigError {
 pub struct CliOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--db-backend`: `store.backend`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+}
+
+/// The `[store]` keys a command-line flag may set.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StoreOverride {
+    pub backend: StoreBackend,
 }
 
 /// Environment variables read by the binary itself, not part of the config tree.
@@ -867,6 +921,24 @@ impl Config {
                     ),
                 });
             }
+        }
+        let has_url = self.store.url.as_deref().is_some_and(|u| !u.is_empty());
+        if self.store.backend == StoreBackend::Postgresql && !has_url {
+            return Err(ConfigError::Invalid {
+                key: "store.backend",
+                message: "`postgresql` needs `store.url` (postgres://USER@HOST:PORT/DB)".into(),
+            });
+        }
+        if self.store.fallback == StoreFallback::Memory && self.store.backend != StoreBackend::Auto
+        {
+            return Err(ConfigError::Invalid {
+                key: "store.fallback",
+                message: format!(
+                    "`memory` applies only to store.backend = \"auto\" (it is {:?}): an explicit \
+                     backend never falls back",
+                    self.store.backend
+                ),
+            });
         }
         let addr = self.listen_addr()?;
         let own_cert = self.tls.cert.is_some() || self.tls.key.is_some();
@@ -1116,6 +1188,50 @@ mod tests {
             ..HttpConfig::default()
         };
         assert!(slow.validate().is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn db_backend_flag_and_fallback() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pg.toml",
+                "[store]\nurl = \"postgres://p@127.0.0.1:1/x\"\nfallback = \"memory\"\n",
+            )?;
+            let none = CliOverrides::default();
+            let c = Config::load(Some(Path::new("pg.toml")), &none).map_err(|e| e.to_string())?;
+            assert_eq!(c.store.backend, StoreBackend::Auto);
+            assert_eq!(c.store.fallback, StoreFallback::Memory);
+            // The flag wins over the file and keeps the file's other [store] keys.
+            let flag = |b| CliOverrides {
+                store: Some(StoreOverride { backend: b }),
+                ..CliOverrides::default()
+            };
+            jail.create_file("plain.toml", "[store]\nurl = \"postgres://p@h/x\"\n")?;
+            let c = Config::load(Some(Path::new("plain.toml")), &flag(StoreBackend::Memory))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.store.backend, StoreBackend::Memory);
+            assert_eq!(c.store.url.as_deref(), Some("postgres://p@h/x"));
+            // An explicit backend never falls back.
+            let e = Config::load(Some(Path::new("pg.toml")), &flag(StoreBackend::Postgresql))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("store.fallback"), "{e}");
+            // postgresql without a URL is refused; env sets the backend too.
+            jail.set_env("PALISADE_STORE__BACKEND", "postgresql");
+            let e = Config::load(None, &none)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("store.url"), "{e}");
+            jail.set_env("PALISADE_STORE__BACKEND", "memory");
+            let c = Config::load(None, &none).map_err(|e| e.to_string())?;
+            assert_eq!(c.store.backend, StoreBackend::Memory);
+            jail.set_env("PALISADE_STORE__BACKEND", "mongodb");
+            assert!(Config::load(None, &none).is_err());
+            Ok(())
+        });
     }
 
     #[test]

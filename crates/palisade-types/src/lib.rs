@@ -258,4 +258,8 @@ pub struct HealthResponse {
 pub struct HealthCheck {
     pub name: String,
     pub ok: bool,
+    /// Why an answering dependency is degraded (`/readyz` then says `"degraded"`), e.g. the
+    /// database is a stand-in kept in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -14,7 +14,8 @@ use palisade_auth::{
     ThrottlePolicy,
 };
 use palisade_config::{
-    CacheBackend, CliOverrides, Config, ModelSpec, ProviderKind, Registration, TrustZone,
+    CacheBackend, CliOverrides, Config, ModelSpec, ProviderKind, Registration, StoreBackend,
+    StoreFallback, StoreOverride, TrustZone,
 };
 use palisade_core::access::{CustomRole, RoleRegistry};
 use palisade_core::chat::{ChatPolicy, ChatService};
@@ -59,14 +60,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 AuditCommand::Verify(a) => crate::audit::verify(a).await,
                 AuditCommand::Checkpoint(a) => crate::audit::checkpoint_cmd(a).await,
                 AuditCommand::Export(a) => crate::audit::export_cmd(a).await,
+                AuditCommand::Tail(a) => crate::client::admin::run_audit_tail(a).await,
             }
         }
         Command::Db(DbCommand::Migrate(a)) => {
             init_logging(LogFormat::Text);
             let cfg = load_config(&a.common, None)?;
+            anyhow::ensure!(
+                cfg.store.backend != StoreBackend::Memory,
+                "store.backend = \"memory\" keeps no database: there is nothing to migrate"
+            );
             match cfg
                 .store
-                .resolved_url()
+                .postgres_url()
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
                 // Once per deploy, before the replicas start (they migrate too, under the same
@@ -333,9 +339,18 @@ fn build_guard(cfg: &Config) -> anyhow::Result<Arc<palisade_guard::PalisadeGuard
 }
 
 pub(crate) fn load_config(common: &CommonArgs, listen: Option<String>) -> anyhow::Result<Config> {
+    use crate::cli::DbBackend;
     let cli = CliOverrides {
         data_dir: common.data_dir.clone(),
         listen,
+        store: common.db_backend.map(|b| StoreOverride {
+            backend: match b {
+                DbBackend::Auto => StoreBackend::Auto,
+                DbBackend::Postgresql => StoreBackend::Postgresql,
+                DbBackend::Sqlite => StoreBackend::Sqlite,
+                DbBackend::Memory => StoreBackend::Memory,
+            },
+        }),
     };
     Ok(Config::load(common.config.as_deref(), &cli)?)
 }
@@ -355,13 +370,19 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(pw)
 }
 
-/// The configured database: PostgreSQL when `store.url` is set, else SQLite in the data dir
-/// (`memory`: in memory). `create`: a missing SQLite file is created (else it is an error:
-/// the tools that read an existing database).
+/// The configured database (`store.backend`): PostgreSQL when `store.url` is set (and the
+/// backend is not `sqlite`), else SQLite in the data dir; in memory for `store.backend =
+/// "memory"` or `memory` (an `--embedded` run without a data dir). `create`: a missing SQLite
+/// file is created (else it is an error: the tools that read an existing database).
 pub(crate) async fn open_store(cfg: &Config, memory: bool, create: bool) -> anyhow::Result<Store> {
+    let in_memory = cfg.store.backend == StoreBackend::Memory;
+    anyhow::ensure!(
+        create || !in_memory,
+        "store.backend = \"memory\": there is no kept database to open"
+    );
     let url = cfg
         .store
-        .resolved_url()
+        .postgres_url()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(url) = url {
         let shown = cfg.store.display_url().unwrap_or_default();
@@ -369,7 +390,7 @@ pub(crate) async fn open_store(cfg: &Config, memory: bool, create: bool) -> anyh
             .await
             .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"));
     }
-    if memory {
+    if memory || in_memory {
         return Store::open_in_memory()
             .await
             .map_err(|e| anyhow::anyhow!("opening the in-memory database: {e}"));
@@ -385,6 +406,44 @@ pub(crate) async fn open_store(cfg: &Config, memory: bool, create: bool) -> anyh
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))
 }
 
+/// Why `/readyz` says `degraded` when the in-memory stand-in serves (public: what, not where).
+const FALLBACK_REASON: &str =
+    "in-memory stand-in (store.fallback): the configured database did not open at start; \
+     nothing is kept after the server stops";
+
+/// The database a server runs on: [`open_store`], and with `store.backend = "auto"` and
+/// `store.fallback = "memory"` an in-memory stand-in when that fails, announced loudly; the
+/// second value is then the reason `/readyz` reports. Any other failure stops the start with
+/// the cause and the setting that would have let it run degraded.
+async fn open_serving_store(cfg: &Config, memory: bool) -> anyhow::Result<(Store, Option<String>)> {
+    let err = match open_store(cfg, memory, true).await {
+        Ok(store) => return Ok((store, None)),
+        Err(e) => e,
+    };
+    if cfg.store.backend != StoreBackend::Auto || cfg.store.fallback != StoreFallback::Memory {
+        let hint = if cfg.store.backend == StoreBackend::Auto {
+            " (the server does not start without its database; `store.fallback = \"memory\"` \
+             would serve from memory instead, keeping nothing)"
+        } else {
+            ""
+        };
+        anyhow::bail!("{err}{hint}");
+    }
+    tracing::error!(
+        error = %err,
+        "THE DATABASE DID NOT OPEN: serving from an in-memory database (store.fallback = \"memory\"); \
+         accounts, conversations and the audit trail of this run are lost when it stops"
+    );
+    eprintln!(
+        "WARNING: {err}\nWARNING: serving from an IN-MEMORY database (store.fallback = \"memory\"): \
+         nothing of this run is kept; /readyz reports `degraded`"
+    );
+    let store = Store::open_in_memory()
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the in-memory database: {e}"))?;
+    Ok((store, Some(FALLBACK_REASON.into())))
+}
+
 /// `[store]` as the store's PostgreSQL settings.
 pub(crate) fn pg_settings(s: &palisade_config::StoreConfig) -> palisade_store::PgSettings {
     palisade_store::PgSettings {
@@ -395,28 +454,34 @@ pub(crate) fn pg_settings(s: &palisade_config::StoreConfig) -> palisade_store::P
     }
 }
 
-/// Where the database is, for messages: the PostgreSQL URL without its password, or the file.
+/// Where the database is, for messages: the PostgreSQL URL without its password, the file, or
+/// memory.
 pub(crate) fn store_location(cfg: &Config) -> String {
-    cfg.store
-        .display_url()
-        .unwrap_or_else(|| cfg.data_dir.join("palisade.db").display().to_string())
+    match cfg.store.backend {
+        StoreBackend::Memory => "in memory (nothing is kept after the process ends)".into(),
+        StoreBackend::Sqlite => cfg.data_dir.join("palisade.db").display().to_string(),
+        StoreBackend::Auto | StoreBackend::Postgresql => cfg
+            .store
+            .display_url()
+            .unwrap_or_else(|| cfg.data_dir.join("palisade.db").display().to_string()),
+    }
 }
 
 /// Creates the data dir (owner-only) and opens the store and the identity service.
 async fn open_identity(cfg: &Config) -> anyhow::Result<(Store, Arc<AuthService>)> {
-    open_identity_in(cfg, false, None).await
+    create_private_dir(&cfg.data_dir)?;
+    let store = open_store(cfg, false, true).await?;
+    open_identity_in(cfg, store, None)
 }
 
-/// As [`open_identity`]; `memory`: the database lives in memory (an `--embedded` run without a
-/// data dir), keys and certificate still in `cfg.data_dir`; `shared`: where revoked tokens are
-/// kept (Redis for a server with `redis.url`; this process's memory otherwise).
-async fn open_identity_in(
+/// As [`open_identity`] over an opened `store` (keys and certificate in `cfg.data_dir` even
+/// when the database lives in memory); `shared`: where revoked tokens are kept (Redis for a
+/// server with `redis.url`; this process's memory otherwise).
+fn open_identity_in(
     cfg: &Config,
-    memory: bool,
+    store: Store,
     shared: Option<Arc<dyn palisade_core::shared::SharedState>>,
 ) -> anyhow::Result<(Store, Arc<AuthService>)> {
-    create_private_dir(&cfg.data_dir)?;
-    let store = open_store(cfg, memory, true).await?;
     let (master_keys, master_source) = crate::masterkey::load(cfg)?;
     let store = store
         .with_audit_key(crate::audit::load_key(cfg)?)
@@ -588,6 +653,8 @@ async fn bootstrap_admin(store: &Store, auth: &AuthService) -> anyhow::Result<()
 /// The database, and Redis when limits (and the other shared state) live there.
 struct StoreReadiness {
     store: Store,
+    /// Why the database is a stand-in (`store.fallback`), reported as `degraded`.
+    degraded: Option<String>,
     limits: Option<Arc<dyn palisade_limits::Backend>>,
     shared: Arc<dyn palisade_core::shared::SharedState>,
 }
@@ -597,7 +664,9 @@ impl Readiness for StoreReadiness {
     async fn checks(&self) -> Vec<palisade_http::routes::health::Check> {
         use palisade_http::routes::health::Check;
         let at = std::time::Instant::now();
-        let mut checks = vec![Check::took("database", self.store.ping().await, at)];
+        let mut checks =
+            vec![Check::took("database", self.store.ping().await, at)
+                .degraded(self.degraded.clone())];
         let at = std::time::Instant::now();
         // `None`: counters in this process's memory, nothing to reach.
         let limits = match &self.limits {
@@ -741,7 +810,9 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let memory = embedded.as_ref().is_some_and(|e| e.memory);
     let is_embedded = embedded.is_some();
     let shared = crate::shared::open(&cfg).await?;
-    let (store, auth) = open_identity_in(&cfg, memory, Some(shared.clone())).await?;
+    create_private_dir(&cfg.data_dir)?;
+    let (store, store_degraded) = open_serving_store(&cfg, memory).await?;
+    let (store, auth) = open_identity_in(&cfg, store, Some(shared.clone()))?;
     let audit_sinks = crate::audit_sink::attach(&cfg, &store)?;
     let local_user = match &embedded {
         Some(_) => Some(embedded_user(&cfg, &store, &auth).await?),
@@ -841,6 +912,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         chat,
         readiness: Arc::new(StoreReadiness {
             store: store.clone(),
+            degraded: store_degraded.clone(),
             limits: limits.as_ref().map(|l| l.backend.clone()),
             shared: shared.clone(),
         }),
@@ -933,7 +1005,14 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         let mut out = std::io::stdout().lock();
         writeln!(out, "palisade {} ready", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "  data dir:  {}", cfg.data_dir.display())?;
-        writeln!(out, "  database:  {}", store_location(&cfg))?;
+        match &store_degraded {
+            Some(_) => writeln!(
+                out,
+                "  database:  IN MEMORY, standing in for {} (store.fallback; nothing is kept)",
+                store_location(&cfg)
+            )?,
+            None => writeln!(out, "  database:  {}", store_location(&cfg))?,
+        }
         writeln!(
             out,
             "  model:     {} ({})",

@@ -66,6 +66,27 @@ pub enum AuditCommand {
     Checkpoint(AuditCheckpointArgs),
     /// Every event since a day or time as JSON lines, in the order written (for a SIEM).
     Export(AuditExportArgs),
+    /// The latest security events through a server's API (`audit:read`; a tenant's auditor
+    /// sees their tenant), oldest first; `--follow` keeps printing new ones.
+    Tail(AuditTailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditTailArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How many of the latest events to print first (1-1000).
+    #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lines: u32,
+    /// Keep polling and print events as they are written (Ctrl-C ends).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Seconds between polls with `--follow`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +203,22 @@ pub struct CommonArgs {
     /// [default: ~/.local/share/palisade].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Which database (`store.backend`; spec 002's --db-backend): `auto` is PostgreSQL when
+    /// `store.url` is set, else SQLite in the data dir, and serves from memory when that fails
+    /// only if `store.fallback = "memory"`; `postgresql` and `sqlite` never fall back;
+    /// `memory` keeps nothing after the process ends [default: auto].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub db_backend: Option<DbBackend>,
+}
+
+/// `--db-backend`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DbBackend {
+    Auto,
+    #[value(alias = "postgres")]
+    Postgresql,
+    Sqlite,
+    Memory,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +353,10 @@ pub struct ChatArgs {
     /// Configuration file of the embedded run (models, guard, limits).
     #[arg(long, env = "PALISADE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The embedded run's database (with `--embedded`; see `palisade serve --help`)
+    /// [default: memory, or SQLite in `--data-dir DIR`].
+    #[arg(long, value_enum, value_name = "BACKEND", requires = "embedded")]
+    pub db_backend: Option<DbBackend>,
 }
 
 #[derive(Debug, Args)]

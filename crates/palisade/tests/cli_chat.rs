@@ -403,6 +403,88 @@ async fn terminal_chat_and_admin_verbs() {
     let args: Vec<&str> = ["tenant", "list"].into_iter().chain(client).collect();
     let o = run(home.path(), &args, None, &[]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("acme"));
+
+    // 4. `audit tail`: what the verbs above did is in the trail, oldest first.
+    let args: Vec<&str> = ["audit", "tail", "-n", "200", "--json"]
+        .into_iter()
+        .chain(client)
+        .collect();
+    let o = run(home.path(), &args, None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let events: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let at = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k}: {kinds:?}"))
+    };
+    assert!(at("user_created") < at("tenant_created"), "{kinds:?}");
+    assert!(at("api_key_created") < at("tenant_created"), "{kinds:?}");
+    let args: Vec<&str> = ["audit", "tail", "-n", "5"]
+        .into_iter()
+        .chain(client)
+        .collect();
+    let o = run(home.path(), &args, None, &[]);
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(table.contains("tenant_created"), "{table}");
+    // --follow prints an event written after it started, once.
+    let mut follow = Command::new(common::bin());
+    follow
+        .args([
+            "audit",
+            "tail",
+            "-n",
+            "1",
+            "--follow",
+            "--interval",
+            "1",
+            "--json",
+        ])
+        .args(client)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = follow.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The newest event first (which one depends on what signing in wrote), then nothing old.
+    let first: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    assert!(first["kind"].is_string(), "{first}");
+    let args: Vec<&str> = ["tenant", "create", "globex", "--json"]
+        .into_iter()
+        .chain(client)
+        .collect();
+    assert_eq!(run(home.path(), &args, None, &[]).status.code(), Some(0));
+    let mut globex = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let e: Value = serde_json::from_str(&line).unwrap();
+            assert_ne!(e["kind"], "user_created", "an old event again: {e}");
+            if e["kind"] == "tenant_created" {
+                globex += 1;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(globex, 1, "the new event, printed once");
 }
 
 /// The bootstrap verbs work on a data dir without a server.
@@ -516,4 +598,147 @@ fn embedded_mode_without_a_server() {
     t.wait("signed in as: local (role admin", Duration::from_secs(30));
     t.line("exit");
     t.wait("EXITED:0", Duration::from_secs(30));
+}
+
+/// Runs a `palisade serve` that must refuse to start: (exit code, stdout and stderr).
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Server::serve_command(dir.path(), "127.0.0.1:0", args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("`serve {args:?}` did not stop on its own");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!text.contains("listening on"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    (o.status.code(), text)
+}
+
+/// Spec 002's `--db-backend auto|postgresql|memory` and `store.fallback`: a database that does
+/// not answer stops the start with a clear error unless the fallback is asked for; then the
+/// server runs from memory, says so loudly and `/readyz` reports `degraded`. `memory` keeps
+/// nothing across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_backend_and_memory_fallback() {
+    // A PostgreSQL that does not answer (port 1), with a password that must never be printed.
+    let down = (
+        "PALISADE_STORE__URL",
+        "postgres://app:Hidden-Pw-77@127.0.0.1:1/palisade",
+    );
+
+    // auto (the default) without the fallback: a clear start-up error, no silent data loss.
+    let (code, out) = refused_start(&[], &[down]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("postgres://***@127.0.0.1:1/palisade"), "{out}");
+    assert!(out.contains("store.fallback"), "{out}");
+    assert!(!out.contains("Hidden-Pw-77"), "{out}");
+    // An explicit backend never falls back (refused by the configuration check)...
+    let fb = ("PALISADE_STORE__FALLBACK", "memory");
+    let (code, out) = refused_start(&["--db-backend", "postgresql"], &[down, fb]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("store.fallback"), "{out}");
+    // ...and `postgresql` without a URL is refused before anything opens.
+    let (code, out) = refused_start(
+        &["--db-backend", "postgresql"],
+        &[("PALISADE_STORE__URL", "")],
+    );
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("store.url"), "{out}");
+
+    // auto with store.fallback = "memory": serves, loudly degraded.
+    let s = Server::start(&[down, fb]);
+    let banner = s.stdout.join("\n");
+    assert!(banner.contains("IN MEMORY"), "{banner}");
+    assert!(s.log().contains("IN-MEMORY database"), "{}", s.log());
+    assert!(!banner.contains("Hidden-Pw-77") && !s.log().contains("Hidden-Pw-77"));
+    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    let db = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "database")
+        .unwrap()
+        .clone();
+    assert_eq!(db["ok"], true, "{ready}");
+    assert!(
+        db["detail"].as_str().unwrap().contains("in-memory"),
+        "{ready}"
+    );
+    assert!(
+        !ready.to_string().contains("127.0.0.1:1"),
+        "where stays private: {ready}"
+    );
+    // It works: the first admin signs in and the model answers.
+    let token = s.admin_token().await;
+    let r = s
+        .post(
+            &token,
+            "/api/chat/message",
+            serde_json::json!({"message": "Say hi.", "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(!s.dir.path().join("palisade.db").exists());
+    drop(s);
+
+    // --db-backend memory (chosen, so not degraded): nothing survives a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir, "127.0.0.1:0", &["--db-backend", "memory"], &[]);
+    assert!(
+        s.stdout.join("\n").contains("database:  in memory"),
+        "{:?}",
+        s.stdout
+    );
+    let ready: Value = s
+        .client
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ok", "{ready}");
+    let token = s.admin_token().await;
+    let r = s
+        .post(
+            &token,
+            "/api/chat/message",
+            serde_json::json!({"message": "Say hi.", "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        conversations(&s, &token).await["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!s.dir.path().join("palisade.db").exists());
+    let s = s.restart_with(&["--db-backend", "memory"], &[]);
+    let token = s.admin_token().await;
+    assert_eq!(
+        conversations(&s, &token).await["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // The bootstrap tools say there is nothing to migrate.
+    let (code, out) = common::cli(s.dir.path(), &["db", "migrate", "--db-backend", "memory"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("nothing to migrate"), "{out}");
 }

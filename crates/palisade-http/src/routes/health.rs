@@ -19,6 +19,9 @@ pub struct Check {
     pub name: String,
     pub ok: bool,
     pub response_time_ms: u64,
+    /// The dependency answers but stands in for what was configured (the server keeps
+    /// serving; `/readyz` says `degraded`). Public: says what, never where.
+    pub degraded: Option<String>,
 }
 
 impl Check {
@@ -28,7 +31,25 @@ impl Check {
             name: name.to_string(),
             ok,
             response_time_ms: u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            degraded: None,
         }
+    }
+
+    /// This answer, marked degraded for `why`.
+    pub fn degraded(mut self, why: Option<String>) -> Check {
+        self.degraded = why;
+        self
+    }
+}
+
+/// `ok`, `degraded` (every dependency answers, one is a stand-in) or `unavailable`.
+fn overall(checks: &[Check]) -> (bool, &'static str) {
+    if !checks.iter().all(|c| c.ok) {
+        (false, "unavailable")
+    } else if checks.iter().any(|c| c.degraded.is_some()) {
+        (true, "degraded")
+    } else {
+        (true, "ok")
     }
 }
 
@@ -49,16 +70,19 @@ pub async fn healthz() -> Json<HealthResponse> {
 }
 
 /// `GET /readyz`: the database (and Redis, when configured) answers and the model is loaded.
+/// 200 `ok`; 200 `degraded` when a stand-in serves (the in-memory database of
+/// `store.fallback = "memory"`), with the reason on that check; 503 `unavailable`.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let checks = all_checks(&state).await;
-    let ok = checks.iter().all(|c| c.ok);
+    let (ok, status) = overall(&checks);
     let body = HealthResponse {
-        status: if ok { "ok" } else { "unavailable" }.into(),
+        status: status.into(),
         checks: checks
             .into_iter()
             .map(|c| HealthCheck {
                 name: c.name,
                 ok: c.ok,
+                detail: c.degraded,
             })
             .collect(),
     };
@@ -90,16 +114,21 @@ pub async fn detailed(
     _admin: Perm<ModelsManage>,
 ) -> impl IntoResponse {
     let checks = all_checks(&state).await;
-    let ok = checks.iter().all(|c| c.ok);
+    let (ok, status) = overall(&checks);
     let mut components = serde_json::Map::new();
     for c in checks {
-        components.insert(
-            c.name,
-            json!({
-                "status": if c.ok { "healthy" } else { "unhealthy" },
-                "response_time_ms": c.response_time_ms,
-            }),
-        );
+        let mut entry = json!({
+            "status": match (c.ok, &c.degraded) {
+                (false, _) => "unhealthy",
+                (true, Some(_)) => "degraded",
+                (true, None) => "healthy",
+            },
+            "response_time_ms": c.response_time_ms,
+        });
+        if let (Some(why), Some(o)) = (c.degraded, entry.as_object_mut()) {
+            o.insert("detail".into(), Value::String(why));
+        }
+        components.insert(c.name, entry);
     }
     let (used, available) = memory_mb();
     components.insert(
@@ -107,7 +136,11 @@ pub async fn detailed(
         json!({ "status": "healthy", "used_mb": used, "available_mb": available }),
     );
     let body = json!({
-        "status": if ok { "healthy" } else { "unhealthy" },
+        "status": match status {
+            "ok" => "healthy",
+            "degraded" => "degraded",
+            _ => "unhealthy",
+        },
         "timestamp": now_rfc3339(),
         "components": components,
         "version": env!("CARGO_PKG_VERSION"),

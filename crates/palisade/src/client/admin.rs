@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use super::render::sanitize;
 use super::{ensure_signed_in, exit, ApiFailure, Conn};
 use crate::cli::{
-    ClientArgs, JsonClientArgs, KeyCommand, TenantCommand, UserCommand, UserCreateArgs,
+    AuditTailArgs, ClientArgs, JsonClientArgs, KeyCommand, TenantCommand, UserCommand,
+    UserCreateArgs,
 };
 
 fn s(v: &Value) -> String {
@@ -407,6 +408,84 @@ pub async fn run_tenant(cmd: TenantCommand) -> anyhow::Result<i32> {
         }
     };
     Ok(finish(out))
+}
+
+/// One audit event as a line of the `audit tail` table: time, kind, who, from where, detail.
+fn event_line(e: &Value) -> String {
+    let who = match (&e["actor_id"], &e["user_id"]) {
+        (Value::String(a), Value::String(u)) if a != u => {
+            format!("{} on {}", sanitize(a), sanitize(u))
+        }
+        (Value::String(a), _) => sanitize(a),
+        (_, Value::String(u)) => sanitize(u),
+        _ => "-".into(),
+    };
+    let detail = match &e["detail"] {
+        Value::Null => String::new(),
+        d => {
+            let mut t = sanitize(&d.to_string());
+            if t.chars().count() > 120 {
+                t = t.chars().take(117).collect::<String>() + "...";
+            }
+            t
+        }
+    };
+    format!(
+        "{}  {:<22} {:<36} {:<15} {}",
+        s(&e["created_at"]),
+        s(&e["kind"]),
+        who,
+        s(&e["ip"]),
+        detail
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// `palisade audit tail`: the latest events, oldest first, then (with `--follow`) the new ones
+/// as they come. An event is printed once: each poll skips the events already seen.
+pub async fn run_audit_tail(a: AuditTailArgs) -> anyhow::Result<i32> {
+    let mut conn = connect(&a.client).await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut first = true;
+    loop {
+        // Every poll reads the newest 1000 (the most one answer holds); the first prints the
+        // newest `lines` of them and remembers all, so a later poll prints only new events.
+        let limit = if a.follow { 1000 } else { a.lines };
+        let page = match conn
+            .get(&format!("/api/admin/security-events?limit={limit}"))
+            .await
+        {
+            Ok(v) => list_rows(&v, "events"),
+            Err(f) => return Ok(finish(Err(f))),
+        };
+        if first && !a.json {
+            println!(
+                "{:<24}  {:<22} {:<36} {:<15} DETAIL",
+                "TIME", "KIND", "WHO", "IP"
+            );
+        }
+        let shown = if first { a.lines as usize } else { page.len() };
+        // The answer is newest first.
+        for (i, e) in page.iter().enumerate().rev() {
+            if !seen.insert(e.to_string()) || i >= shown {
+                continue;
+            }
+            if a.json {
+                println!("{e}");
+            } else {
+                println!("{}", event_line(e));
+            }
+        }
+        first = false;
+        if !a.follow {
+            return Ok(exit::OK);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(a.interval)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+        }
+    }
 }
 
 fn finish(out: Result<(), ApiFailure>) -> i32 {

@@ -86,6 +86,7 @@ async fn embedded(args: &ChatArgs) -> anyhow::Result<(Conn, Option<TempDir>)> {
     let common = crate::cli::CommonArgs {
         config: args.config.clone(),
         data_dir: Some(dir),
+        db_backend: args.db_backend,
     };
     let cfg = crate::app::load_config(&common, Some("127.0.0.1:0".into()))?;
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -163,11 +163,16 @@ impl Server {
     }
 
     /// Stops this server and starts a new one on the same data dir.
-    pub fn restart(mut self, env: &[(&str, &str)]) -> Server {
+    pub fn restart(self, env: &[(&str, &str)]) -> Server {
+        self.restart_with(&[], env)
+    }
+
+    /// As [`Server::restart`], with extra `serve` flags.
+    pub fn restart_with(mut self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Self::start_in(dir, env)
+        Self::start_with(dir, "127.0.0.1:0", args, env)
     }
 
     /// Starts a server on an existing data dir.
@@ -178,6 +183,11 @@ impl Server {
     /// Starts a server listening on `listen` (for flows whose redirect address must be known
     /// before the server starts, such as single sign-on).
     pub fn start_listening(dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_with(dir, listen, &[], env)
+    }
+
+    /// The command [`Server::start_with`] runs (for tests of a start that must fail).
+    pub fn serve_command(dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
         let model = model_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
         assert!(
             model.is_file(),
@@ -186,9 +196,10 @@ impl Server {
         );
         // Only the settings below and the test's own reach the server: a `PALISADE_*` variable
         // of the shell that runs the tests would be read as configuration.
-        let mut cmd = command_in(dir.path());
+        let mut cmd = command_in(dir);
         cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
+            .args(args)
             .env("PALISADE_MODEL_DIR", model_dir())
             .env("PALISADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("PALISADE_MODEL__PARALLEL", "4")
@@ -207,7 +218,19 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn palisade");
+        cmd
+    }
+
+    /// Starts a server with extra `serve` flags (`args`) and settings (`env`).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut child = Self::serve_command(dir.path(), listen, args, env)
+            .spawn()
+            .expect("spawn palisade");
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(Vec::new()));
