@@ -129,6 +129,11 @@ pub struct AuditConfig {
     pub stdout: bool,
     /// `[audit.file]`: a JSON-lines copy of the trail, rotated and compressed.
     pub file: AuditFileConfig,
+    /// Tenants (ids) whose model requests are recorded with their content: the turns sent
+    /// and the answer, sealed with the tenant's data key (only `audit:read` holders read
+    /// them back; crypto-shredding the tenant destroys them). `"*"`: every tenant. Empty
+    /// (default): digests only, never the text.
+    pub record_content: Vec<String>,
 }
 
 impl Default for AuditConfig {
@@ -139,6 +144,7 @@ impl Default for AuditConfig {
             fail_closed: true,
             stdout: false,
             file: AuditFileConfig::default(),
+            record_content: Vec::new(),
         }
     }
 }
@@ -919,6 +925,22 @@ impl Config {
                          data dir)",
                         self.store.display_url().unwrap_or_default()
                     ),
+                });
+            }
+        }
+        for t in &self.audit.record_content {
+            let uuid_like = t.len() == 36
+                && t.chars().enumerate().all(|(i, c)| {
+                    if matches!(i, 8 | 13 | 18 | 23) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                });
+            if t != "*" && !uuid_like {
+                return Err(ConfigError::Invalid {
+                    key: "audit.record_content",
+                    message: format!("{t:?} is neither a tenant id nor \"*\""),
                 });
             }
         }

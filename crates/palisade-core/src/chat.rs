@@ -188,9 +188,18 @@ struct AuditHook {
     sink: Arc<dyn SecurityEventSink>,
     /// A request whose `llm_request` event cannot be recorded is refused (503).
     fail_closed: bool,
+    /// Tenants whose requests are recorded with their text (`*`: all; see
+    /// [`ChatService::with_audit_content`]).
+    content: Vec<String>,
 }
 
 impl AuditHook {
+    /// Whether `tenant`'s policy asks for the text of its model requests in the trail.
+    fn records_content(&self, tenant: &crate::ids::TenantId) -> bool {
+        let t = tenant.to_string();
+        self.content.iter().any(|c| c == "*" || *c == t)
+    }
+
     /// Records `event`; a failure is logged (the caller decides whether it refuses).
     async fn record(&self, event: SecurityEvent) -> CoreResult<()> {
         let kind = event.kind.as_str();
@@ -207,8 +216,9 @@ struct Entry {
     door: Door,
     /// `chat`, `v1` or `generate`.
     route: &'static str,
-    /// SHA-256 (hex) of the turns the client sent (see [`prompt_digest`]).
-    prompt_sha256: String,
+    /// The turns the client sent, as the compact JSON the trail digests (see
+    /// [`prompt_digest`]).
+    prompt_json: String,
 }
 
 /// SHA-256 (hex) of `bytes`.
@@ -221,11 +231,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// `[{"content":"…","role":"user"},…]` (keys sorted, no spaces), so an auditor holding the
 /// text can prove it is the text of this request.
 pub fn prompt_digest(turns: &[(Role, &str)]) -> String {
+    sha256_hex(prompt_json(turns).as_bytes())
+}
+
+/// The compact JSON array of `turns` whose SHA-256 is [`prompt_digest`] (also what a tenant
+/// whose policy records content keeps, sealed, in the trail).
+pub fn prompt_json(turns: &[(Role, &str)]) -> String {
     let arr: Vec<serde_json::Value> = turns
         .iter()
         .map(|(role, content)| serde_json::json!({ "role": role.as_str(), "content": content }))
         .collect();
-    sha256_hex(serde_json::Value::Array(arr).to_string().as_bytes())
+    serde_json::Value::Array(arr).to_string()
 }
 
 /// The audit trail's digest of an answer: SHA-256 of its text as the client received it.
@@ -252,6 +268,8 @@ struct RequestAudit {
     hook: Arc<AuditHook>,
     who: Principal,
     base: serde_json::Map<String, serde_json::Value>,
+    /// The turns sent (compact JSON), when the tenant's policy records content.
+    prompt: Option<String>,
 }
 
 impl RequestAudit {
@@ -282,10 +300,12 @@ impl Accounting {
         let Some(a) = &self.audit else {
             return Ok(self);
         };
-        let event = a.event(
-            SecurityEventKind::LlmRequest,
-            serde_json::json!({ "guard": guard }),
-        );
+        let mut extra = serde_json::json!({ "guard": guard });
+        if let Some(p) = &a.prompt {
+            // Sealed with the tenant's data key by the store before it is chained.
+            extra["content"] = serde_json::json!({ "prompt": p });
+        }
+        let event = a.event(SecurityEventKind::LlmRequest, extra);
         match a.hook.record(event).await {
             Err(e) if a.hook.fail_closed => {
                 let why = match e {
@@ -299,9 +319,13 @@ impl Accounting {
         }
     }
 
-    /// Records how the request ended (`extra` adds to the request's facts).
-    async fn record_result(&self, extra: serde_json::Value) {
+    /// Records how the request ended (`extra` adds to the request's facts; `answer`: the text
+    /// the client received, kept only when the tenant's policy records content).
+    async fn record_result(&self, mut extra: serde_json::Value, answer: Option<&str>) {
         if let Some(a) = &self.audit {
+            if let (Some(_), Some(text)) = (&a.prompt, answer) {
+                extra["content"] = serde_json::json!({ "answer": text });
+            }
             let _ = a
                 .hook
                 .record(a.event(SecurityEventKind::LlmResult, extra))
@@ -417,7 +441,25 @@ impl ChatService {
     /// guard refusal in the audit trail. With `fail_closed`, a request whose record cannot be
     /// written is refused with 503 `audit_unavailable`.
     pub fn with_audit(mut self, sink: Arc<dyn SecurityEventSink>, fail_closed: bool) -> Self {
-        self.audit = Some(Arc::new(AuditHook { sink, fail_closed }));
+        self.audit = Some(Arc::new(AuditHook {
+            sink,
+            fail_closed,
+            content: Vec::new(),
+        }));
+        self
+    }
+
+    /// The tenants (ids; `*`: all) whose model requests are recorded with their text: the
+    /// turns sent on `llm_request` and the answer on `llm_result`, under `content` (the store
+    /// seals it with the tenant's data key). Others get digests only. After [`Self::with_audit`].
+    pub fn with_audit_content(mut self, tenants: Vec<String>) -> Self {
+        self.audit = self.audit.map(|h| {
+            Arc::new(AuditHook {
+                sink: h.sink.clone(),
+                fail_closed: h.fail_closed,
+                content: tenants,
+            })
+        });
         self
     }
 
@@ -534,12 +576,18 @@ impl ChatService {
             if let crate::entities::Credential::ApiKey { key_id, .. } = &who.credential {
                 base.insert("api_key_id".into(), key_id.to_string().into());
             }
-            base.insert("prompt_sha256".into(), entry.prompt_sha256.clone().into());
+            base.insert(
+                "prompt_sha256".into(),
+                sha256_hex(entry.prompt_json.as_bytes()).into(),
+            );
             base.insert("max_tokens".into(), max_tokens.into());
             RequestAudit {
                 hook: hook.clone(),
                 who: who.clone(),
                 base,
+                prompt: hook
+                    .records_content(&who.tenant_id)
+                    .then(|| entry.prompt_json.clone()),
             }
         });
         let demand = Demand {
@@ -772,7 +820,7 @@ impl ChatService {
         let entry = Entry {
             door: Door::Chat,
             route: "chat",
-            prompt_sha256: prompt_digest(&[(Role::User, message)]),
+            prompt_json: prompt_json(&[(Role::User, message)]),
         };
         let acct = self
             .admit(who, entry, &spec, &prompt, params.max_tokens)
@@ -850,7 +898,7 @@ impl ChatService {
         let entry = Entry {
             door: Door::Api,
             route: "v1",
-            prompt_sha256: prompt_digest(&turns),
+            prompt_json: prompt_json(&turns),
         };
         let acct = self
             .admit(who, entry, &spec, &prompt, params.max_tokens)
@@ -912,7 +960,9 @@ impl ChatService {
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                }))
+                }),
+                    None,
+                )
                 .await;
                 acct.close(Consumed::default(), false).await;
                 return Err(e.into());
@@ -1101,7 +1151,7 @@ impl ChatService {
         let entry = Entry {
             door: Door::Api,
             route: "generate",
-            prompt_sha256: prompt_digest(&[(Role::User, prompt)]),
+            prompt_json: prompt_json(&[(Role::User, prompt)]),
         };
         let acct = self.admit(who, entry, &spec, &messages, max_tokens).await?;
         let (guarded, acct) = self
@@ -1135,7 +1185,9 @@ impl ChatService {
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                }))
+                }),
+                    None,
+                )
                 .await;
                 acct.close(Consumed::default(), false).await;
                 return Err(e.into());
@@ -1161,18 +1213,21 @@ impl ChatService {
             generating: computing.elapsed(),
             cached: routed.cached,
         });
-        acct.record_result(serde_json::json!({
-            "outcome": outcome,
-            "error": error,
-            "answered_by": routed.model,
-            "fallback_from": routed.fallback_from,
-            "cached": routed.cached,
-            "prompt_tokens": used.prompt_tokens,
-            "completion_tokens": used.completion_tokens,
-            "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "answer_sha256": answer,
-            "guard": output.findings(),
-        }))
+        acct.record_result(
+            serde_json::json!({
+                "outcome": outcome,
+                "error": error,
+                "answered_by": routed.model,
+                "fallback_from": routed.fallback_from,
+                "cached": routed.cached,
+                "prompt_tokens": used.prompt_tokens,
+                "completion_tokens": used.completion_tokens,
+                "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "answer_sha256": answer,
+                "guard": output.findings(),
+            }),
+            result.as_ref().ok().map(String::as_str),
+        )
         .await;
         acct.close(used, matches!(result, Err(CoreError::GuardBlocked { .. })))
             .await;
@@ -1886,20 +1941,23 @@ impl Pump {
         if blocked.is_some() {
             crate::telemetry::guard_blocked("output");
         }
-        acct.record_result(serde_json::json!({
-            "outcome": outcome,
-            "error": failure.as_ref().map(error_kind),
-            "finish_reason": meta.finish_reason,
-            "answered_by": meta.model,
-            "fallback_from": meta.fallback_from,
-            "cached": meta.cached,
-            "session_id": self.repo.is_some().then(|| self.session.to_string()),
-            "prompt_tokens": meta.prompt_tokens,
-            "completion_tokens": meta.completion_tokens,
-            "latency_ms": meta.latency_ms,
-            "answer_sha256": answer_digest(&content),
-            "guard": output_findings_for_audit,
-        }))
+        acct.record_result(
+            serde_json::json!({
+                "outcome": outcome,
+                "error": failure.as_ref().map(error_kind),
+                "finish_reason": meta.finish_reason,
+                "answered_by": meta.model,
+                "fallback_from": meta.fallback_from,
+                "cached": meta.cached,
+                "session_id": self.repo.is_some().then(|| self.session.to_string()),
+                "prompt_tokens": meta.prompt_tokens,
+                "completion_tokens": meta.completion_tokens,
+                "latency_ms": meta.latency_ms,
+                "answer_sha256": answer_digest(&content),
+                "guard": output_findings_for_audit,
+            }),
+            Some(&content),
+        )
         .await;
         acct.close(used, blocked.is_some()).await;
 

@@ -198,9 +198,83 @@ fn event_from(row: &AnyRow) -> CoreResult<SecurityEvent> {
     })
 }
 
+/// Where the text of a model request (`detail.content`, recorded when the tenant's policy
+/// says so) is sealed: its tenant, and the event's kind, time, request and user.
+fn content_place<'a>(tenant: &'a str, row: &'a str) -> crate::crypto::Place<'a> {
+    crate::crypto::Place {
+        tenant,
+        field: "security_events.content",
+        row,
+    }
+}
+
+fn content_row(e: &SecurityEvent) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        e.kind.as_str(),
+        e.created_at,
+        e.request_id.as_deref().unwrap_or("-"),
+        e.user_id.map(|u| u.to_string()).unwrap_or_default()
+    )
+}
+
+impl Store {
+    /// Seals `detail.content` with the tenant's data key before the event is chained (the
+    /// chain covers the sealed form, so a shredded tenant's trail still verifies). Content
+    /// without a tenant is dropped: the text is never stored in the clear.
+    async fn seal_event_content(&self, e: &mut SecurityEvent) -> CoreResult<()> {
+        let Some(content) = e.detail.get("content").filter(|c| !c.is_null()) else {
+            return Ok(());
+        };
+        let plain = content.to_string();
+        let sealed = match e.tenant_id {
+            Some(t) => {
+                let (tenant, row) = (t.to_string(), content_row(e));
+                Some(
+                    self.seal_text(&content_place(&tenant, &row), &plain)
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        if let Some(d) = e.detail.as_object_mut() {
+            match sealed {
+                Some(s) => d.insert("content".into(), serde_json::Value::String(s)),
+                None => d.remove("content"),
+            };
+        }
+        Ok(())
+    }
+
+    /// Opens `detail.content` for a reader with `audit:read`; a value that no longer opens
+    /// (the tenant's keys shredded) reads as `{"unavailable": "data_destroyed"}`.
+    async fn open_event_content(&self, e: &mut SecurityEvent) {
+        let Some(serde_json::Value::String(stored)) = e.detail.get("content").cloned() else {
+            return;
+        };
+        let opened = match e.tenant_id {
+            Some(t) => {
+                let (tenant, row) = (t.to_string(), content_row(e));
+                self.open_text(&content_place(&tenant, &row), stored)
+                    .await
+                    .ok()
+                    .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            }
+            None => None,
+        };
+        if let Some(d) = e.detail.as_object_mut() {
+            d.insert(
+                "content".into(),
+                opened.unwrap_or_else(|| serde_json::json!({ "unavailable": "data_destroyed" })),
+            );
+        }
+    }
+}
+
 #[async_trait]
 impl SecurityEventSink for Store {
-    async fn record(&self, e: SecurityEvent) -> CoreResult<()> {
+    async fn record(&self, mut e: SecurityEvent) -> CoreResult<()> {
+        self.seal_event_content(&mut e).await?;
         self.append_event(&e).await.map(|_| ())
     }
 
@@ -222,7 +296,14 @@ impl SecurityEventSink for Store {
         .fetch_all_in(self, scope)
         .await
         .map_err(db_err)?;
-        rows.iter().map(event_from).collect()
+        let mut events = rows
+            .iter()
+            .map(event_from)
+            .collect::<CoreResult<Vec<_>>>()?;
+        for e in &mut events {
+            self.open_event_content(e).await;
+        }
+        Ok(events)
     }
 }
 

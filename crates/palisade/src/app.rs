@@ -865,7 +865,8 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     let mut chat = ChatService::new(Arc::new(store.clone()), router, registry.clone(), policy)
         .with_guard(guard)
         .with_usage(Arc::new(store.clone()))
-        .with_audit(Arc::new(store.clone()), cfg.audit.fail_closed);
+        .with_audit(Arc::new(store.clone()), cfg.audit.fail_closed)
+        .with_audit_content(cfg.audit.record_content.clone());
     if let Some(model) = &cfg.chat.title_model {
         chat = chat.with_titles(
             Arc::new(store.clone()),

@@ -43,9 +43,26 @@ async fn text_of(s: &Server, token: &str, session: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// The default tenant's policy records the text of model requests in the audit trail.
+const RECORD_HOME: [(&str, &str); 1] = [(
+    "PALISADE_AUDIT__RECORD_CONTENT",
+    r#"["00000000-0000-7000-8000-000000000001"]"#,
+)];
+
+/// The trail's events, newest first, as an `audit:read` holder reads them.
+async fn events(s: &Server, token: &str) -> Vec<Value> {
+    let v: Value = s
+        .get(token, "/api/admin/security-events?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    v.as_array().unwrap().clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
-    let s = Server::start(&[]);
+    let s = Server::start(&RECORD_HOME);
     let admin = s.admin_token().await;
     let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
     let home = me["tenant_id"].as_str().unwrap().to_string();
@@ -67,6 +84,51 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     let answer: Value = r.json().await.unwrap();
     let session = answer["session_id"].as_str().unwrap().to_string();
 
+    // The tenant's policy records content: the auditor reads the turns and the answer in the
+    // trail (sealed in the database like the messages, checked below).
+    let trail = events(&s, &admin).await;
+    let request = trail
+        .iter()
+        .find(|e| e["kind"] == "llm_request" && e["detail"]["route"] == "chat")
+        .unwrap();
+    let prompt = request["detail"]["content"]["prompt"].as_str().unwrap();
+    assert!(prompt.contains(&marker), "{request}");
+    let turns: Value = serde_json::from_str(prompt).unwrap();
+    assert_eq!(turns[0]["role"], "user");
+    let result = trail
+        .iter()
+        .find(|e| e["kind"] == "llm_result" && e["detail"]["route"] == "chat")
+        .unwrap();
+    assert_eq!(
+        result["detail"]["content"]["answer"], answer["content"],
+        "{result}"
+    );
+    // Another tenant, whose policy does not: digests only, never the text.
+    let acme: Value = s
+        .post(&admin, "/api/admin/tenants", json!({"name": "acme"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (_, bob, _) = s.new_user(&admin, "bob", "user", acme["id"].as_str()).await;
+    let other = format!("heron{}", &marker[7..]);
+    let r = s
+        .post(
+            &bob,
+            "/api/chat/message",
+            json!({"message": format!("Say {other}."), "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let trail = events(&s, &admin).await;
+    let bobs = trail
+        .iter()
+        .find(|e| e["kind"] == "llm_request" && e["tenant_id"] == acme["id"])
+        .unwrap();
+    assert!(bobs["detail"]["prompt_sha256"].is_string(), "{bobs}");
+    assert!(bobs["detail"].get("content").is_none(), "{bobs}");
+    assert!(!Value::Array(trail).to_string().contains(&other));
+
     // The owner reads the message, the title and the preview back; the files hold none of it.
     assert!(text_of(&s, &admin, &session).await.contains(&marker));
     let list = s
@@ -81,6 +143,14 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     if !common::on_postgres() {
         assert!(!on_disk(&dir, &marker), "plaintext in the database files");
     }
+    let stored = common::sql(
+        &dir,
+        "SELECT detail FROM security_events WHERE kind IN ('llm_request', 'llm_result') \
+         AND detail LIKE '%\"content\"%'",
+    );
+    assert_eq!(stored.lines().count(), 2, "{stored}");
+    assert!(!stored.contains(&marker), "{stored}");
+    assert!(stored.contains("\"content\":\"enc1:"), "{stored}");
     let key_file = dir.join("master.key");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
@@ -90,7 +160,8 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     let before = std::fs::read_to_string(&key_file).unwrap();
     let (code, out) = keys(&dir, &["rotate-master"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("1 data keys re-wrapped"), "{out}");
+    // (the default tenant's key and acme's)
+    assert!(out.contains("2 data keys re-wrapped"), "{out}");
     assert_ne!(std::fs::read_to_string(&key_file).unwrap(), before);
     assert_eq!(
         std::fs::read_to_string(dir.join("master.key.previous")).unwrap(),
@@ -101,12 +172,12 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     let (code, out) = keys(&dir, &["rotate-master"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("master.key.previous"), "{out}");
-    let s = s.restart(&[]);
+    let s = s.restart(&RECORD_HOME);
     let admin = s.admin_token().await;
     assert!(text_of(&s, &admin, &session).await.contains(&marker));
     // Without the previous key at all: the data keys were re-wrapped, nothing is lost.
     std::fs::remove_file(dir.join("master.key.previous")).unwrap();
-    let s = s.restart(&[]);
+    let s = s.restart(&RECORD_HOME);
     let admin = s.admin_token().await;
     assert!(text_of(&s, &admin, &session).await.contains(&marker));
     let (code, out) = keys(&dir, &["status"]);
@@ -121,7 +192,7 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     let (code, out) = keys(&dir, &["shred", "--tenant", &home, "--yes"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 data keys destroyed"), "{out}");
-    let s = s.restart(&[]);
+    let s = s.restart(&RECORD_HOME);
     let admin = s.admin_token().await;
     let r = messages(&s, &admin, &session).await;
     assert_eq!(
@@ -149,18 +220,21 @@ async fn conversations_are_encrypted_at_rest_rotated_and_shredded() {
     assert!(text_of(&s, &admin, fresh["session_id"].as_str().unwrap())
         .await
         .contains("A fresh start."));
-    let events: Value = s
-        .get(&admin, "/api/admin/security-events?limit=200")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let trail = events(&s, &admin).await;
+    let kinds: Vec<&str> = trail.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"tenant_key_shredded"), "{kinds:?}");
     assert!(kinds.contains(&"master_key_rotated"), "{kinds:?}");
+    // The recorded text went with the keys; the trail itself still verifies.
+    let request = trail
+        .iter()
+        .rfind(|e| e["kind"] == "llm_request" && e["detail"]["route"] == "chat")
+        .unwrap();
+    assert_eq!(
+        request["detail"]["content"],
+        json!({"unavailable": "data_destroyed"}),
+        "{request}"
+    );
+    assert!(!Value::Array(trail).to_string().contains(&marker));
+    let (code, out) = common::cli(&dir, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
 }
