@@ -59,11 +59,55 @@ fn snapshot(db: &Path, copy: &Path) {
     sqlite(db, &["VACUUM INTO ?1"], copy.to_str().unwrap()).unwrap();
 }
 
+/// Four ways to tamper with the trail of the chain `?1`: (name, SQL run by someone who holds
+/// the database, the event `audit verify` must name, what it must say). The statements are the
+/// same on SQLite and PostgreSQL.
+type Tampering = (&'static str, &'static [&'static str], i64, &'static str);
+const TAMPERING: [Tampering; 4] = [
+    (
+        "edited",
+        &["UPDATE security_events SET user_id = 'mallory' WHERE chain = ?1 AND chain_seq = 3"],
+        3,
+        "does not match",
+    ),
+    (
+        "deleted",
+        &["DELETE FROM security_events WHERE chain = ?1 AND chain_seq = 2"],
+        2,
+        "missing",
+    ),
+    (
+        "inserted",
+        &[
+            "UPDATE security_events SET chain_seq = -chain_seq - 1 \
+         WHERE chain = ?1 AND chain_seq >= 3",
+            "UPDATE security_events SET chain_seq = -chain_seq WHERE chain = ?1 AND chain_seq < 0",
+            "INSERT INTO security_events (kind, tenant_id, user_id, ip, detail, created_at, \
+         chain, chain_seq, prev_hash, hash) SELECT 'login_success', tenant_id, 'ghost', \
+         ip, '{}', created_at, chain, 3, hash, \
+         '1111111111111111111111111111111111111111111111111111111111111111' \
+         FROM security_events WHERE chain = ?1 AND chain_seq = 2",
+        ],
+        3,
+        "does not match",
+    ),
+    (
+        "reordered",
+        &[
+            "UPDATE security_events SET chain_seq = -1 WHERE chain = ?1 AND chain_seq = 2",
+            "UPDATE security_events SET chain_seq = 2 WHERE chain = ?1 AND chain_seq = 3",
+            "UPDATE security_events SET chain_seq = 3 WHERE chain = ?1 AND chain_seq = -1",
+        ],
+        2,
+        "does not match",
+    ),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_is_a_verifiable_chain() {
     if common::skip_on_postgres(
-        "it edits copies of the SQLite file; the chain on PostgreSQL is checked by \
-         palisade-store's tests and tests/scale_out.rs",
+        "it edits copies of the SQLite file; on PostgreSQL the same tampering is \
+         tampering_on_postgresql_is_found_at_the_event",
     ) {
         return;
     }
@@ -120,46 +164,7 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     // Copies tampered with by someone who has the file and drops the triggers: each is found at
     // the event touched.
     let scratch = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], i64, &str); 4] = [
-        (
-            "edited",
-            &["UPDATE security_events SET user_id = 'mallory' WHERE chain = ?1 AND chain_seq = 3"],
-            3,
-            "does not match",
-        ),
-        (
-            "deleted",
-            &["DELETE FROM security_events WHERE chain = ?1 AND chain_seq = 2"],
-            2,
-            "missing",
-        ),
-        (
-            "inserted",
-            &[
-                "UPDATE security_events SET chain_seq = -chain_seq - 1 \
-                 WHERE chain = ?1 AND chain_seq >= 3",
-                "UPDATE security_events SET chain_seq = -chain_seq WHERE chain = ?1 AND chain_seq < 0",
-                "INSERT INTO security_events (kind, tenant_id, user_id, ip, detail, created_at, \
-                 chain, chain_seq, prev_hash, hash) SELECT 'login_success', tenant_id, 'ghost', \
-                 ip, '{}', created_at, chain, 3, hash, \
-                 '1111111111111111111111111111111111111111111111111111111111111111' \
-                 FROM security_events WHERE chain = ?1 AND chain_seq = 2",
-            ],
-            3,
-            "does not match",
-        ),
-        (
-            "reordered",
-            &[
-                "UPDATE security_events SET chain_seq = -1 WHERE chain = ?1 AND chain_seq = 2",
-                "UPDATE security_events SET chain_seq = 2 WHERE chain = ?1 AND chain_seq = 3",
-                "UPDATE security_events SET chain_seq = 3 WHERE chain = ?1 AND chain_seq = -1",
-            ],
-            2,
-            "does not match",
-        ),
-    ];
-    for (name, statements, at, why) in cases {
+    for (name, statements, at, why) in TAMPERING {
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(s.data_dir().join("audit.key"), dir.join("audit.key")).unwrap();
@@ -190,6 +195,120 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     let (code, report) = verify(&dir);
     assert_eq!(code, 1, "{report}");
     assert_eq!(report["broken"]["event"], 1, "{report}");
+}
+
+/// Runs SQL on a PostgreSQL database with `psql`, an outside tool, as the URL's role: what it
+/// printed, or its error.
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql (scripts/setup --test installs postgresql-client)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// The PostgreSQL twin of [`the_audit_trail_is_a_verifiable_chain`]: the product's role cannot
+/// change the trail, and copies of the database tampered with by its owner (who drops the
+/// append-only trigger) are each found at the event touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_on_postgresql_is_found_at_the_event() {
+    let Some(server) = palisade_store::testing::postgres_server() else {
+        eprintln!(
+            "skipped on SQLite: the PostgreSQL pass runs it (the SQLite twin is \
+             the_audit_trail_is_a_verifiable_chain)"
+        );
+        return;
+    };
+    let s = Server::start(&[]);
+    let admin = s.admin_token().await;
+    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
+    let home = me["tenant_id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let r = s
+            .post_public(
+                "/api/auth/login",
+                json!({"username": "admin", "password": "not-the-password-at-all"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    s.login("admin", ADMIN_PASSWORD).await;
+    let (code, report) = verify(s.data_dir());
+    assert_eq!(code, 0, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 5, "{report}");
+
+    // The role the product runs as can neither edit nor delete an event.
+    let url = common::postgres_url(s.data_dir()).unwrap();
+    for sql in [
+        "UPDATE security_events SET ip = '10.0.0.1'",
+        "DELETE FROM security_events",
+    ] {
+        let e = psql(&url, &format!("SET ROLE palisade_app; {sql}")).unwrap_err();
+        assert!(
+            e.contains("permission denied") || e.contains("append-only"),
+            "{sql}: {e}"
+        );
+    }
+
+    // The server stops (its connections close), so the database can be copied as a template.
+    let key = std::fs::read(s.data_dir().join("audit.key")).unwrap();
+    drop(s);
+    let original = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let scratch = tempfile::tempdir().unwrap();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    for (name, statements, at, why) in TAMPERING {
+        // The same naming as the suite's databases, so a run that dies leaves nothing for long.
+        let copy = format!(
+            "palisade_t_{}_{name}{}",
+            stamp.as_secs(),
+            stamp.subsec_nanos()
+        );
+        let create = format!("CREATE DATABASE \"{copy}\" TEMPLATE \"{original}\"");
+        let mut made = psql(&server, &create);
+        for _ in 0..50 {
+            // A closing connection of the stopped server still holds the original briefly.
+            if made.as_ref().is_err_and(|e| e.contains("being accessed")) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                made = psql(&server, &create);
+            }
+        }
+        made.unwrap();
+        let copy_url = palisade_store::testing::with_database(&url, &copy);
+        let mut all =
+            vec!["DROP TRIGGER security_events_append_only ON security_events".to_string()];
+        all.extend(
+            statements
+                .iter()
+                .map(|st| st.replace("?1", &format!("'{home}'"))),
+        );
+        psql(&copy_url, &all.join("; ")).unwrap();
+        let dir = scratch.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("audit.key"), &key).unwrap();
+        // `verify` (through common::command_in) reads the database's URL from here.
+        std::fs::write(dir.join(".test-postgres-url"), &copy_url).unwrap();
+        let (code, report) = verify(&dir);
+        let _ = psql(&server, &format!("DROP DATABASE \"{copy}\" WITH (FORCE)"));
+        assert_eq!(code, 1, "{name}: {report}");
+        assert_eq!(report["intact"], false, "{name}");
+        assert_eq!(report["broken"]["chain"], home.as_str(), "{name}: {report}");
+        assert_eq!(report["broken"]["event"], at, "{name}: {report}");
+        assert!(
+            report["broken"]["reason"].as_str().unwrap().contains(why),
+            "{name}: {report}"
+        );
+    }
 }
 
 /// Runs `palisade audit ARGS… --data-dir DIR`: (exit code, stdout and stderr).
