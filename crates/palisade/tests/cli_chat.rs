@@ -623,6 +623,24 @@ fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     (o.status.code(), text)
 }
 
+/// `GET /readyz`: (status, body).
+async fn readyz(s: &Server) -> (u16, Value) {
+    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// A short question the model answers (200).
+async fn say_hi(s: &Server, token: &str) {
+    let r = s
+        .post(
+            token,
+            "/api/chat/message",
+            serde_json::json!({"message": "Say hi.", "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
 /// Spec 002's `--db-backend auto|postgresql|memory` and `store.fallback`: a database that does
 /// not answer stops the start with a clear error unless the fallback is asked for; then the
 /// server runs from memory, says so loudly and `/readyz` reports `degraded`. `memory` keeps
@@ -660,10 +678,12 @@ async fn db_backend_and_memory_fallback() {
     assert!(banner.contains("IN MEMORY"), "{banner}");
     assert!(s.log().contains("IN-MEMORY database"), "{}", s.log());
     assert!(!banner.contains("Hidden-Pw-77") && !s.log().contains("Hidden-Pw-77"));
-    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let ready: Value = r.json().await.unwrap();
-    assert_eq!(ready["status"], "degraded", "{ready}");
+    let (status, ready) = readyz(&s).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &Value::from("degraded")),
+        "{ready}"
+    );
     let db = ready["checks"]
         .as_array()
         .unwrap()
@@ -682,14 +702,7 @@ async fn db_backend_and_memory_fallback() {
     );
     // It works: the first admin signs in and the model answers.
     let token = s.admin_token().await;
-    let r = s
-        .post(
-            &token,
-            "/api/chat/message",
-            serde_json::json!({"message": "Say hi.", "max_tokens": 4}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    say_hi(&s, &token).await;
     assert!(!s.dir.path().join("palisade.db").exists());
     drop(s);
 
@@ -701,25 +714,14 @@ async fn db_backend_and_memory_fallback() {
         "{:?}",
         s.stdout
     );
-    let ready: Value = s
-        .client
-        .get(s.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["status"], "ok", "{ready}");
+    let (status, ready) = readyz(&s).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &Value::from("ok")),
+        "{ready}"
+    );
     let token = s.admin_token().await;
-    let r = s
-        .post(
-            &token,
-            "/api/chat/message",
-            serde_json::json!({"message": "Say hi.", "max_tokens": 4}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    say_hi(&s, &token).await;
     assert_eq!(
         conversations(&s, &token).await["sessions"]
             .as_array()
