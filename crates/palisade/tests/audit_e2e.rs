@@ -111,22 +111,9 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     ) {
         return;
     }
-    let s = Server::start(&[]);
-    let admin = s.admin_token().await;
-    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
-    let home = me["tenant_id"].as_str().unwrap().to_string();
     // Events in two chains: failed and good logins and a new user at home, a tenant and its
     // first user elsewhere.
-    for _ in 0..3 {
-        let r = s
-            .post_public(
-                "/api/auth/login",
-                json!({"username": "admin", "password": "not-the-password-at-all"}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    }
-    s.login("admin", ADMIN_PASSWORD).await;
+    let (s, admin, home) = server_with_logins().await;
     let r = s
         .post(&admin, "/api/admin/tenants", json!({"name": "acme"}))
         .await;
@@ -177,14 +164,7 @@ async fn the_audit_trail_is_a_verifiable_chain() {
         all.extend_from_slice(statements);
         sqlite(&copy, &all, &home).unwrap();
         let (code, report) = verify(&dir);
-        assert_eq!(code, 1, "{name}: {report}");
-        assert_eq!(report["intact"], false, "{name}");
-        assert_eq!(report["broken"]["chain"], home.as_str(), "{name}: {report}");
-        assert_eq!(report["broken"]["event"], at, "{name}: {report}");
-        assert!(
-            report["broken"]["reason"].as_str().unwrap().contains(why),
-            "{name}: {report}"
-        );
+        assert_broken(name, code, &report, &home, at, why);
     }
 
     // Another key proves nothing: a forger's key finds the whole trail broken.
@@ -195,6 +175,38 @@ async fn the_audit_trail_is_a_verifiable_chain() {
     let (code, report) = verify(&dir);
     assert_eq!(code, 1, "{report}");
     assert_eq!(report["broken"]["event"], 1, "{report}");
+}
+
+/// `audit verify` failed (exit 1) at event `at` of the chain `home`, saying `why`.
+fn assert_broken(name: &str, code: i32, report: &Value, home: &str, at: i64, why: &str) {
+    assert_eq!(code, 1, "{name}: {report}");
+    assert_eq!(report["intact"], false, "{name}");
+    assert_eq!(report["broken"]["chain"], home, "{name}: {report}");
+    assert_eq!(report["broken"]["event"], at, "{name}: {report}");
+    assert!(
+        report["broken"]["reason"].as_str().unwrap().contains(why),
+        "{name}: {report}"
+    );
+}
+
+/// A server whose default tenant's chain holds three failed sign-ins and a good one: (the
+/// server, the admin's token, the tenant's id, which names its chain).
+async fn server_with_logins() -> (Server, String, String) {
+    let s = Server::start(&[]);
+    let admin = s.admin_token().await;
+    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
+    let home = me["tenant_id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let r = s
+            .post_public(
+                "/api/auth/login",
+                json!({"username": "admin", "password": "not-the-password-at-all"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    s.login("admin", ADMIN_PASSWORD).await;
+    (s, admin, home)
 }
 
 /// Runs SQL on a PostgreSQL database with `psql`, an outside tool, as the URL's role: what it
@@ -223,20 +235,7 @@ async fn tampering_on_postgresql_is_found_at_the_event() {
         );
         return;
     };
-    let s = Server::start(&[]);
-    let admin = s.admin_token().await;
-    let me: Value = s.get(&admin, "/api/auth/me").await.json().await.unwrap();
-    let home = me["tenant_id"].as_str().unwrap().to_string();
-    for _ in 0..3 {
-        let r = s
-            .post_public(
-                "/api/auth/login",
-                json!({"username": "admin", "password": "not-the-password-at-all"}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    }
-    s.login("admin", ADMIN_PASSWORD).await;
+    let (s, _admin, home) = server_with_logins().await;
     let (code, report) = verify(s.data_dir());
     assert_eq!(code, 0, "{report}");
     assert!(report["events"].as_u64().unwrap() >= 5, "{report}");
@@ -300,14 +299,7 @@ async fn tampering_on_postgresql_is_found_at_the_event() {
         std::fs::write(dir.join(".test-postgres-url"), &copy_url).unwrap();
         let (code, report) = verify(&dir);
         let _ = psql(&server, &format!("DROP DATABASE \"{copy}\" WITH (FORCE)"));
-        assert_eq!(code, 1, "{name}: {report}");
-        assert_eq!(report["intact"], false, "{name}");
-        assert_eq!(report["broken"]["chain"], home.as_str(), "{name}: {report}");
-        assert_eq!(report["broken"]["event"], at, "{name}: {report}");
-        assert!(
-            report["broken"]["reason"].as_str().unwrap().contains(why),
-            "{name}: {report}"
-        );
+        assert_broken(name, code, &report, &home, at, why);
     }
 }
 
