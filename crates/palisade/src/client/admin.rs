@@ -443,10 +443,10 @@ fn event_line(e: &Value) -> String {
 }
 
 /// `palisade audit tail`: the latest events, oldest first, then (with `--follow`) the new ones
-/// as they come. An event is printed once: each poll skips the events already seen.
+/// as they come. An event is printed once: each poll skips the events of the poll before.
 pub async fn run_audit_tail(a: AuditTailArgs) -> anyhow::Result<i32> {
     let mut conn = connect(&a.client).await?;
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut first = true;
     loop {
         // Every poll reads the newest 1000 (the most one answer holds); the first prints the
@@ -467,8 +467,15 @@ pub async fn run_audit_tail(a: AuditTailArgs) -> anyhow::Result<i32> {
         }
         let shown = if first { a.lines as usize } else { page.len() };
         // The answer is newest first.
+        // An event is known by its chain hash. Only the previous page is remembered: an event
+        // older than it cannot come back into the newest 1000.
+        let key = |e: &Value| match &e["hash"] {
+            Value::String(h) => h.clone(),
+            _ => e.to_string(),
+        };
+        let keys: std::collections::HashSet<String> = page.iter().map(key).collect();
         for (i, e) in page.iter().enumerate().rev() {
-            if !seen.insert(e.to_string()) || i >= shown {
+            if i >= shown || seen.contains(&key(e)) {
                 continue;
             }
             if a.json {
@@ -477,6 +484,7 @@ pub async fn run_audit_tail(a: AuditTailArgs) -> anyhow::Result<i32> {
                 println!("{}", event_line(e));
             }
         }
+        seen = keys;
         first = false;
         if !a.follow {
             return Ok(exit::OK);
