@@ -56,6 +56,9 @@ pub struct AuthSettings {
     pub scoped_max_tokens_cap: u32,
     /// Issuer shown in authenticator apps.
     pub totp_issuer: String,
+    /// Service accounts by TLS client certificate: subject common name -> username of the
+    /// default tenant (`tls.client_accounts`).
+    pub certificate_accounts: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AuthSettings {
@@ -70,6 +73,7 @@ impl Default for AuthSettings {
             scoped_ttl_secs: 60,
             scoped_max_tokens_cap: 2048,
             totp_issuer: "Palisade".into(),
+            certificate_accounts: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -931,6 +935,42 @@ impl IdentityService for AuthService {
         };
         who.client = client.clone();
         Ok(who)
+    }
+
+    async fn authenticate_certificate(
+        &self,
+        common_name: &str,
+        client: &ClientInfo,
+    ) -> CoreResult<Principal> {
+        let Some(username) = self.settings.certificate_accounts.get(common_name) else {
+            return Err(CoreError::unauthenticated());
+        };
+        let user = self
+            .repos
+            .users
+            .find_by_username(DEFAULT_TENANT, username)
+            .await?
+            .filter(|u| u.is_active)
+            .ok_or_else(CoreError::invalid_token)?;
+        let mut p = self.principal_for(
+            &user,
+            Credential::External {
+                issuer: palisade_core::entities::CLIENT_CERTIFICATE.to_string(),
+            },
+            format!("cert:{common_name}"),
+            None,
+        );
+        // As for API keys: an account that must change its password is refused, and a 2FA
+        // enrolment (an interactive step) does not apply to a program.
+        if p.must_change_password {
+            return Err(CoreError::denied(
+                "password_change_required",
+                "the certificate's account must change its password first",
+            ));
+        }
+        p.needs_2fa_enrolment = false;
+        p.client = client.clone();
+        Ok(p)
     }
 
     fn sso_enabled(&self) -> bool {

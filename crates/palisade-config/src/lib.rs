@@ -478,6 +478,34 @@ pub struct TlsConfig {
     /// Mutual TLS: a PEM bundle of the certificate authorities whose client certificates the
     /// listener requires. A client without such a certificate cannot complete the handshake.
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: service accounts by certificate. A request without a bearer token
+    /// whose verified client certificate has one of these subject common names acts as the
+    /// named user of the default tenant (`"svc-reporting" = "reporting-bot"`).
+    pub client_accounts: BTreeMap<String, String>,
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.client_accounts.is_empty() && self.client_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls.client_accounts",
+                message: "needs `tls.client_ca`: only certificates of those authorities are \
+                          verified"
+                    .into(),
+            });
+        }
+        if self
+            .client_accounts
+            .iter()
+            .any(|(cn, user)| cn.trim().is_empty() || user.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.client_accounts",
+                message: "each entry maps a certificate common name to a username".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -766,6 +794,12 @@ pub struct HttpConfig {
     /// A client that has not sent a whole request head within this many seconds is cut off
     /// (slow-header attacks); TLS handshakes get the same bound.
     pub header_read_timeout_secs: u64,
+    /// A plain-HTTP listener (`IP:PORT`, e.g. `0.0.0.0:80`) that answers every request with a
+    /// permanent redirect to the same path on HTTPS, and serves nothing else. Off when unset.
+    pub redirect_listen: Option<String>,
+    /// The HTTPS port the redirects name: the main listener's port when unset (set 443 when
+    /// a port mapping or a load balancer puts the listener there).
+    pub redirect_https_port: Option<u16>,
 }
 
 impl Default for HttpConfig {
@@ -775,6 +809,8 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             header_read_timeout_secs: 30,
+            redirect_listen: None,
+            redirect_https_port: None,
         }
     }
 }
@@ -805,7 +841,27 @@ impl HttpConfig {
                 message: "must be in 1..=300".into(),
             });
         }
+        self.redirect_addr()?;
+        if self.redirect_https_port == Some(0) {
+            return Err(ConfigError::Invalid {
+                key: "http.redirect_https_port",
+                message: "must be a port number, 1 to 65535".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// The redirect listener's address, parsed.
+    pub fn redirect_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.redirect_listen
+            .as_deref()
+            .map(|l| {
+                l.parse().map_err(|_| ConfigError::Invalid {
+                    key: "http.redirect_listen",
+                    message: format!("{l:?} is not IP:PORT"),
+                })
+            })
+            .transpose()
     }
 }
 
@@ -1137,6 +1193,7 @@ impl Config {
         }
         self.metrics.validate()?;
         self.http.validate()?;
+        self.tls.validate()?;
         if self.http.body_limit_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 key: "http.body_limit_bytes",

@@ -113,6 +113,17 @@ pub trait IdentityService: Send + Sync + 'static {
     async fn logout_all(&self, principal: &Principal) -> CoreResult<()>;
     /// Verifies a bearer credential (access token, API key or IdP token) into a principal.
     async fn authenticate(&self, bearer: &str, client: &ClientInfo) -> CoreResult<Principal>;
+    /// Authenticates a caller without a bearer by the subject common name of its TLS client
+    /// certificate (already verified against the listener's CAs), when the configuration maps
+    /// that name to a service account. Unmapped names are unauthenticated.
+    async fn authenticate_certificate(
+        &self,
+        common_name: &str,
+        client: &ClientInfo,
+    ) -> CoreResult<Principal> {
+        let _ = (common_name, client);
+        Err(crate::error::CoreError::unauthenticated())
+    }
     async fn current_user(&self, principal: &Principal) -> CoreResult<User>;
     /// Issues a 60-second token bound to one model and a `max_tokens` cap.
     async fn issue_scoped_token(

@@ -99,6 +99,9 @@ impl Principal {
     }
 }
 
+/// The `issuer` of a [`Credential::External`] from a TLS client certificate.
+pub const CLIENT_CERTIFICATE: &str = "tls-client-certificate";
+
 /// How the caller authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -109,7 +112,9 @@ pub enum Credential {
         key_id: ApiKeyId,
         store_conversations: bool,
     },
-    /// A bearer JWT of the configured OpenID provider.
+    /// An identity vouched for outside Palisade: a bearer JWT of the configured OpenID
+    /// provider (`issuer` is its issuer), or a verified TLS client certificate mapped to a
+    /// service account (`issuer` is [`CLIENT_CERTIFICATE`]).
     External { issuer: String },
 }
 

@@ -260,6 +260,48 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
 }
 
+/// The `tls` table of a remote entry: files by path, the key by reference, both halves of a
+/// client identity, and only towards `https://`.
+fn validate_tls(spec: &ModelSpec) -> CoreResult<()> {
+    let bad = |m: &str| Err(CoreError::validation("invalid_model", m.to_string()));
+    let t = &spec.tls;
+    if t.is_empty() {
+        return Ok(());
+    }
+    if !spec
+        .base_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"))
+    {
+        return bad("`tls` applies only to an https:// `base_url`");
+    }
+    let path_ok = |p: &Option<String>| {
+        p.as_deref()
+            .is_none_or(|p| !p.trim().is_empty() && !p.starts_with("env::") && p.len() <= 4096)
+    };
+    if !path_ok(&t.ca_cert) || !path_ok(&t.client_cert) {
+        return bad("`tls.ca_cert` and `tls.client_cert` are paths of PEM files");
+    }
+    if t.ca_only && t.ca_cert.is_none() {
+        return bad("`tls.ca_only` needs `tls.ca_cert`");
+    }
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        return bad("a client certificate needs both `tls.client_cert` and `tls.client_key`");
+    }
+    if let Some(k) = &t.client_key {
+        let ok = k
+            .strip_prefix("env::")
+            .or_else(|| k.strip_prefix("file::"))
+            .is_some_and(|r| !r.is_empty());
+        if !ok {
+            return bad(
+                "`tls.client_key` must be a reference, `env::NAME` or `file::PATH`; inline keys are refused",
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks one entry on its own (fallback targets are checked against the registry).
 pub fn validate_spec(spec: &ModelSpec, known_roles: &BTreeSet<String>) -> CoreResult<()> {
     let bad = |m: String| Err(CoreError::validation("invalid_model", m));
@@ -268,8 +310,8 @@ pub fn validate_spec(spec: &ModelSpec, known_roles: &BTreeSet<String>) -> CoreRe
     }
     match spec.provider {
         ProviderKind::Local => {
-            if spec.base_url.is_some() || spec.api_key.is_some() {
-                return bad("a `local` model takes no `base_url` or `api_key`".into());
+            if spec.base_url.is_some() || spec.api_key.is_some() || !spec.tls.is_empty() {
+                return bad("a `local` model takes no `base_url`, `api_key` or `tls`".into());
             }
         }
         ProviderKind::Openai | ProviderKind::Ollama => {
@@ -304,6 +346,7 @@ pub fn validate_spec(spec: &ModelSpec, known_roles: &BTreeSet<String>) -> CoreRe
             );
         }
     }
+    validate_tls(spec)?;
     if spec.upstream_model.len() > 256 {
         return bad("`upstream_model` is too long".into());
     }
@@ -338,7 +381,7 @@ pub fn validate_spec(spec: &ModelSpec, known_roles: &BTreeSet<String>) -> CoreRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_types::models::TrustZone;
+    use palisade_types::models::{TrustZone, UpstreamTls};
 
     fn roles() -> BTreeSet<String> {
         ["admin", "user"].iter().map(|s| s.to_string()).collect()
@@ -388,6 +431,64 @@ mod tests {
                 ..remote("x")
             },
             remote("bad name"),
+        ] {
+            assert!(validate_spec(&bad, &roles()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_tls_takes_files_and_a_key_by_reference() {
+        let https = |tls: UpstreamTls| ModelSpec {
+            base_url: Some("https://node-1:8443/v1".into()),
+            tls,
+            ..remote("x")
+        };
+        let full = UpstreamTls {
+            ca_cert: Some("/etc/palisade/nodes-ca.pem".into()),
+            ca_only: true,
+            client_cert: Some("/etc/palisade/gw.pem".into()),
+            client_key: Some("file::/etc/palisade/gw.key".into()),
+        };
+        assert!(validate_spec(&https(full.clone()), &roles()).is_ok());
+        let inline_key = UpstreamTls {
+            client_key: Some("-----BEGIN PRIVATE KEY-----MIIE".into()),
+            ..full.clone()
+        };
+        let err = validate_spec(&https(inline_key), &roles())
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| !e.contains("MIIE")));
+        for bad in [
+            // Half an identity.
+            https(UpstreamTls {
+                client_key: None,
+                ..full.clone()
+            }),
+            https(UpstreamTls {
+                client_cert: None,
+                ..full.clone()
+            }),
+            // Trusting only a CA that is not given.
+            https(UpstreamTls {
+                ca_cert: None,
+                ca_only: true,
+                ..UpstreamTls::default()
+            }),
+            https(UpstreamTls {
+                ca_cert: Some(" ".into()),
+                ..UpstreamTls::default()
+            }),
+            // TLS settings on plain HTTP, and on the embedded engine.
+            ModelSpec {
+                tls: full.clone(),
+                ..remote("x")
+            },
+            ModelSpec {
+                name: "local".into(),
+                provider: ProviderKind::Local,
+                tls: full.clone(),
+                ..ModelSpec::default()
+            },
         ] {
             assert!(validate_spec(&bad, &roles()).is_err(), "{bad:?}");
         }

@@ -145,6 +145,13 @@ impl IpLimiter {
     }
 }
 
+/// The verified TLS client certificate of the connection a request came on, put in the
+/// request's extensions by the listener (mutual TLS). Only its subject common name is kept.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate {
+    pub common_name: Option<String>,
+}
+
 /// Authenticates every non-public request and stores the `Principal` in its extensions.
 pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
@@ -166,11 +173,19 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
     if is_public(&method, &path) {
         return next.run(req).await;
     }
-    let Some(token) = bearer(req.headers()) else {
-        return ApiError::from(CoreError::unauthenticated()).into_response();
-    };
     let client = client_info(req.extensions(), req.headers());
-    match state.identity.authenticate(token, &client).await {
+    let certificate = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|c| c.common_name.clone());
+    // A bearer wins; without one, a verified client certificate mapped to a service account
+    // stands in for it.
+    let outcome = match (bearer(req.headers()), certificate) {
+        (Some(token), _) => state.identity.authenticate(token, &client).await,
+        (None, Some(cn)) => state.identity.authenticate_certificate(&cn, &client).await,
+        (None, None) => return ApiError::from(CoreError::unauthenticated()).into_response(),
+    };
+    match outcome {
         Ok(principal) => {
             if principal.must_change_password && !listed(PASSWORD_CHANGE_ROUTES, &method, &path) {
                 return ApiError::from(CoreError::denied(

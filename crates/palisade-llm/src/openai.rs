@@ -34,12 +34,21 @@ impl OpenAiUpstream {
         api_key: Option<String>,
         connect_timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        Ok(Self {
-            http: http_client(connect_timeout)?,
+        Ok(Self::with_client(
+            base_url,
+            api_key,
+            http_client(connect_timeout)?,
+        ))
+    }
+
+    /// As `new`, over a client built elsewhere (a private CA, a client certificate).
+    pub fn with_client(base_url: &str, api_key: Option<String>, http: reqwest::Client) -> Self {
+        Self {
+            http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
             stream: true,
-        })
+        }
     }
 
     /// Asks for one JSON answer instead of a stream.

@@ -26,7 +26,7 @@ use crate::cache::{CachedAnswer, ResponseCache};
 use crate::estimate;
 use crate::ollama::OllamaUpstream;
 use crate::openai::OpenAiUpstream;
-use crate::upstream::{Upstream, UpstreamRequest};
+use crate::upstream::{http_client_with, TlsMaterial, Upstream, UpstreamRequest};
 
 /// Resolves a credential reference (`env::NAME`, `file::PATH`) to the secret.
 pub type SecretResolver = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
@@ -145,6 +145,39 @@ impl Router {
             .clone()
     }
 
+    /// Reads the CA and client certificate files and resolves the client key of an entry.
+    /// Errors name the entry and the setting, never a file's content.
+    fn tls_material(&self, spec: &ModelSpec) -> Result<TlsMaterial, ProviderError> {
+        let t = &spec.tls;
+        let fail = |what: &str, detail: String| {
+            tracing::error!(model = %spec.name, setting = what, error = %detail, "upstream TLS setting cannot be read");
+            ProviderError::Internal(format!("`{what}` of `{}` cannot be read", spec.name))
+        };
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| fail(what, format!("{path}: {e}")))
+        };
+        let ca_pem = match &t.ca_cert {
+            Some(p) => Some(read("tls.ca_cert", p)?),
+            None => None,
+        };
+        let identity_pem = match (&t.client_cert, &t.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read("tls.client_cert", cert)?;
+                let key = (self.resolver)(key).map_err(|e| fail("tls.client_key", e))?;
+                pem.push(b'\n');
+                pem.extend_from_slice(key.as_bytes());
+                pem.push(b'\n');
+                Some(pem)
+            }
+            _ => None,
+        };
+        Ok(TlsMaterial {
+            ca_pem,
+            ca_only: t.ca_only,
+            identity_pem,
+        })
+    }
+
     /// The client of a remote entry, built on first use and after every change of the entry.
     fn upstream(&self, spec: &Arc<ModelSpec>) -> Result<Arc<dyn Upstream>, ProviderError> {
         let mut map = match self.clients.lock() {
@@ -165,9 +198,14 @@ impl Router {
         };
         let base = spec.base_url.as_deref().unwrap_or_default();
         let connect = Duration::from_millis(spec.timeouts.connect_ms);
+        let tls = self.tls_material(spec)?;
+        let http = http_client_with(connect, &tls).map_err(|e| {
+            tracing::error!(model = %spec.name, error = %e, "upstream TLS settings cannot be used");
+            ProviderError::Internal(format!("TLS settings of `{}` cannot be used", spec.name))
+        })?;
         let upstream: Arc<dyn Upstream> = match spec.provider {
-            ProviderKind::Openai => Arc::new(OpenAiUpstream::new(base, key, connect)?),
-            ProviderKind::Ollama => Arc::new(OllamaUpstream::new(base, key, connect)?),
+            ProviderKind::Openai => Arc::new(OpenAiUpstream::with_client(base, key, http)),
+            ProviderKind::Ollama => Arc::new(OllamaUpstream::with_client(base, key, http)),
             ProviderKind::Local => {
                 return Err(ProviderError::Internal(
                     "a local model has no upstream".into(),

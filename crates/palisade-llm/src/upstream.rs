@@ -25,14 +25,68 @@ pub trait Upstream: Send + Sync + 'static {
     async fn start(&self, req: &UpstreamRequest) -> Result<GenerationStream, ProviderError>;
 }
 
+/// TLS material of one upstream beyond the public roots, already read from its files.
+#[derive(Default)]
+pub struct TlsMaterial {
+    /// PEM CA certificates trusted in addition to the public roots...
+    pub ca_pem: Option<Vec<u8>>,
+    /// ...or instead of them.
+    pub ca_only: bool,
+    /// A client identity: the PEM certificate chain followed by the PEM private key.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The identity holds a private key: only its presence is shown.
+        f.debug_struct("TlsMaterial")
+            .field("ca", &self.ca_pem.is_some())
+            .field("ca_only", &self.ca_only)
+            .field("identity", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
 /// An HTTP client for one upstream: TCP_NODELAY (Nagle would add ~40 ms per stream), the
 /// model's connect timeout, pooled keep-alive connections.
 pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-    reqwest::Client::builder()
+    http_client_with(connect_timeout, &TlsMaterial::default())
+}
+
+/// [`http_client`] with a private CA and/or a client certificate (mutual TLS).
+pub fn http_client_with(
+    connect_timeout: Duration,
+    tls: &TlsMaterial,
+) -> Result<reqwest::Client, ProviderError> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &tls.ca_pem {
+        // Parse errors are not passed on: they could quote the file.
+        let certs = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
+        if certs.is_empty() {
+            return Err(ProviderError::Internal(
+                "the upstream CA file holds no PEM certificate".into(),
+            ));
+        }
+        if tls.ca_only {
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let Some(pem) = &tls.identity_pem {
+        let identity = reqwest::Identity::from_pem(pem).map_err(|_| {
+            ProviderError::Internal(
+                "the upstream client certificate and key are not a PEM certificate and key".into(),
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder
         .build()
         .map_err(|e| ProviderError::Internal(format!("building the HTTP client: {e}")))
 }

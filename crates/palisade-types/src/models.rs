@@ -59,6 +59,28 @@ impl Default for ModelTimeouts {
     }
 }
 
+/// TLS settings of one remote upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// A PEM file of CA certificates trusted for this upstream, in addition to the public
+    /// roots (a private PKI, or a node's self-signed certificate).
+    pub ca_cert: Option<String>,
+    /// Trust only `ca_cert`, not the public roots as well.
+    pub ca_only: bool,
+    /// A PEM file with the client certificate (and its chain) presented to the upstream.
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM) **by reference**: `env::NAME` or
+    /// `file::PATH`.
+    pub client_key: Option<String>,
+}
+
+impl UpstreamTls {
+    pub fn is_empty(&self) -> bool {
+        *self == UpstreamTls::default()
+    }
+}
+
 /// One model of the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,6 +95,10 @@ pub struct ModelSpec {
     pub base_url: Option<String>,
     /// The upstream credential **by reference**: `env::NAME` or `file::PATH`. Never inline.
     pub api_key: Option<String>,
+    /// TLS towards an `https://` upstream beyond the public roots: a private CA, a client
+    /// certificate (mutual TLS, e.g. to another Palisade node serving its embedded model).
+    #[serde(skip_serializing_if = "UpstreamTls::is_empty")]
+    pub tls: UpstreamTls,
     /// Tokens of context the model accepts (prompt + answer).
     pub context_size: u32,
     /// `max_tokens` when the request names none.
@@ -100,6 +126,7 @@ impl Default for ModelSpec {
             upstream_model: String::new(),
             base_url: None,
             api_key: None,
+            tls: UpstreamTls::default(),
             context_size: 4096,
             default_max_tokens: 512,
             max_tokens: 2048,

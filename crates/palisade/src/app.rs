@@ -509,6 +509,7 @@ fn open_identity_in(
         scoped_ttl_secs: a.scoped_token_ttl_secs as i64,
         scoped_max_tokens_cap: cfg.model.max_tokens_cap,
         totp_issuer: "Palisade".into(),
+        certificate_accounts: cfg.tls.client_accounts.clone(),
     };
     let roles = role_registry(cfg)?;
     let repos = AuthRepos {
@@ -983,6 +984,15 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         Some(m) => m.serve_listener(&cfg)?,
         None => None,
     };
+    let https_port = cfg.http.redirect_https_port.unwrap_or(local.port());
+    let redirect_at = match cfg.http.redirect_addr()? {
+        Some(at) => Some(crate::redirect::spawn(
+            at,
+            https_port,
+            Duration::from_secs(cfg.http.header_read_timeout_secs),
+        )?),
+        None => None,
+    };
 
     let handle = axum_server::Handle::new();
     // An embedded server ends with its client's process; Ctrl-C there stops an answer.
@@ -1065,6 +1075,12 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
             )?,
             (None, None) => {}
         }
+        if let Some(at) = redirect_at {
+            writeln!(
+                out,
+                "  redirect:  http://{at} answers every request with a redirect to HTTPS (port {https_port})"
+            )?;
+        }
         writeln!(out, "listening on https://{local}")?;
         out.flush()?;
     }
@@ -1074,9 +1090,12 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
     // request head: a slow-header client is cut off instead of holding a connection forever
     // (hyper applies its header timeout only once it is given a timer).
     let head_timeout = Duration::from_secs(cfg.http.header_read_timeout_secs);
+    // Requests carry the client certificate's subject (mutual TLS, `tls.client_accounts`).
     let mut server = axum_server::from_tcp_rustls(listener, rustls_cfg).map(|tls| {
-        tls.handshake_timeout(head_timeout)
-            .acceptor(axum_server::accept::NoDelayAcceptor::new())
+        crate::tls::PeerIdentityAcceptor::new(
+            tls.handshake_timeout(head_timeout)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+        )
     });
     server
         .http_builder()

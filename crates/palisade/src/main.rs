@@ -10,6 +10,7 @@ mod import;
 mod limits;
 mod masterkey;
 mod model;
+mod redirect;
 mod shared;
 mod telemetry;
 mod tls;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use palisade_auth::jwt::write_private;
+use palisade_http::auth::PeerCertificate;
 
 /// Certificate and key paths to serve with.
 #[derive(Clone)]
@@ -154,4 +155,64 @@ pub fn spawn_reload(
             }
         }
     });
+}
+
+/// Wraps the TLS acceptor: after the handshake, the subject common name of the client's
+/// verified certificate (mutual TLS) goes into every request of the connection as a
+/// [`PeerCertificate`], for `tls.client_accounts`. Without a client certificate nothing is
+/// added.
+#[derive(Clone)]
+pub struct PeerIdentityAcceptor<A> {
+    inner: A,
+}
+
+impl<A> PeerIdentityAcceptor<A> {
+    pub fn new(inner: A) -> Self {
+        Self { inner }
+    }
+}
+
+impl<I, S, A, T> axum_server::accept::Accept<I, S> for PeerIdentityAcceptor<A>
+where
+    A: axum_server::accept::Accept<I, S, Stream = tokio_rustls::server::TlsStream<T>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    A::Future: Send + 'static,
+    A::Service: Send + 'static,
+    I: Send + 'static,
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    type Stream = tokio_rustls::server::TlsStream<T>;
+    type Service = axum::middleware::AddExtension<A::Service, PeerCertificate>;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send,
+        >,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let inner = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (tls, service) = inner.await?;
+            let common_name = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| common_name(leaf.as_ref()));
+            let service =
+                tower::Layer::layer(&axum::Extension(PeerCertificate { common_name }), service);
+            Ok((tls, service))
+        })
+    }
+}
+
+/// The first subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }

@@ -160,6 +160,8 @@ async fn certificates_reload_without_dropping_connections() {
 struct Pki {
     ca_pem: String,
     client: (Vec<u8>, Vec<u8>),
+    /// The same client certificate and key, as PEM.
+    client_pem: (String, String),
     stranger: (Vec<u8>, Vec<u8>),
 }
 
@@ -186,6 +188,7 @@ fn pki() -> Pki {
     Pki {
         ca_pem: ca_cert.pem(),
         client: (client.der().to_vec(), k.serialize_der()),
+        client_pem: (client.pem(), k.serialize_pem()),
         stranger: (stranger.der().to_vec(), k2.serialize_der()),
     }
 }
@@ -256,4 +259,337 @@ async fn mutual_tls_admits_only_clients_of_the_configured_ca() {
         try_with(&s, Some(&p.client), "/api/auth/me").await,
         Ok("HTTP/1.1 401 Unauthorized".to_string())
     );
+}
+
+/// Issue 10's remote engine node: node A serves its embedded model only to callers holding a
+/// certificate of the nodes' CA (mTLS) and an API key; gateway B uses it as an `openai`
+/// upstream that trusts A's certificate (`tls.ca_cert`, public roots off) and presents its own
+/// (`tls.client_cert` + `tls.client_key` by reference). Without the client certificate, or
+/// without trusting A, B answers a clean error that names no file, address or key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_uses_a_remote_engine_node_over_mutual_tls() {
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    let p = pki();
+    let files = tempfile::tempdir().unwrap();
+    let put = |name: &str, content: &str| {
+        let f = files.path().join(name);
+        std::fs::write(&f, content).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let ca = put("nodes-ca.pem", &p.ca_pem);
+    let gw_cert = put("gateway.pem", &p.client_pem.0);
+    let gw_key = put("gateway.key", &p.client_pem.1);
+
+    // Node A: mTLS on its listener; the test talks to it with the gateway's identity.
+    // Only gateways reach it, and they guard input and output: its own guard would judge the
+    // gateway's hardened system prompt (delimiters, an instruction hierarchy) as an injection.
+    let mut node = Server::start(&[
+        ("PALISADE_TLS__CLIENT_CA", ca.as_str()),
+        ("PALISADE_GUARD__ENABLED", "false"),
+    ]);
+    let node_cert_path = node.dir.path().join("tls/cert.pem");
+    let node_cert = std::fs::read(&node_cert_path).unwrap();
+    let identity = format!("{}\n{}", p.client_pem.0, p.client_pem.1);
+    node.client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&node_cert).unwrap())
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let node_admin = node.admin_token().await;
+    let r = node
+        .post(
+            &node_admin,
+            "/api/auth/api-keys",
+            // The gateway sends its own (hardened) system prompt: the key needs that scope.
+            json!({"name": "gateway-b", "expires_in_days": 30,
+                   "scopes": ["chat:send", "chat:system_prompt", "model:*:use"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let node_key = created["api_key"].as_str().unwrap().to_string();
+    let key_file = put("node-a.apikey", &node_key);
+
+    // Gateway B: the node's model in its registry, three ways.
+    let gw = Server::start(&[]);
+    let admin = gw.admin_token().await;
+    let spec = |tls: Value| {
+        json!({
+            "provider": "openai",
+            "base_url": format!("{}/v1", node.base),
+            "upstream_model": "smollm2-135m",
+            "api_key": format!("file::{key_file}"),
+            "tls": tls,
+            "max_retries": 0,
+            "description": "node A's embedded model",
+        })
+    };
+    let node_ca = node_cert_path.to_str().unwrap();
+    for (name, tls) in [
+        (
+            "node-a",
+            json!({"ca_cert": node_ca, "ca_only": true, "client_cert": &gw_cert, "client_key": format!("file::{gw_key}")}),
+        ),
+        (
+            "node-a-no-cert",
+            json!({"ca_cert": node_ca, "ca_only": true}),
+        ),
+        ("node-a-untrusted", json!({})),
+    ] {
+        let r = gw
+            .client
+            .put(gw.url(&format!("/api/admin/models/{name}")))
+            .bearer_auth(&admin)
+            .json(&spec(tls))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "{name}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    // An inline client key is refused and not echoed.
+    let r = gw
+        .client
+        .put(gw.url("/api/admin/models/node-a-inline"))
+        .bearer_auth(&admin)
+        .json(&spec(
+            json!({"client_cert": &gw_cert, "client_key": &p.client_pem.1}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!r.text().await.unwrap().contains("PRIVATE KEY"));
+
+    // Through B to A's engine: a real answer.
+    let r = gw
+        .post(
+            &admin,
+            "/api/chat/message",
+            json!({"message": "Say hi.", "model": "node-a", "max_tokens": 8}),
+        )
+        .await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = body.to_string();
+    assert!(
+        body["content"]
+            .as_str()
+            .is_some_and(|c| !c.trim().is_empty()),
+        "{answer}"
+    );
+    assert_eq!(body["metadata"]["model"], "node-a", "{answer}");
+    // A saw the gateway's key.
+    let keys: Value = node
+        .get(&node_admin, "/api/auth/api-keys")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(keys[0]["last_used_at"].is_string(), "{keys}");
+
+    // No client certificate: A refuses the handshake. Not trusting A: B refuses A. Both end
+    // as a clean upstream error.
+    for name in ["node-a-no-cert", "node-a-untrusted"] {
+        let r = gw
+            .post(
+                &admin,
+                "/api/chat/message",
+                json!({"message": "Say hi.", "model": name, "max_tokens": 8}),
+            )
+            .await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["error"]["code"], "model_unavailable", "{name}: {text}");
+        for leak in [
+            node.base.as_str(),
+            files.path().to_str().unwrap(),
+            node_key.as_str(),
+        ] {
+            assert!(!text.contains(leak), "{name}: {text}");
+        }
+    }
+    assert!(!gw.log().contains(&node_key));
+    assert!(!gw.log().contains("PRIVATE KEY"));
+}
+
+/// `http.redirect_listen`: a plain-HTTP listener that sends every request to the same path on
+/// HTTPS (the main listener's port) and serves nothing itself; a missing or crafted `Host`
+/// gets a 400, not a redirect elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redirect_listener_sends_plain_http_to_https() {
+    let s = Server::start(&[("PALISADE_HTTP__REDIRECT_LISTEN", "127.0.0.1:0")]);
+    let at = s
+        .stdout
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("redirect:  http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no redirect line in {:?}", s.stdout))
+        .to_string();
+    let https_port = s.base.rsplit(':').next().unwrap().to_string();
+    let ask = |host: Option<&str>, path: &str| {
+        let at = at.clone();
+        let head = match host {
+            Some(h) => format!("GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"),
+            None => format!("GET {path} HTTP/1.0\r\n\r\n"),
+        };
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&at).await.unwrap();
+            c.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf).to_string()
+        }
+    };
+    let location = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("location: ")
+                    .or_else(|| l.strip_prefix("Location: "))
+            })
+            .map(str::to_string)
+    };
+    let a = ask(Some("chat.example.com"), "/api/models?page=2").await;
+    assert!(a.starts_with("HTTP/1.1 308"), "{a}");
+    assert_eq!(
+        location(&a).as_deref(),
+        Some(format!("https://chat.example.com:{https_port}/api/models?page=2").as_str())
+    );
+    assert!(a.contains("x-content-type-options: nosniff"), "{a}");
+    // Followed on the HTTPS listener, the same path answers there.
+    let a = ask(
+        Some(&format!("127.0.0.1:{}", at.rsplit(':').next().unwrap())),
+        "/healthz",
+    )
+    .await;
+    let target = location(&a).unwrap();
+    assert_eq!(target, format!("{}/healthz", s.base));
+    assert_eq!(
+        s.client.get(&target).send().await.unwrap().status(),
+        reqwest::StatusCode::OK
+    );
+    // Nothing but redirects: no API on plain HTTP, and no redirect to a crafted place.
+    for host in [None, Some("evil.example/phish"), Some("user@evil.example")] {
+        let a = ask(host, "/api/auth/me").await;
+        assert!(
+            a.starts_with("HTTP/1.1 400") || a.starts_with("HTTP/1.0 400"),
+            "{host:?}: {a}"
+        );
+        assert!(location(&a).is_none(), "{a}");
+        assert!(a.contains("\"bad_host\""), "{a}");
+    }
+}
+
+/// `tls.client_accounts`: behind mutual TLS, a request without a bearer whose certificate's
+/// subject is mapped acts as that service account, with that account's role; a bearer still
+/// wins; an unmapped subject or a missing account is unauthenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_acts_as_its_service_account() {
+    use reqwest::StatusCode;
+    use serde_json::Value;
+
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, &p.ca_pem).unwrap();
+    let mut s = Server::start(&[
+        ("PALISADE_TLS__CLIENT_CA", ca.to_str().unwrap()),
+        (
+            "PALISADE_TLS__CLIENT_ACCOUNTS__SVC-REPORTING",
+            "reporting-bot",
+        ),
+    ]);
+    let server_cert = std::fs::read(s.dir.path().join("tls/cert.pem")).unwrap();
+    let identity = format!("{}\n{}", p.client_pem.0, p.client_pem.1);
+    s.client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&server_cert).unwrap())
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let me = |s: &Server| {
+        let req = s.client.get(s.url("/api/auth/me"));
+        async move { req.send().await.unwrap() }
+    };
+    // Mapped, but the account does not exist yet.
+    assert_eq!(me(&s).await.status(), StatusCode::UNAUTHORIZED);
+    let admin = s.admin_token().await;
+    s.new_user(&admin, "reporting-bot", "user", None).await;
+    let r = me(&s).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let who: Value = r.json().await.unwrap();
+    assert_eq!(who["username"], "reporting-bot");
+    assert_eq!(who["role"], "user");
+    // The account's role applies: no administration.
+    let r = s
+        .client
+        .get(s.url("/api/admin/users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A bearer on the same connection wins over the certificate.
+    let r = s.get(&admin, "/api/auth/me").await;
+    let who: Value = r.json().await.unwrap();
+    assert_eq!(who["username"], "admin");
+    // A deactivated account is refused.
+    let users: Value = s
+        .get(&admin, "/api/admin/users")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = users
+        .as_array()
+        .or_else(|| users["users"].as_array())
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "reporting-bot")
+        .and_then(|u| u["id"].as_str())
+        .unwrap()
+        .to_string();
+    let r = s
+        .patch(
+            &admin,
+            &format!("/api/admin/users/{id}"),
+            serde_json::json!({"is_active": false}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(me(&s).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Service accounts by certificate need mutual TLS: without `tls.client_ca` the configuration
+/// is refused.
+#[test]
+fn client_accounts_without_a_client_ca_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Server::serve_command(
+        dir.path(),
+        "127.0.0.1:0",
+        &[],
+        &[(
+            "PALISADE_TLS__CLIENT_ACCOUNTS__SVC-REPORTING",
+            "reporting-bot",
+        )],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("tls.client_accounts"), "{said}");
 }
