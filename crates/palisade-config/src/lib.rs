@@ -134,6 +134,8 @@ pub struct AuditConfig {
     /// them back; crypto-shredding the tenant destroys them). `"*"`: every tenant. Empty
     /// (default): digests only, never the text.
     pub record_content: Vec<String>,
+    /// `[audit.ship]`: delivery of the trail to a collector over HTTP, as a background job.
+    pub ship: AuditShipConfig,
 }
 
 impl Default for AuditConfig {
@@ -145,7 +147,87 @@ impl Default for AuditConfig {
             stdout: false,
             file: AuditFileConfig::default(),
             record_content: Vec::new(),
+            ship: AuditShipConfig::default(),
         }
+    }
+}
+
+/// `[audit.ship]`: the trail delivered to a collector (a SIEM's HTTP input) by the
+/// `audit_ship` job: every event once per chain position, in chain order, as JSON lines
+/// (`application/x-ndjson`, the lines of `palisade audit export`), at least once. Off unless
+/// `url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditShipConfig {
+    /// The collector's endpoint (`https://siem.example.com/ingest`; plain `http://` only to
+    /// a loopback address).
+    pub url: Option<String>,
+    /// A bearer token sent to the collector, by reference (`env::NAME`, `file::PATH`).
+    pub token: Option<String>,
+    /// A PEM file of CAs trusted for the collector, besides the public roots (a private PKI).
+    pub ca_cert: Option<PathBuf>,
+    /// Seconds between delivery runs.
+    pub every_secs: u64,
+    /// Events per request.
+    pub batch: u32,
+    /// Seconds one request may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for AuditShipConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            ca_cert: None,
+            every_secs: 60,
+            batch: 500,
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl AuditShipConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if let Some(url) = &self.url {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| {
+                    url.strip_prefix(p)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                });
+            let https = url.strip_prefix("https://").is_some_and(|r| {
+                !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace)
+            });
+            if !https && !loopback {
+                return invalid(
+                    "audit.ship.url",
+                    "must be an https:// URL (http:// only to a loopback address)",
+                );
+            }
+        }
+        if let Some(t) = &self.token {
+            if !(t.starts_with("env::") || t.starts_with("file::")) {
+                return invalid(
+                    "audit.ship.token",
+                    "give a reference (`env::NAME` or `file::PATH`), not the token itself",
+                );
+            }
+        }
+        if self.every_secs == 0 || self.batch == 0 || self.batch > 10_000 || self.timeout_secs == 0
+        {
+            return invalid(
+                "audit.ship",
+                "`every_secs` and `timeout_secs` must be positive and `batch` 1 to 10000",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -984,6 +1066,7 @@ impl Config {
                 });
             }
         }
+        self.audit.ship.validate()?;
         for t in &self.audit.record_content {
             let uuid_like = t.len() == 36
                 && t.chars().enumerate().all(|(i, c)| {

@@ -346,6 +346,73 @@ impl Store {
     }
 }
 
+impl Store {
+    /// How far delivery to the collector `sink` has come: chain -> last delivered position.
+    pub async fn ship_cursors(
+        &self,
+        sink: &str,
+    ) -> CoreResult<std::collections::BTreeMap<String, i64>> {
+        let rows = sqlx::query("SELECT chain, chain_seq FROM audit_ship_cursors WHERE sink = $1")
+            .bind(sink)
+            .fetch_all_in(self, Scope::System)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("chain").map_err(db_err)?,
+                    r.try_get("chain_seq").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that `sink` holds every link of `chain` up to `chain_seq` (whose hash is
+    /// `hash`).
+    pub async fn set_ship_cursor(
+        &self,
+        sink: &str,
+        chain: &str,
+        chain_seq: i64,
+        hash: &str,
+    ) -> CoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_ship_cursors (sink, chain, chain_seq, hash, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sink, chain) DO UPDATE SET \
+             chain_seq = excluded.chain_seq, hash = excluded.hash, updated_at = excluded.updated_at",
+        )
+        .bind(sink)
+        .bind(chain)
+        .bind(chain_seq)
+        .bind(hash)
+        .bind(palisade_core::entities::now_millis())
+        .execute_in(self, Scope::System)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Up to `limit` links of `chain` after position `after`, in chain order.
+    pub async fn chain_links_after(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: u32,
+    ) -> CoreResult<Vec<AuditLink>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LINK_COLS} FROM security_events WHERE chain = $1 AND chain_seq > $2 \
+             ORDER BY chain_seq LIMIT $3"
+        ))
+        .bind(chain)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all_in(self, Scope::System)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(link_from).collect()
+    }
+}
+
 /// A batch the trail could not record: `database` or `mirror` (the file and stdout copies).
 fn sink_error(sink: &'static str) {
     metrics::counter!("palisade_audit_sink_errors_total", "sink" => sink).increment(1);

@@ -752,16 +752,18 @@ fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()
     Ok(())
 }
 
-/// The job runner (retention purge, conversation titles) and the purge's schedule: a
-/// `retention_purge` job queued every `retention.check_every_secs` unless one is pending.
+/// The job runner (retention purge, conversation titles, audit shipping) and the schedules: a
+/// `retention_purge` job every `retention.check_every_secs` and, with `[audit.ship]`, an
+/// `audit_ship` job every `audit.ship.every_secs`, each unless one is pending.
 fn start_jobs(
     cfg: &Config,
     store: &Store,
     chat: &Arc<ChatService>,
     retention: &Arc<palisade_core::retention::Retention>,
+    ship: Option<Arc<crate::audit_ship::ShipJob>>,
 ) {
-    use palisade_core::jobs::{JobRepository, JobRunner, NewJob};
-    let runner = JobRunner::new(
+    use palisade_core::jobs::JobRunner;
+    let mut runner = JobRunner::new(
         Arc::new(store.clone()),
         Duration::from_secs(cfg.jobs.backoff_secs),
     )
@@ -770,17 +772,33 @@ fn start_jobs(
         retention.clone(),
     )))
     .handle(Arc::new(palisade_core::chat::TitleJob(chat.clone())));
+    if let Some(ship) = ship {
+        runner = runner.handle(ship);
+        schedule(
+            store,
+            crate::audit_ship::SHIP_JOB,
+            Duration::from_secs(cfg.audit.ship.every_secs),
+            cfg.jobs.max_attempts,
+        );
+    }
     runner.spawn(Duration::from_millis(cfg.jobs.poll_ms));
-    let (jobs, every, attempts) = (
-        store.clone(),
+    schedule(
+        store,
+        palisade_core::retention::PURGE_JOB,
         Duration::from_secs(cfg.retention.check_every_secs),
         cfg.jobs.max_attempts,
     );
+}
+
+/// Queues a job of `kind` every `every`, unless one is still queued or running (a dead letter
+/// does not block the schedule: the next run starts afresh).
+fn schedule(store: &Store, kind: &'static str, every: Duration, attempts: u32) {
+    use palisade_core::jobs::{JobRepository, NewJob};
+    let jobs = store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let kind = palisade_core::retention::PURGE_JOB;
             match jobs.pending(kind).await {
                 Ok(false) => {
                     let job = NewJob {
@@ -791,7 +809,7 @@ fn start_jobs(
                         run_at: palisade_core::entities::now_millis(),
                     };
                     if let Err(e) = jobs.enqueue(&job).await {
-                        tracing::error!(error = ?e, "could not queue the retention purge");
+                        tracing::error!(error = ?e, kind, "could not queue a scheduled job");
                     }
                 }
                 Ok(true) => {}
@@ -906,7 +924,15 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         Arc::new(store.clone()),
         cfg.retention.days,
     ));
-    start_jobs(&cfg, &store, &chat, &retention);
+    let ship = crate::audit_ship::ShipJob::from_config(&cfg, &store)?;
+    let audit_sinks = match &ship {
+        Some(_) => format!(
+            "{audit_sinks}, collector (audit.ship, every {} s)",
+            cfg.audit.ship.every_secs
+        ),
+        None => audit_sinks,
+    };
+    start_jobs(&cfg, &store, &chat, &retention, ship);
     let state = AppState {
         identity: auth.clone(),
         account: auth.clone(),

@@ -2,6 +2,7 @@
 
 mod app;
 mod audit;
+mod audit_ship;
 mod audit_sink;
 mod cli;
 mod client;

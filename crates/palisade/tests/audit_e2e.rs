@@ -808,3 +808,206 @@ async fn a_failing_audit_sink_fails_model_requests_closed() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A SIEM's HTTP input on loopback: checks the bearer and the content type, answers 500 while
+/// `down`, and keeps every line it accepted.
+#[derive(Default)]
+struct Collector {
+    down: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicUsize,
+    unauthorised: std::sync::atomic::AtomicUsize,
+    lines: std::sync::Mutex<Vec<Value>>,
+}
+
+const COLLECTOR_TOKEN: &str = "collector-token-4c1e9d0b7a";
+
+async fn ingest(
+    axum::extract::State(c): axum::extract::State<std::sync::Arc<Collector>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    use std::sync::atomic::Ordering;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("authorization") != Some(&format!("Bearer {COLLECTOR_TOKEN}")) {
+        c.unauthorised.fetch_add(1, Ordering::SeqCst);
+        return axum::http::StatusCode::UNAUTHORIZED;
+    }
+    if header("content-type") != Some("application/x-ndjson") {
+        return axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    }
+    if c.down.load(Ordering::SeqCst) {
+        c.refused.fetch_add(1, Ordering::SeqCst);
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let mut lines = c.lines.lock().unwrap();
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        lines.push(serde_json::from_slice(line).unwrap());
+    }
+    axum::http::StatusCode::OK
+}
+
+/// Waits until `ok` holds (polling every 200 ms for up to `secs`).
+async fn eventually(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 5 {
+        if ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ok()
+}
+
+/// `[audit.ship]`: the `audit_ship` job delivers the trail to a collector. While the collector
+/// fails, the job is retried and ends as a dead letter whose reason names neither the
+/// collector nor its token; once it is back, an administrator's retry delivers every event
+/// exactly once, in chain order (each line's `prev_hash` is the previous line's `hash`), and
+/// later events follow on the schedule alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_is_shipped_to_a_collector_through_failures() {
+    use std::sync::atomic::Ordering;
+    let c = std::sync::Arc::new(Collector::default());
+    c.down.store(true, Ordering::SeqCst);
+    let app = axum::Router::new()
+        .route("/ingest", axum::routing::post(ingest))
+        .with_state(c.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let files = tempfile::tempdir().unwrap();
+    let token_file = files.path().join("collector.token");
+    std::fs::write(&token_file, format!("{COLLECTOR_TOKEN}\n")).unwrap();
+    let token_ref = format!("file::{}", token_file.display());
+    let s = Server::start(&[
+        ("PALISADE_AUDIT__SHIP__URL", url.as_str()),
+        ("PALISADE_AUDIT__SHIP__TOKEN", token_ref.as_str()),
+        ("PALISADE_AUDIT__SHIP__EVERY_SECS", "1"),
+        ("PALISADE_AUDIT__SHIP__BATCH", "3"),
+        ("PALISADE_JOBS__MAX_ATTEMPTS", "2"),
+        ("PALISADE_JOBS__BACKOFF_SECS", "1"),
+        ("PALISADE_JOBS__POLL_MS", "100"),
+    ]);
+    assert!(
+        s.stdout.iter().any(|l| l.contains("collector (audit.ship")),
+        "{:?}",
+        s.stdout
+    );
+    let admin = s.admin_token().await;
+
+    // The collector is down: two attempts, then a dead letter with a reason that names
+    // neither the collector nor the token.
+    let mut dead = Value::Null;
+    for _ in 0..100 {
+        let v: Value = s
+            .get(&admin, "/api/admin/jobs?state=dead")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(j) = v["jobs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["kind"] == "audit_ship"))
+        {
+            dead = j.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(dead["attempts"], 2, "{dead}");
+    let reason = dead["last_error"].as_str().unwrap_or_default();
+    assert!(reason.contains("the collector answered 500"), "{dead}");
+    assert!(!reason.contains("127.0.0.1") && !reason.contains(COLLECTOR_TOKEN));
+    assert!(c.refused.load(Ordering::SeqCst) >= 2);
+    assert_eq!(c.unauthorised.load(Ordering::SeqCst), 0);
+    assert!(c.lines.lock().unwrap().is_empty());
+
+    // Back up: the administrator's retry delivers everything written so far.
+    c.down.store(false, Ordering::SeqCst);
+    let id = dead["id"].as_i64().unwrap();
+    let r = s
+        .post(&admin, &format!("/api/admin/jobs/{id}/retry"), json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let written: Value = s
+        .get(&admin, "/api/admin/security-events?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hashes: Vec<String> = written
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["hash"].as_str().map(str::to_string))
+        .collect();
+    assert!(hashes.len() >= 3, "{written}");
+    let has_all = |want: &[String]| {
+        let lines = c.lines.lock().unwrap();
+        want.iter()
+            .all(|h| lines.iter().any(|l| l["hash"].as_str() == Some(h.as_str())))
+    };
+    assert!(
+        eventually(20, || has_all(&hashes)).await,
+        "not everything arrived"
+    );
+
+    // Later events follow on the schedule, with no help.
+    let r = s
+        .post_public(
+            "/api/auth/login",
+            json!({"username": "admin", "password": "wrong-password-for-shipping"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let newest: Value = s
+        .get(&admin, "/api/admin/security-events?limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let newest = vec![newest[0]["hash"].as_str().unwrap().to_string()];
+    assert!(
+        eventually(20, || has_all(&newest)).await,
+        "the new event did not follow"
+    );
+
+    // Every chain arrived whole, once, in order.
+    let lines = c.lines.lock().unwrap().clone();
+    let mut chains: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+    for l in &lines {
+        for field in [
+            "kind",
+            "chain",
+            "chain_seq",
+            "hash",
+            "prev_hash",
+            "created_at",
+        ] {
+            assert!(!l[field].is_null(), "{field} missing in {l}");
+        }
+        assert!(l["detail"].is_object(), "{l}");
+        chains
+            .entry(l["chain"].as_str().unwrap().to_string())
+            .or_default()
+            .push(l);
+    }
+    for (chain, links) in &chains {
+        for (i, l) in links.iter().enumerate() {
+            assert_eq!(
+                l["chain_seq"],
+                i as i64 + 1,
+                "{chain}: a gap or a repeat at {l}"
+            );
+            if i > 0 {
+                assert_eq!(
+                    l["prev_hash"],
+                    links[i - 1]["hash"],
+                    "{chain}: out of order"
+                );
+            }
+        }
+    }
+    assert_eq!(c.unauthorised.load(Ordering::SeqCst), 0);
+    // The trail itself is still whole.
+    let (code, report) = verify(s.data_dir());
+    assert_eq!(code, 0, "{report}");
+}
