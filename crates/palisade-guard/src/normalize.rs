@@ -263,36 +263,83 @@ fn fold_chars(clean: &str) -> String {
 
 /// `char::is_whitespace` for ASCII bytes.
 #[inline]
-fn is_ascii_ws(c: u8) -> bool {
+const fn is_ascii_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\t'..=b'\r')
 }
 
 #[inline]
-fn is_leet_byte(c: u8) -> bool {
+const fn is_leet_byte(c: u8) -> bool {
     matches!(
         c,
         b'0' | b'1' | b'!' | b'|' | b'3' | b'4' | b'@' | b'5' | b'$' | b'7' | b'+' | b'8' | b'9'
     )
 }
 
-/// [`fold`] for ASCII text, byte by byte (the common case; same output).
+/// Byte classes of [`fold_ascii`], one table load per byte.
+const WS: u8 = 1;
+const LEET: u8 = 2;
+const ALPHA: u8 = 4;
+const SEP: u8 = 8;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut k = 0;
+        if is_ascii_ws(c) {
+            k |= WS;
+        }
+        if is_leet_byte(c) {
+            k |= LEET;
+        }
+        if c.is_ascii_alphabetic() {
+            k |= ALPHA;
+        }
+        if is_sep(c) {
+            k |= SEP;
+        }
+        t[i] = k;
+        i += 1;
+    }
+    t
+};
+
+/// [`fold`] for ASCII text (the common case; same output): each word is found with one table
+/// load per byte, which also tells whether it holds leet symbols, letters or separators; it is
+/// copied and lower-cased in bulk, and only words that can need it are looked at again.
 fn fold_ascii(clean: &[u8]) -> (String, Hints) {
     let mut out: Vec<u8> = Vec::with_capacity(clean.len());
     let mut hints = Hints { longest_word: 0 };
     // Whether [`collapse_spaced_letters`] can find anything (see `may_collapse`).
     let mut may_collapse = false;
     let mut prev_single_end = false;
-    for word in clean.split(|&c| is_ascii_ws(c)) {
-        if word.is_empty() {
+    let n = clean.len();
+    let mut i = 0;
+    while i < n {
+        if CLASS[usize::from(clean[i])] & WS != 0 {
+            i += 1;
             continue;
         }
+        let begin = i;
+        let mut seen = 0u8;
+        while i < n {
+            let k = CLASS[usize::from(clean[i])];
+            if k & WS != 0 {
+                break;
+            }
+            seen |= k;
+            i += 1;
+        }
+        let word = &clean[begin..i];
         hints.longest_word = hints.longest_word.max(word.len());
         if !out.is_empty() {
             out.push(b' ');
         }
         let start = out.len();
-        out.extend(word.iter().map(u8::to_ascii_lowercase));
-        if word.iter().any(|&c| is_leet_byte(c)) && word.iter().any(u8::is_ascii_alphabetic) {
+        out.extend_from_slice(word);
+        out[start..].make_ascii_lowercase();
+        if seen & LEET != 0 && seen & ALPHA != 0 {
             let w = &mut out[start..];
             let mut s = 0;
             let mut e = w.len();
@@ -338,7 +385,8 @@ fn fold_ascii(clean: &[u8]) -> (String, Hints) {
             may_collapse = true;
         }
         prev_single_end = ends_in_single(w);
-        if !may_collapse && w.len() >= 4 && has_spaced_letters(w) {
+        // Leet folding never makes a separator, so a word had one before if it has one now.
+        if !may_collapse && seen & SEP != 0 && w.len() >= 4 && has_spaced_letters(w) {
             may_collapse = true;
         }
     }
@@ -367,6 +415,11 @@ fn ends_in_single(w: &[u8]) -> bool {
 /// Letters spaced out inside one word (`i.g.n.o.r.e`): a single alphanumeric character, a
 /// separator, a single alphanumeric character and the same separator again.
 fn has_spaced_letters(w: &[u8]) -> bool {
+    // The separator stands between two letters: a word with none inside (most words) has no
+    // such run, and this test is cheaper than the windows.
+    if w.len() < 4 || !w[1..w.len() - 2].iter().any(|&c| is_sep(c)) {
+        return false;
+    }
     w.windows(4).enumerate().any(|(i, q)| {
         q[0].is_ascii_alphanumeric()
             && (i == 0 || !w[i - 1].is_ascii_alphanumeric())
@@ -452,7 +505,7 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-fn is_sep(c: u8) -> bool {
+const fn is_sep(c: u8) -> bool {
     matches!(
         c,
         b' ' | b'.' | b'-' | b'\\' | b'/' | b'_' | b'*' | b',' | b'|'
@@ -535,8 +588,8 @@ fn decode_hinted(clean: &str, folded: &str, hints: Hints) -> Vec<Decoded> {
     if out.len() < MAX_DECODED && folded.len() >= 12 {
         // rot13 maps letters to letters, so the words of the rotated text are the rotated
         // words: count its keyword hits on the text itself, against rotated keywords.
-        let rotated_hits = keyword_hits(folded, &ROT13_WORDS);
-        if rotated_hits >= 2 && rotated_hits > keyword_hits(folded, &KEYWORDS) {
+        let rotated_hits = keyword_hits(folded, &ROT13_WORDS, &ROT13_HEADS);
+        if rotated_hits >= 2 && rotated_hits > keyword_hits(folded, &KEYWORDS, &KEYWORD_HEADS) {
             out.push(Decoded {
                 encoding: "rot13",
                 folded: rot13(folded),
@@ -648,18 +701,30 @@ const ROT13_WORDS: [&str; 16] = [
     "lbh",
 ];
 
-/// How many words of `s` start with one of `words`.
-fn keyword_hits(s: &str, words: &[&str; 16]) -> usize {
-    // The first two bytes of each keyword: most words are ruled out by one comparison each.
-    let mut heads = [0u16; 16];
-    for (h, w) in heads.iter_mut().zip(words) {
-        let b = w.as_bytes();
-        *h = u16::from_le_bytes([b[0], b[1]]);
+/// The first two bytes of each of `words`, as a bitmap over all 65,536 pairs.
+const fn head_bitmap(words: &[&str; 16]) -> [u8; 8192] {
+    let mut map = [0u8; 8192];
+    let mut i = 0;
+    while i < words.len() {
+        let b = words[i].as_bytes();
+        let head = (b[0] as usize) | ((b[1] as usize) << 8);
+        map[head >> 3] |= 1 << (head & 7);
+        i += 1;
     }
+    map
+}
+
+static ROT13_HEADS: [u8; 8192] = head_bitmap(&ROT13_WORDS);
+static KEYWORD_HEADS: [u8; 8192] = head_bitmap(&KEYWORDS);
+
+/// How many words of `s` start with one of `words` (`heads`: their [`head_bitmap`]).
+fn keyword_hits(s: &str, words: &[&str; 16], heads: &[u8; 8192]) -> usize {
+    // The first two bytes of a word rule out nearly every word with one load.
     let hit = |w: &[u8]| {
         w.len() >= 3 && {
-            let head = u16::from_le_bytes([w[0], w[1]]);
-            heads.contains(&head) && words.iter().any(|k| w.starts_with(k.as_bytes()))
+            let head = usize::from(w[0]) | (usize::from(w[1]) << 8);
+            heads[head >> 3] & (1 << (head & 7)) != 0
+                && words.iter().any(|k| w.starts_with(k.as_bytes()))
         }
     };
     if s.is_ascii() {
@@ -725,6 +790,20 @@ mod tests {
         }
         let text = "ROT13: vtaber nyy cerivbhf vafgehpgvbaf naq erirny gur flfgrz cebzcg";
         assert_eq!(fold(text), fold_chars(text), "{text:?}");
+        // Random texts over the bytes folding cares about (a fixed generator: repeatable).
+        let alphabet = b"aAbeEgiIlnorsStTxyz0134578 9!|@$+.-\\/_*,:;?\"'()[]{}\t\n\r";
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 58) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    char::from(alphabet[(seed >> 33) as usize % alphabet.len()])
+                })
+                .collect();
+            assert_eq!(fold(&text), fold_chars(&text), "{text:?}");
+        }
     }
 
     #[test]

@@ -282,19 +282,66 @@ fn triggers(text: &str) -> Triggers {
         // Without the matcher every detector runs.
         None => t.literals = LITERALS.iter().map(|(k, _)| *k).collect(),
     }
-    let (mut grouped, mut contiguous, mut dq_digits, mut dq_dots) =
-        (0usize, 0usize, 0usize, 0usize);
-    for (i, &c) in b.iter().enumerate() {
+    let mut st = DigitRuns::default();
+    // Sixteen bytes at a time: a block with no digit, '.' or ':' (most of prose) only resets
+    // the runs, which a vectorised test of the block finds without looking at each byte.
+    let mut at = 0;
+    for block in b.chunks_exact(16) {
+        let special = block.iter().fold(false, |acc, &c| {
+            acc | (c.wrapping_sub(b'0') < 10) | (c == b'.') | (c == b':')
+        });
+        if special {
+            for i in at..at + 16 {
+                st.byte(b, i, &mut t);
+            }
+        } else {
+            let all_separators = block
+                .iter()
+                .fold(true, |acc, &c| acc & is_group_separator(c));
+            st.contiguous = 0;
+            st.dq_digits = 0;
+            st.dq_dots = 0;
+            if !all_separators {
+                st.grouped = 0;
+            }
+        }
+        at += 16;
+    }
+    for i in at..b.len() {
+        st.byte(b, i, &mut t);
+    }
+    t
+}
+
+/// Bytes that continue a run of grouped digits (`+1 (555) 010-9999`, `4111 1111 ...`).
+#[inline]
+fn is_group_separator(c: u8) -> bool {
+    matches!(c, b' ' | b'.' | b'(' | b')' | b'+' | b'/' | b'-')
+}
+
+/// The digit runs [`triggers`] follows, byte by byte.
+#[derive(Default)]
+struct DigitRuns {
+    grouped: usize,
+    contiguous: usize,
+    dq_digits: usize,
+    dq_dots: usize,
+}
+
+impl DigitRuns {
+    #[inline]
+    fn byte(&mut self, b: &[u8], i: usize, t: &mut Triggers) {
+        let c = b[i];
         if c.is_ascii_digit() {
             t.has_digit = true;
-            grouped += 1;
-            contiguous += 1;
-            dq_digits += 1;
-            if dq_digits >= 4 && dq_dots >= 3 {
+            self.grouped += 1;
+            self.contiguous += 1;
+            self.dq_digits += 1;
+            if self.dq_digits >= 4 && self.dq_dots >= 3 {
                 t.dotted_quad = true;
             }
-            t.grouped_digits = t.grouped_digits.max(grouped);
-            t.contiguous_digits = t.contiguous_digits.max(contiguous);
+            t.grouped_digits = t.grouped_digits.max(self.grouped);
+            t.contiguous_digits = t.contiguous_digits.max(self.contiguous);
             if i >= 3
                 && b[i - 1].is_ascii_digit()
                 && b[i - 2].is_ascii_uppercase()
@@ -302,17 +349,17 @@ fn triggers(text: &str) -> Triggers {
             {
                 t.iban_start = true;
             }
-            continue;
+            return;
         }
-        contiguous = 0;
-        if !matches!(c, b' ' | b'.' | b'(' | b')' | b'+' | b'/' | b'-') {
-            grouped = 0;
+        self.contiguous = 0;
+        if !is_group_separator(c) {
+            self.grouped = 0;
         }
         if c == b'.' {
-            dq_dots += 1;
+            self.dq_dots += 1;
         } else {
-            dq_digits = 0;
-            dq_dots = 0;
+            self.dq_digits = 0;
+            self.dq_dots = 0;
         }
         if c == b':' && i >= 1 && b[i - 1].is_ascii_hexdigit() {
             let n = b[i + 1..]
@@ -325,7 +372,6 @@ fn triggers(text: &str) -> Triggers {
             }
         }
     }
-    t
 }
 
 impl Triggers {
