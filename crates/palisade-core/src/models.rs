@@ -260,6 +260,13 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
 }
 
+/// A secret given by reference (`env::NAME`, `file::PATH`), never inline.
+fn is_reference(s: &str) -> bool {
+    s.strip_prefix("env::")
+        .or_else(|| s.strip_prefix("file::"))
+        .is_some_and(|r| !r.is_empty())
+}
+
 /// The `tls` table of a remote entry: files by path, the key by reference, both halves of a
 /// client identity, and only towards `https://`.
 fn validate_tls(spec: &ModelSpec) -> CoreResult<()> {
@@ -289,11 +296,7 @@ fn validate_tls(spec: &ModelSpec) -> CoreResult<()> {
         return bad("a client certificate needs both `tls.client_cert` and `tls.client_key`");
     }
     if let Some(k) = &t.client_key {
-        let ok = k
-            .strip_prefix("env::")
-            .or_else(|| k.strip_prefix("file::"))
-            .is_some_and(|r| !r.is_empty());
-        if !ok {
+        if !is_reference(k) {
             return bad(
                 "`tls.client_key` must be a reference, `env::NAME` or `file::PATH`; inline keys are refused",
             );
@@ -334,11 +337,7 @@ pub fn validate_spec(spec: &ModelSpec, known_roles: &BTreeSet<String>) -> CoreRe
         }
     }
     if let Some(k) = &spec.api_key {
-        let ok = k
-            .strip_prefix("env::")
-            .or_else(|| k.strip_prefix("file::"))
-            .is_some_and(|r| !r.is_empty());
-        if !ok {
+        if !is_reference(k) {
             // Never echo the value: it may be a pasted secret.
             return bad(
                 "`api_key` must be a reference, `env::NAME` or `file::PATH`; inline keys are refused"

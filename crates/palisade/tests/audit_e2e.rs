@@ -895,23 +895,7 @@ async fn the_trail_is_shipped_to_a_collector_through_failures() {
 
     // The collector is down: two attempts, then a dead letter with a reason that names
     // neither the collector nor the token.
-    let mut dead = Value::Null;
-    for _ in 0..100 {
-        let v: Value = s
-            .get(&admin, "/api/admin/jobs?state=dead")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if let Some(j) = v["jobs"]
-            .as_array()
-            .and_then(|a| a.iter().find(|j| j["kind"] == "audit_ship"))
-        {
-            dead = j.clone();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let dead = s.dead_letter(&admin, "audit_ship").await;
     assert_eq!(dead["attempts"], 2, "{dead}");
     let reason = dead["last_error"].as_str().unwrap_or_default();
     assert!(reason.contains("the collector answered 500"), "{dead}");

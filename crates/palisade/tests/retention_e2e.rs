@@ -265,20 +265,7 @@ async fn a_failing_job_is_dead_lettered_and_an_admin_retry_completes_it() {
     assert_eq!(r.status(), StatusCode::OK);
 
     // Two attempts, then the dead-letter list, with the reason.
-    let mut dead = Value::Null;
-    for _ in 0..150 {
-        let v: Value = s
-            .get(&admin, "/api/admin/jobs?state=dead")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if let Some(j) = v["jobs"].as_array().and_then(|a| a.first()) {
-            dead = j.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let dead = s.dead_letter(&admin, "conversation_title").await;
     assert_eq!(dead["kind"], "conversation_title", "{dead}");
     assert_eq!(dead["attempts"], 2, "{dead}");
     assert!(

@@ -451,6 +451,27 @@ impl Server {
         )
     }
 
+    /// The first dead letter (`GET /api/admin/jobs?state=dead`) of jobs of `kind`, waiting up
+    /// to 30 s for one; `Null` when none came.
+    pub async fn dead_letter(&self, admin: &str, kind: &str) -> Value {
+        for _ in 0..150 {
+            let v: Value = self
+                .get(admin, "/api/admin/jobs?state=dead")
+                .await
+                .json()
+                .await
+                .unwrap();
+            if let Some(j) = v["jobs"]
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["kind"] == kind))
+            {
+                return j.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Value::Null
+    }
+
     async fn tenant_name(&self, admin: &str, id: &str) -> Option<String> {
         let list: Value = self
             .get(admin, "/api/admin/tenants")
