@@ -24,13 +24,13 @@ const CLIENTS: usize = 32;
 const TURNS: usize = 10;
 
 /// A database of the benchmark's own, dropped afterwards.
-struct Database {
+pub(crate) struct Database {
     server: String,
     name: String,
 }
 
 impl Database {
-    fn create(server: &str) -> anyhow::Result<Database> {
+    pub(crate) fn create(server: &str) -> anyhow::Result<Database> {
         let name = format!(
             "palisade_bench_{}_{}",
             std::process::id(),
@@ -45,7 +45,7 @@ impl Database {
         })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let (head, tail) = self.server.split_once('?').unwrap_or((&self.server, ""));
         let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
         let query = if tail.is_empty() {
@@ -78,7 +78,7 @@ fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
 }
 
 /// Whether something listens at the `host:port` of `url`.
-fn answers(url: &str) -> bool {
+pub(crate) fn answers(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let hostport = rest.split(['/', '?']).next().unwrap_or("");

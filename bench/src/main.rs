@@ -13,10 +13,13 @@ use clap::Parser;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+mod fanout;
 mod gateway;
 mod guard;
 mod history;
+mod history_scale;
 mod limits;
+mod login;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade engine benchmark (through the HTTP API)")]
@@ -36,6 +39,18 @@ struct Args {
     /// Write the figures here as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// SSE streams held open at once in the fan-out scenario (default 10,000; 1,000 with --quick).
+    #[arg(long)]
+    sse: Option<usize>,
+    /// WebSockets held open at once in the fan-out scenario (default 5,000; 500 with --quick).
+    #[arg(long)]
+    ws: Option<usize>,
+    /// Messages stored before the history API is measured (default 100,000; 2,000 with --quick).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Requests per second of the history API load.
+    #[arg(long, default_value_t = 1000)]
+    history_rate: u32,
     /// Which scenarios to run.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
@@ -52,6 +67,12 @@ enum Scenario {
     Guard,
     /// Limit decisions (memory and Redis) and the limited /v1 path.
     Limits,
+    /// Login throughput (Argon2id made visible) at concurrency 1 and 4.
+    Login,
+    /// The history API with a large store, on SQLite and PostgreSQL, at a fixed request rate.
+    HistoryScale,
+    /// Streaming fan-out: N SSE streams and M WebSockets held open with slow token flow.
+    Fanout,
     /// The chat-history read path on PostgreSQL + Redis: 1 replica vs 2 (not part of `all`).
     History,
 }
@@ -306,6 +327,34 @@ async fn main() -> anyhow::Result<()> {
         let mut figures = limits::run(args.quick).await?;
         figures["v1_path"] = limited_path(&args).await?;
         doc.insert("limits".into(), figures);
+    }
+    if all || args.scenario == Scenario::Login {
+        println!("Login throughput (Argon2id password hash)");
+        let window = Duration::from_secs(if args.quick { 3 } else { 8 });
+        doc.insert("login".into(), login::run(&args.server, window).await?);
+    }
+    if all || args.scenario == Scenario::HistoryScale {
+        let messages = args
+            .messages
+            .unwrap_or(if args.quick { 2_000 } else { 100_000 });
+        let window = Duration::from_secs(if args.quick { 4 } else { 15 });
+        println!(
+            "History API: {messages} messages stored, then {} requests/s for {} s",
+            args.history_rate,
+            window.as_secs()
+        );
+        doc.insert(
+            "history_api".into(),
+            history_scale::run(&args.server, messages, args.history_rate, window).await?,
+        );
+    }
+    if all || args.scenario == Scenario::Fanout {
+        let sse = args.sse.unwrap_or(if args.quick { 1_000 } else { 10_000 });
+        let ws = args.ws.unwrap_or(if args.quick { 500 } else { 5_000 });
+        println!(
+            "Streaming fan-out: {sse} SSE streams, then {ws} WebSockets, one token a second each"
+        );
+        doc.insert("fanout".into(), fanout::run(&args.server, sse, ws).await?);
     }
     // Needs PostgreSQL and Redis: asked for by name (`--scenario history`).
     if args.scenario == Scenario::History {
