@@ -303,6 +303,32 @@ async function mainFlow(browser) {
     await screen(page, name);
   }
 
+  step = 'audit search';
+  // The audit viewer searches on the server: one kind, then one user picked from a row.
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  await page.getByRole('heading', { name: 'Audit log', level: 2 }).waitFor();
+  await page.getByLabel('Event', { exact: true }).selectOption('login_success');
+  await page.waitForFunction(() => {
+    const cells = [...document.querySelectorAll('[aria-label="Audit log"] tbody tr td:nth-child(3)')];
+    return cells.length > 0 && cells.every((c) => c.textContent === 'login_success');
+  }, null, { timeout: 15_000 });
+  const who = page.getByRole('button', { name: /^Show the events of user / }).first();
+  const uid = await who.getAttribute('title');
+  await who.click();
+  assert((await page.getByLabel('User', { exact: true }).inputValue()) === uid, 'the user filter is set from the row');
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll('[aria-label="Audit log"] tbody tr')];
+    return rows.length > 0 && rows.every((r) => [...r.querySelectorAll('button[title]')].some((b) => b.title === id));
+  }, uid, { timeout: 15_000 });
+  const searched = await page.locator('[aria-label="Audit log"] tbody tr').count();
+  log(`audit search: ${searched} login_success events of user ${uid.slice(0, 8)}`);
+  await screen(page, 'admin-audit-search');
+  await page.getByRole('button', { name: 'Clear', exact: true }).click();
+  await page.waitForFunction(() => {
+    const cells = [...document.querySelectorAll('[aria-label="Audit log"] tbody tr td:nth-child(3)')];
+    return cells.some((c) => c.textContent !== 'login_success');
+  }, null, { timeout: 15_000 });
+
   step = 'models: test, add, remove';
   await page.getByRole('link', { name: 'Models' }).click();
   await page.getByRole('button', { name: 'Test smollm2-135m' }).click();

@@ -470,17 +470,17 @@ impl AdminService for AuthService {
     async fn security_events(
         &self,
         g: &Grant<AuditRead>,
-        limit: u32,
+        mut query: palisade_core::identity::EventQuery,
     ) -> CoreResult<Vec<SecurityEvent>> {
         let p = g.principal();
-        let tenant = if p.is_platform_admin() {
-            None
-        } else {
-            Some(p.tenant_id)
-        };
-        self.repos
-            .events
-            .recent_events(tenant, limit.clamp(1, 1000))
-            .await
+        if !p.is_platform_admin() {
+            // Another tenant's trail looks empty to a tenant's auditor.
+            if query.tenant.is_some_and(|t| t != p.tenant_id) {
+                return Ok(Vec::new());
+            }
+            query.tenant = Some(p.tenant_id);
+        }
+        query.limit = query.limit.clamp(1, 1000);
+        self.repos.events.search_events(&query).await
     }
 }

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod metrics;
+mod telemetry;
 
 pub use metrics::MetricsConfig;
+pub use telemetry::TelemetryConfig;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -55,6 +57,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Prometheus metrics (see `docs/operations.md`).
     pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export (see `docs/operations.md`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[retention]`: the default retention of conversations.
@@ -976,6 +980,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             jobs: JobsConfig::default(),
             metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -1275,6 +1280,7 @@ impl Config {
             });
         }
         self.metrics.validate()?;
+        self.telemetry.validate()?;
         self.http.validate()?;
         self.tls.validate()?;
         if self.http.body_limit_bytes < 1024 {

@@ -295,10 +295,12 @@ pub trait AdminService: Send + Sync + 'static {
         active: bool,
     ) -> CoreResult<Tenant>;
     async fn list_roles(&self, grant: &Grant<RolesRead>) -> CoreResult<Vec<RoleDef>>;
-    /// The security event stream of the caller's tenant (all tenants for platform admins).
+    /// A search of the security event stream: a tenant's auditors see their tenant only
+    /// (`query.tenant` is replaced by theirs); platform admins see every tenant or the one
+    /// they name.
     async fn security_events(
         &self,
         grant: &Grant<crate::access::AuditRead>,
-        limit: u32,
+        query: crate::identity::EventQuery,
     ) -> CoreResult<Vec<SecurityEvent>>;
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::access::{Grant, ModelsManage};
 use crate::entities::{
@@ -313,7 +314,9 @@ impl Accounting {
         match a.hook.record(event).await {
             Err(e) if a.hook.fail_closed => {
                 let why = match e {
-                    CoreError::AuditUnavailable(d) | CoreError::Storage(d) => d,
+                    CoreError::AuditUnavailable(d)
+                    | CoreError::Storage(d)
+                    | CoreError::StorageUnavailable(d) => d,
                     other => other.to_string(),
                 };
                 self.close(Consumed::default(), false).await;
@@ -631,7 +634,9 @@ impl ChatService {
         vault: Pseudonyms,
         acct: Accounting,
     ) -> CoreResult<(Guarded, Accounting)> {
-        match self.guard_input(who, spec, prompt, vault) {
+        let checked = tracing::debug_span!("guard.input", otel.kind = "internal")
+            .in_scope(|| self.guard_input(who, spec, prompt, vault));
+        match checked {
             Ok(g) => Ok((g, acct)),
             Err(GuardRefusal {
                 categories,
@@ -944,6 +949,7 @@ impl ChatService {
             vault,
         } = guarded;
         let acct = acct.record_request(&findings).await?;
+        let span = crate::telemetry::llm_span(&spec.name);
         let routed = match self
             .provider
             .generate_routed(GenerationRequest {
@@ -955,11 +961,12 @@ impl ChatService {
                 tenant: Some(who.tenant_id.to_string()),
                 canary: Some(canary),
             })
+            .instrument(span.clone())
             .await
         {
             Ok(r) => r,
             Err(e) => {
-                crate::telemetry::llm_failed(&spec.name, started.elapsed());
+                span.in_scope(|| crate::telemetry::llm_failed(&spec.name, started.elapsed()));
                 acct.record_result(serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
@@ -1043,7 +1050,9 @@ impl ChatService {
             input_findings: findings,
             acct,
         };
-        tokio::spawn(pump.run(routed.stream, tx));
+        // The answer is pumped in a task of its own, inside the request's model span (closed
+        // when the answer ends: the span measures the whole generation).
+        tokio::spawn(pump.run(routed.stream, tx).instrument(span));
 
         Ok(ChatRun {
             session_id,
@@ -1614,7 +1623,9 @@ impl ChatService {
             .parse()
             .map_err(|_| "bad session id in the job".to_string())?;
         let hide = |e: CoreError| match e {
-            CoreError::Storage(_) | CoreError::Internal(_) => "storage error".to_string(),
+            CoreError::Storage(_) | CoreError::StorageUnavailable(_) | CoreError::Internal(_) => {
+                "storage error".to_string()
+            }
             other => other.to_string(),
         };
         let Some(session) = self
@@ -1998,8 +2009,12 @@ impl Pump {
                 stored: saved.then_some(stored),
             },
             (None, None) if saved => ChatEvent::Finished(stored),
+            // The answer was made but could not be stored (the database is away): a
+            // transient failure the client may retry (503), not a model error.
             (None, None) => ChatEvent::Failed {
-                error: ProviderError::Internal("storage failed".into()),
+                error: ProviderError::Unavailable(
+                    "the answer could not be stored; try again shortly".into(),
+                ),
                 stored: None,
             },
         };

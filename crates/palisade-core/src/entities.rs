@@ -19,6 +19,18 @@ pub fn millis_to_rfc3339(ms: Millis) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// `YYYY-MM-DD` (UTC midnight) or an RFC 3339 instant, as epoch milliseconds.
+pub fn parse_instant(s: &str) -> Option<Millis> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// A stored user account.
 #[derive(Debug, Clone)]
 pub struct User {

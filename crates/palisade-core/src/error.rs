@@ -51,6 +51,11 @@ pub enum CoreError {
     /// (a revoked token, a single-use ticket) cannot be made; detail is logged, never shown.
     #[error("shared state unavailable")]
     SharedUnavailable(String),
+    /// The database cannot be reached right now (connection lost or refused, pool exhausted,
+    /// server shutting down): a transient outage the client may retry; detail is logged, never
+    /// shown.
+    #[error("storage unavailable")]
+    StorageUnavailable(String),
     /// Storage failure; detail is logged, never shown.
     #[error("storage error")]
     Storage(String),

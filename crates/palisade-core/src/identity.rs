@@ -158,6 +158,56 @@ pub enum SecurityEventKind {
 }
 
 impl SecurityEventKind {
+    /// Every kind, in declaration order (the audit viewer's filter offers these).
+    pub const ALL: &'static [SecurityEventKind] = &[
+        Self::LoginSuccess,
+        Self::LoginFailure,
+        Self::LoginLocked,
+        Self::TokenRefresh,
+        Self::RefreshReuse,
+        Self::Logout,
+        Self::LogoutAll,
+        Self::PasswordChange,
+        Self::TotpEnabled,
+        Self::TotpDisabled,
+        Self::TotpFailure,
+        Self::RecoveryCodeUsed,
+        Self::ApiKeyCreated,
+        Self::ApiKeyRevoked,
+        Self::ScopedTokenIssued,
+        Self::UserCreated,
+        Self::UserUpdated,
+        Self::UserDeleted,
+        Self::SessionRevoked,
+        Self::TenantCreated,
+        Self::TenantUpdated,
+        Self::PermissionDenied,
+        Self::SigningKeyRotated,
+        Self::LlmRequest,
+        Self::LlmResult,
+        Self::GuardBlocked,
+        Self::RateLimited,
+        Self::ModelChanged,
+        Self::GuardPolicyChanged,
+        Self::LimitPolicyChanged,
+        Self::InviteCreated,
+        Self::SystemPromptChanged,
+        Self::MasterKeyRotated,
+        Self::TenantKeyShredded,
+        Self::RetentionChanged,
+        Self::LegalHoldChanged,
+        Self::RetentionPurge,
+        Self::ConversationsExported,
+        Self::JobDeadLettered,
+        Self::JobRetried,
+        Self::JobDiscarded,
+    ];
+
+    /// The kind named by its wire name (`login_failure`, ...).
+    pub fn parse(name: &str) -> Option<SecurityEventKind> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LoginSuccess => "login_success",
@@ -224,6 +274,47 @@ pub struct SecurityEvent {
     /// Its place in its tenant's audit chain and its hash (set when read back).
     pub chain_seq: Option<i64>,
     pub hash: Option<String>,
+    /// Its position in the whole trail (set when read back): the paging cursor of searches.
+    pub seq: Option<i64>,
+}
+
+/// A search of the audit trail: every filter given must hold; newest first, or oldest first
+/// when `after` is given (a follower pages forward without missing events).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this tenant's events (`None`: every tenant; only platform admins may ask that).
+    pub tenant: Option<TenantId>,
+    /// Any of these kinds (empty: every kind).
+    pub kinds: Vec<SecurityEventKind>,
+    /// Events about this user or done by them (`user_id` or `actor_id`).
+    pub user: Option<UserId>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    /// `created_at >= since` and `created_at < until` (Unix ms).
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    /// Only events with `seq < before` (the next page of a newest-first search).
+    pub before: Option<i64>,
+    /// Only events with `seq > after`; the answer is then oldest first.
+    pub after: Option<i64>,
+    /// At most this many events (1..=1000).
+    pub limit: u32,
+}
+
+impl EventQuery {
+    /// The newest `limit` events of `tenant` (all tenants with `None`).
+    pub fn recent(tenant: Option<TenantId>, limit: u32) -> EventQuery {
+        EventQuery {
+            tenant,
+            limit,
+            ..EventQuery::default()
+        }
+    }
+
+    /// Whether the answer is oldest first.
+    pub fn ascending(&self) -> bool {
+        self.after.is_some()
+    }
 }
 
 impl SecurityEvent {
@@ -240,6 +331,7 @@ impl SecurityEvent {
             created_at: crate::entities::now_millis(),
             chain_seq: None,
             hash: None,
+            seq: None,
         }
     }
 

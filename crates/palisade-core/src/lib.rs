@@ -20,5 +20,6 @@ pub mod quota;
 pub mod retention;
 pub mod shared;
 mod telemetry;
+pub mod trace;
 
 pub use error::{CoreError, CoreResult};

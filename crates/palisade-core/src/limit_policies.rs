@@ -53,7 +53,7 @@ impl LimitScope {
 /// - tenant: `requests`, `tokens`, `compute`, `streams`
 /// - user: `chat`, `api`, `tokens`, `compute`, `streams`
 /// - key: `tokens`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -124,12 +124,20 @@ pub trait ExternalIdentityRepository: Send + Sync + 'static {
 #[async_trait]
 pub trait SecurityEventSink: Send + Sync + 'static {
     async fn record(&self, event: SecurityEvent) -> CoreResult<()>;
+    /// The events matching `q`: newest first, or oldest first when `q.after` is set.
+    async fn search_events(
+        &self,
+        q: &crate::identity::EventQuery,
+    ) -> CoreResult<Vec<SecurityEvent>>;
     /// The newest events of a tenant (all tenants with `None`), newest first.
     async fn recent_events(
         &self,
         tenant: Option<TenantId>,
         limit: u32,
-    ) -> CoreResult<Vec<SecurityEvent>>;
+    ) -> CoreResult<Vec<SecurityEvent>> {
+        self.search_events(&crate::identity::EventQuery::recent(tenant, limit))
+            .await
+    }
 }
 
 /// A stored refresh token (only its hash is kept).

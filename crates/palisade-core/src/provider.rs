@@ -181,7 +181,7 @@ impl std::fmt::Debug for RoutedStream {
 }
 
 /// Hit and miss counts of the response cache since start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CacheCounters {
     pub backend: String,
     pub hits: u64,

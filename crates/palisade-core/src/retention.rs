@@ -258,7 +258,7 @@ impl JobHandler for PurgeJob {
 
     async fn run(&self, _job: &Job) -> Result<(), String> {
         let purged = self.0.purge(now_millis()).await.map_err(|e| match e {
-            CoreError::Storage(_) | CoreError::Internal(_) => {
+            CoreError::Storage(_) | CoreError::StorageUnavailable(_) | CoreError::Internal(_) => {
                 "storage error during the purge".to_string()
             }
             other => other.to_string(),

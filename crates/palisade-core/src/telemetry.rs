@@ -24,7 +24,47 @@ pub(crate) struct LlmFinished<'a> {
     pub cached: bool,
 }
 
+/// The span of one model request, from routing to the end of the answer (exported as a trace
+/// span when trace export is on; no content, only the model, the outcome and the counts).
+pub(crate) fn llm_span(model: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "llm.generate",
+        otel.kind = "internal",
+        gen_ai.request.model = %model,
+        gen_ai.response.model = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        time_to_first_token_ms = tracing::field::Empty,
+        cached = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Writes how a request ended into the current span (the request's `llm.generate`).
+fn record_span(f: &LlmFinished<'_>) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("gen_ai.response.model", f.model);
+    span.record("outcome", f.outcome);
+    span.record("gen_ai.usage.input_tokens", f.prompt_tokens);
+    span.record("gen_ai.usage.output_tokens", f.completion_tokens);
+    span.record("cached", f.cached);
+    if let Some(t) = f.first_token {
+        span.record(
+            "time_to_first_token_ms",
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+        );
+    }
+    if f.outcome == "error" {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 pub(crate) fn llm_finished(f: &LlmFinished<'_>) {
+    record_span(f);
     let model = f.model.to_string();
     metrics::counter!(
         "palisade_llm_requests_total",

@@ -25,6 +25,8 @@ use crate::AppState;
 /// Routes reachable without an access token. Everything else needs one.
 const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/healthz"),
+    // The API's description (no data).
+    (Method::GET, "/api/openapi.json"),
     (Method::GET, "/readyz"),
     (Method::GET, "/health"),
     // Authenticated by `metrics.token` inside the handler (a scraper has no user account).

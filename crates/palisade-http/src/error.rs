@@ -203,6 +203,17 @@ impl From<CoreError> for ApiError {
                     )
                 }
             }
+            CoreError::StorageUnavailable(detail) => {
+                tracing::error!(%detail, "database unavailable: request refused");
+                ApiError {
+                    retry_after: Some(2),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage_unavailable",
+                        "the database cannot be reached right now; try again shortly",
+                    )
+                }
+            }
             CoreError::Storage(detail) | CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 ApiError::new(

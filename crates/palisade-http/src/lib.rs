@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod error;
 pub mod limits;
+pub mod openapi;
 pub mod routes;
 pub mod telemetry;
 pub mod ui;
@@ -136,6 +137,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::asset))
+        .route("/api/openapi.json", get(openapi::serve))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(telemetry::scrape))

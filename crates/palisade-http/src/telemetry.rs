@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::AppState;
@@ -70,6 +71,13 @@ pub fn exposition(render: &Render) -> Response {
 
 /// `GET /metrics`: 404 unless `metrics.token` is set (the route does not exist then), 401
 /// without the right bearer.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "Prometheus exposition (only on the metrics listener, or with its bearer token)", content_type = "text/plain", body = String)),
+    security(("metrics_token" = []))
+)]
 pub async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
     match &s.metrics {
         Some(endpoint) => endpoint.answer(&headers),
@@ -98,8 +106,39 @@ pub async fn track(req: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     // A cheap handle (shared bytes), read only if the access log is on.
     let request_id = req.headers().get("x-request-id").cloned();
-    let res = next.run(req).await;
+    // The request's span: the root of its trace, or a child of the caller's when trace export
+    // is on and the request names one (`traceparent`). No content, no query string.
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {endpoint}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = %endpoint,
+        request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let headers = req.headers();
+        palisade_core::trace::adopt(
+            &|name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            },
+            &span,
+        );
+    }
+    let res = next.run(req).instrument(span.clone()).await;
     let status = res.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let caller = res.extensions().get::<Caller>();
     tracing::info!(
         target: "palisade::access",

@@ -81,11 +81,26 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
 }
 
 /// `GET /`: the application shell.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "ui",
+    responses((status = 200, description = "The web UI", content_type = "text/html", body = String)),
+    security(())
+)]
 pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
 /// `GET /ui/{*path}`: scripts, styles, icons and vendored libraries.
+#[utoipa::path(
+    get,
+    path = "/ui/{path}",
+    tag = "ui",
+    params(("path" = String, Path, description = "Asset path")),
+    responses((status = 200, description = "A web UI asset", content_type = "application/octet-stream", body = String)),
+    security(())
+)]
 pub async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     if path.split('/').any(|seg| seg.is_empty() || seg == "..") {
         return ApiError::not_found().into_response();

@@ -106,59 +106,71 @@ impl Upstream for OllamaUpstream {
             &Self::body(req),
         )
         .await?;
-        let bytes = res.bytes_stream().map(|r| r.map_err(std::io::Error::other));
-        let mut lines = FramedRead::new(
-            StreamReader::new(bytes),
-            LinesCodec::new_with_max_length(MAX_LINE),
-        );
-        Ok(Box::pin(async_stream::stream! {
-            loop {
-                let Some(next) = lines.next().await else {
-                    yield Err(ProviderError::Unavailable("ollama: the upstream closed the stream early".into()));
-                    break;
-                };
-                let line = match next {
-                    Ok(l) => l,
-                    Err(e) => {
-                        yield Err(ProviderError::Unavailable(format!("ollama: stream broken ({e})")));
-                        break;
-                    }
-                };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let parsed: Line = match serde_json::from_str(&line) {
-                    Ok(l) => l,
-                    Err(_) => {
-                        yield Err(ProviderError::Internal("ollama: the upstream sent an invalid line".into()));
-                        break;
-                    }
-                };
-                if parsed.error.is_some() {
-                    yield Err(ProviderError::Unavailable("ollama: the upstream reported an error mid-stream".into()));
+        Ok(decode_stream(res.bytes_stream()))
+    }
+}
+
+/// Decodes an Ollama `/api/chat` NDJSON answer body into generation events. Any byte sequence,
+/// cut anywhere, gives events or one typed error and then ends: never a panic, and no line
+/// longer than the limit is buffered (fuzzed by `fuzz/fuzz_targets/upstream_streams.rs`).
+pub fn decode_stream<S, B, E>(body: S) -> GenerationStream
+where
+    S: futures::Stream<Item = Result<B, E>> + Send + Unpin + 'static,
+    B: bytes::Buf + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let bytes = body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+    let mut lines = FramedRead::new(
+        StreamReader::new(bytes),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
+    Box::pin(async_stream::stream! {
+        loop {
+            let Some(next) = lines.next().await else {
+                yield Err(ProviderError::Unavailable("ollama: the upstream closed the stream early".into()));
+                break;
+            };
+            let line = match next {
+                Ok(l) => l,
+                Err(e) => {
+                    yield Err(ProviderError::Unavailable(format!("ollama: stream broken ({e})")));
                     break;
                 }
-                if let Some(m) = parsed.message {
-                    if !m.content.is_empty() {
-                        yield Ok(GenerationEvent::Text(m.content));
-                    }
-                }
-                if parsed.done {
-                    let finish_reason = match parsed.done_reason.as_deref() {
-                        Some("length") => FinishReason::Length,
-                        _ => FinishReason::Stop,
-                    };
-                    yield Ok(GenerationEvent::Done {
-                        finish_reason,
-                        usage: Usage {
-                            prompt_tokens: parsed.prompt_eval_count.unwrap_or(0),
-                            completion_tokens: parsed.eval_count.unwrap_or(0),
-                        },
-                        truncated_turns: 0,
-                    });
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: Line = match serde_json::from_str(&line) {
+                Ok(l) => l,
+                Err(_) => {
+                    yield Err(ProviderError::Internal("ollama: the upstream sent an invalid line".into()));
                     break;
+                }
+            };
+            if parsed.error.is_some() {
+                yield Err(ProviderError::Unavailable("ollama: the upstream reported an error mid-stream".into()));
+                break;
+            }
+            if let Some(m) = parsed.message {
+                if !m.content.is_empty() {
+                    yield Ok(GenerationEvent::Text(m.content));
                 }
             }
-        }))
-    }
+            if parsed.done {
+                let finish_reason = match parsed.done_reason.as_deref() {
+                    Some("length") => FinishReason::Length,
+                    _ => FinishReason::Stop,
+                };
+                yield Ok(GenerationEvent::Done {
+                    finish_reason,
+                    usage: Usage {
+                        prompt_tokens: parsed.prompt_eval_count.unwrap_or(0),
+                        completion_tokens: parsed.eval_count.unwrap_or(0),
+                    },
+                    truncated_turns: 0,
+                });
+                break;
+            }
+        }
+    })
 }

@@ -191,60 +191,72 @@ impl Upstream for OpenAiUpstream {
             events.push(Ok(done));
             return Ok(Box::pin(futures::stream::iter(events)));
         }
-        let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
-        Ok(Box::pin(async_stream::stream! {
-            let mut reason: Option<String> = None;
-            let mut usage = Usage::default();
-            loop {
-                let Some(next) = events.next().await else {
-                    // Some servers close without `[DONE]` after the final chunk.
-                    if reason.is_some() {
-                        yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
-                    } else {
-                        yield Err(ProviderError::Unavailable("openai: the upstream closed the stream early".into()));
-                    }
-                    break;
-                };
-                let ev = match next {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        yield Err(ProviderError::Unavailable(format!("openai: stream broken ({e})")));
-                        break;
-                    }
-                };
-                let data = ev.data.trim();
-                if data.is_empty() {
-                    continue;
-                }
-                if data == "[DONE]" {
+        Ok(decode_stream(res.bytes_stream()))
+    }
+}
+
+/// Decodes an OpenAI-compatible SSE answer body (`data:` chunks, usage, `[DONE]`) into
+/// generation events. Any byte sequence, cut anywhere, gives events or one typed error and
+/// then ends: never a panic (fuzzed by `fuzz/fuzz_targets/upstream_streams.rs`).
+pub fn decode_stream<S, B, E>(body: S) -> GenerationStream
+where
+    S: futures::Stream<Item = Result<B, E>> + Send + Unpin + 'static,
+    B: AsRef<[u8]> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut events = eventsource_stream::Eventsource::eventsource(body);
+    Box::pin(async_stream::stream! {
+        let mut reason: Option<String> = None;
+        let mut usage = Usage::default();
+        loop {
+            let Some(next) = events.next().await else {
+                // Some servers close without `[DONE]` after the final chunk.
+                if reason.is_some() {
                     yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
+                } else {
+                    yield Err(ProviderError::Unavailable("openai: the upstream closed the stream early".into()));
+                }
+                break;
+            };
+            let ev = match next {
+                Ok(ev) => ev,
+                Err(e) => {
+                    yield Err(ProviderError::Unavailable(format!("openai: stream broken ({e})")));
                     break;
                 }
-                let chunk: WireChunk = match serde_json::from_str(data) {
-                    Ok(c) => c,
-                    Err(_) => {
-                        yield Err(ProviderError::Internal("openai: the upstream sent an invalid event".into()));
-                        break;
-                    }
-                };
-                if chunk.error.is_some() {
-                    yield Err(ProviderError::Unavailable("openai: the upstream reported an error mid-stream".into()));
+            };
+            let data = ev.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
+                break;
+            }
+            let chunk: WireChunk = match serde_json::from_str(data) {
+                Ok(c) => c,
+                Err(_) => {
+                    yield Err(ProviderError::Internal("openai: the upstream sent an invalid event".into()));
                     break;
                 }
-                if let Some(u) = chunk.usage {
-                    usage = u.into();
+            };
+            if chunk.error.is_some() {
+                yield Err(ProviderError::Unavailable("openai: the upstream reported an error mid-stream".into()));
+                break;
+            }
+            if let Some(u) = chunk.usage {
+                usage = u.into();
+            }
+            for c in chunk.choices {
+                if let Some(text) = c.delta.and_then(|d| d.content) {
+                    if !text.is_empty() {
+                        yield Ok(GenerationEvent::Text(text));
+                    }
                 }
-                for c in chunk.choices {
-                    if let Some(text) = c.delta.and_then(|d| d.content) {
-                        if !text.is_empty() {
-                            yield Ok(GenerationEvent::Text(text));
-                        }
-                    }
-                    if c.finish_reason.is_some() {
-                        reason = c.finish_reason;
-                    }
+                if c.finish_reason.is_some() {
+                    reason = c.finish_reason;
                 }
             }
-        }))
-    }
+        }
+    })
 }

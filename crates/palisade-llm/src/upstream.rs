@@ -5,6 +5,7 @@ use std::time::Duration;
 use palisade_core::provider::{GenerationParams, GenerationStream, PromptMessage, ProviderError};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
+use tracing::Instrument;
 
 /// One call to an upstream, after routing and context fitting.
 #[derive(Debug, Clone)]
@@ -153,12 +154,29 @@ pub async fn post_json(
     request_id: &str,
     body: &serde_json::Value,
 ) -> Result<reqwest::Response, ProviderError> {
+    let span = tracing::debug_span!(
+        "upstream.request",
+        otel.kind = "client",
+        upstream = what,
+        http.request.method = "POST",
+        http.response.status_code = tracing::field::Empty,
+    );
     let mut call = http.post(url).header("x-request-id", request_id).json(body);
+    // The trace goes on to the upstream (another Palisade node, a gateway) when traces are
+    // exported: the headers name this request's span.
+    for (name, value) in span.in_scope(palisade_core::trace::outgoing) {
+        call = call.header(name, value);
+    }
     if let Some(key) = api_key {
         call = call.bearer_auth(key);
     }
-    let res = call.send().await.map_err(|e| transport_error(what, &e))?;
+    let res = call
+        .send()
+        .instrument(span.clone())
+        .await
+        .map_err(|e| transport_error(what, &e))?;
     let status = res.status();
+    span.record("http.response.status_code", status.as_u16());
     if status.is_success() {
         return Ok(res);
     }

@@ -62,9 +62,10 @@ fn chain_of(e: &SecurityEvent) -> String {
 /// The detail of a storage error, for the log (never shown to a client).
 fn detail(e: &CoreError) -> String {
     match e {
-        CoreError::Storage(d) | CoreError::Internal(d) | CoreError::AuditUnavailable(d) => {
-            d.clone()
-        }
+        CoreError::Storage(d)
+        | CoreError::StorageUnavailable(d)
+        | CoreError::Internal(d)
+        | CoreError::AuditUnavailable(d) => d.clone(),
         other => other.to_string(),
     }
 }

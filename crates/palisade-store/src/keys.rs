@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use palisade_core::entities::Millis;
-use palisade_core::identity::{ApiKey, SecurityEvent, SecurityEventKind};
+use palisade_core::identity::{ApiKey, EventQuery, SecurityEvent, SecurityEventKind};
 use palisade_core::ids::{ApiKeyId, TenantId, UserId};
 use palisade_core::ports::{ApiKeyRepository, ExternalIdentityRepository, SecurityEventSink};
 use palisade_core::{CoreError, CoreResult};
@@ -195,7 +195,81 @@ fn event_from(row: &AnyRow) -> CoreResult<SecurityEvent> {
         created_at: get(row, "created_at")?,
         chain_seq: get(row, "chain_seq")?,
         hash: get(row, "hash")?,
+        seq: Some(get(row, "seq")?),
     })
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Adds a parameter; its placeholder.
+fn next(binds: &mut Vec<Bind>, b: Bind) -> String {
+    binds.push(b);
+    format!("${}", binds.len())
+}
+
+/// The statement of an audit search and its parameters, in placeholder order. Only the
+/// filters given appear in it, so each can use its index.
+fn event_search_sql(q: &EventQuery) -> (String, Vec<Bind>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut binds: Vec<Bind> = Vec::new();
+    if let Some(t) = q.tenant {
+        let p = next(&mut binds, Bind::Text(t.to_string()));
+        conds.push(format!("tenant_id = {p}"));
+    }
+    if !q.kinds.is_empty() {
+        let ps: Vec<String> = q
+            .kinds
+            .iter()
+            .map(|k| next(&mut binds, Bind::Text(k.as_str().to_string())))
+            .collect();
+        conds.push(format!("kind IN ({})", ps.join(", ")));
+    }
+    if let Some(u) = q.user {
+        let a = next(&mut binds, Bind::Text(u.to_string()));
+        let b = next(&mut binds, Bind::Text(u.to_string()));
+        conds.push(format!("(user_id = {a} OR actor_id = {b})"));
+    }
+    if let Some(r) = &q.request_id {
+        let p = next(&mut binds, Bind::Text(r.clone()));
+        conds.push(format!("request_id = {p}"));
+    }
+    if let Some(ip) = &q.ip {
+        let p = next(&mut binds, Bind::Text(ip.clone()));
+        conds.push(format!("ip = {p}"));
+    }
+    if let Some(t) = q.since {
+        let p = next(&mut binds, Bind::Int(t));
+        conds.push(format!("created_at >= {p}"));
+    }
+    if let Some(t) = q.until {
+        let p = next(&mut binds, Bind::Int(t));
+        conds.push(format!("created_at < {p}"));
+    }
+    if let Some(s) = q.before {
+        let p = next(&mut binds, Bind::Int(s));
+        conds.push(format!("seq < {p}"));
+    }
+    if let Some(s) = q.after {
+        let p = next(&mut binds, Bind::Int(s));
+        conds.push(format!("seq > {p}"));
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    let order = if q.ascending() { "ASC" } else { "DESC" };
+    let limit = next(&mut binds, Bind::Int(i64::from(q.limit.clamp(1, 1000))));
+    (
+        format!(
+            "SELECT seq, kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \
+             created_at, chain_seq, hash FROM security_events {filter} ORDER BY seq {order} LIMIT {limit}"
+        ),
+        binds,
+    )
 }
 
 /// Where the text of a model request (`detail.content`, recorded when the tenant's policy
@@ -278,24 +352,18 @@ impl SecurityEventSink for Store {
         self.append_event(&e).await.map(|_| ())
     }
 
-    async fn recent_events(
-        &self,
-        tenant: Option<TenantId>,
-        limit: u32,
-    ) -> CoreResult<Vec<SecurityEvent>> {
-        let _timed = crate::timed("recent_events");
-        let scope = tenant.map(Scope::Tenant).unwrap_or(Scope::System);
-        let tenant = tenant.map(|t| t.to_string());
-        let rows = sqlx::query(
-            "SELECT kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \
-             created_at, chain_seq, hash FROM security_events WHERE ($1 IS NULL OR tenant_id = $2) ORDER BY seq DESC LIMIT $3",
-        )
-        .bind(&tenant)
-        .bind(&tenant)
-        .bind(i64::from(limit.min(1000)))
-        .fetch_all_in(self, scope)
-        .await
-        .map_err(db_err)?;
+    async fn search_events(&self, q: &EventQuery) -> CoreResult<Vec<SecurityEvent>> {
+        let _timed = crate::timed("search_events");
+        let scope = q.tenant.map(Scope::Tenant).unwrap_or(Scope::System);
+        let (sql, binds) = event_search_sql(q);
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                Bind::Text(t) => query.bind(t),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.fetch_all_in(self, scope).await.map_err(db_err)?;
         let mut events = rows
             .iter()
             .map(event_from)

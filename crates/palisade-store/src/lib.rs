@@ -68,12 +68,20 @@ impl AuditState {
 pub(crate) struct Timed {
     query_type: &'static str,
     started: std::time::Instant,
+    _span: tracing::Span,
 }
 
 pub(crate) fn timed(query_type: &'static str) -> Timed {
     Timed {
         query_type,
         started: std::time::Instant::now(),
+        // A trace span for the query (only when trace export wants debug spans; otherwise a
+        // disabled span costs nothing). It closes when the guard drops.
+        _span: tracing::debug_span!(
+            "db.query",
+            otel.kind = "client",
+            db.operation.name = query_type
+        ),
     }
 }
 
@@ -84,8 +92,32 @@ impl Drop for Timed {
     }
 }
 
+/// A database error as the core sees it: a lost or refused connection is a transient outage
+/// ([`CoreError::StorageUnavailable`], 503 to clients), anything else a storage error.
 pub(crate) fn db_err(e: sqlx::Error) -> CoreError {
-    CoreError::Storage(e.to_string())
+    if is_outage(&e) {
+        CoreError::StorageUnavailable(e.to_string())
+    } else {
+        CoreError::Storage(e.to_string())
+    }
+}
+
+/// Errors of reaching the database rather than of a statement: I/O and TLS failures, the pool
+/// timing out or closed, and PostgreSQL's connection exceptions (SQLSTATE class 08) and
+/// operator interventions (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect
+/// now).
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }
 
 impl Store {

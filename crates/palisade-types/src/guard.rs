@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// What a policy does with one finding category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardAction {
     /// Let it through, do not record it.
@@ -56,7 +58,7 @@ impl GuardAction {
 
 /// Actions per finding category for one trust zone. Input categories act on what the user
 /// sends; `output_*`, `leak` and `unsafe_markup` on what the model answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZonePolicy {
     pub injection: GuardAction,
@@ -109,7 +111,7 @@ impl Default for ZonePolicy {
 
 /// Changes to a zone's policy: each action given replaces the one below it (built-in zone
 /// default < `guard.internal`/`guard.external` < the tenant's), the others stay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZoneOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,7 +157,7 @@ impl ZoneOverrides {
 }
 
 /// Overrides for one tenant (keyed by tenant id in `guard.tenants`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantGuardPolicy {
     pub injection_threshold: Option<f32>,
@@ -167,7 +169,7 @@ pub struct TenantGuardPolicy {
 
 /// Prompt settings for one model (keyed by the model's public name in `guard.models`): small
 /// models follow a short hierarchy best, large ones can take delimiting and more rules.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelGuardPolicy {
     /// Overrides `guard.hardened_prompt` for this model.
@@ -179,7 +181,7 @@ pub struct ModelGuardPolicy {
 }
 
 /// `[guard]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardSettings {
     pub enabled: bool,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Answer of a password login when the account has 2FA: finish at `POST /api/auth/login/2fa`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MfaChallengeResponse {
     pub mfa_required: bool,
     pub mfa_token: String,
@@ -13,7 +13,7 @@ pub struct MfaChallengeResponse {
 }
 
 /// `POST /api/auth/login/2fa`: a 6-digit TOTP code or a recovery code.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MfaLoginRequest {
     pub mfa_token: String,
@@ -21,7 +21,7 @@ pub struct MfaLoginRequest {
 }
 
 /// `POST /api/auth/password`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
@@ -32,7 +32,7 @@ pub struct ChangePasswordRequest {
 }
 
 /// `PATCH /api/auth/me`: only the e-mail, and only with the current password.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeRequest {
     pub current_password: String,
@@ -40,13 +40,13 @@ pub struct UpdateMeRequest {
 }
 
 /// `POST /api/auth/2fa/setup`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpSetupRequest {
     pub current_password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TotpSetupResponse {
     /// Base32 secret for manual entry.
     pub secret: String,
@@ -55,20 +55,20 @@ pub struct TotpSetupResponse {
 }
 
 /// `POST /api/auth/2fa/enable`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpEnableRequest {
     pub code: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecoveryCodesResponse {
     /// Shown once; each works once instead of a TOTP code.
     pub recovery_codes: Vec<String>,
 }
 
 /// `POST /api/auth/2fa/disable`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpDisableRequest {
     pub current_password: String,
@@ -76,7 +76,7 @@ pub struct TotpDisableRequest {
 }
 
 /// A login session (one device).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuthSessionResponse {
     pub id: String,
     pub created_at: String,
@@ -90,7 +90,7 @@ pub struct AuthSessionResponse {
 }
 
 /// `POST /api/auth/api-keys`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
     pub name: String,
@@ -108,7 +108,7 @@ pub struct CreateApiKeyRequest {
     pub store_conversations: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApiKeyResponse {
     pub id: String,
     pub name: String,
@@ -125,7 +125,7 @@ pub struct ApiKeyResponse {
 }
 
 /// The answer of key creation: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedApiKeyResponse {
     #[serde(flatten)]
     pub key: ApiKeyResponse,
@@ -133,7 +133,7 @@ pub struct CreatedApiKeyResponse {
 }
 
 /// `POST /api/auth/scoped-token` (spec 004).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopedTokenRequest {
     pub model: String,
@@ -141,7 +141,7 @@ pub struct ScopedTokenRequest {
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScopedTokenResponse {
     pub token: String,
     /// The same token under spec 004's name.
@@ -153,7 +153,7 @@ pub struct ScopedTokenResponse {
 }
 
 /// `POST /api/v1/llm/generate` with `X-LLM-Token` (spec 004).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     pub prompt: String,
@@ -162,7 +162,7 @@ pub struct GenerateRequest {
     pub max_tokens: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GenerateResponse {
     pub content: String,
     pub model: String,
@@ -171,12 +171,12 @@ pub struct GenerateResponse {
 }
 
 /// Spec 000's `POST /chat`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompatChatRequest {
     pub prompt: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompatChatResponse {
     pub response: String,
     pub model: String,
@@ -185,7 +185,7 @@ pub struct CompatChatResponse {
 }
 
 /// `POST /api/admin/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateUserRequest {
     pub username: String,
@@ -200,7 +200,7 @@ pub struct AdminCreateUserRequest {
     pub tenant_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminCreatedUserResponse {
     pub user: crate::UserResponse,
     /// The generated one-time password, when none was given.
@@ -209,7 +209,7 @@ pub struct AdminCreatedUserResponse {
 }
 
 /// `PATCH /api/admin/users/{id}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUpdateUserRequest {
     #[serde(default)]
@@ -224,7 +224,7 @@ pub struct AdminUpdateUserRequest {
     pub unlock: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<crate::UserResponse>,
     pub total: u64,
@@ -232,12 +232,12 @@ pub struct UserList {
     pub offset: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TemporaryPasswordResponse {
     pub temporary_password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TenantResponse {
     pub id: String,
     pub name: String,
@@ -246,20 +246,20 @@ pub struct TenantResponse {
 }
 
 /// `POST /api/admin/tenants`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     pub name: String,
 }
 
 /// `PATCH /api/admin/tenants/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenantRequest {
     pub is_active: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleResponse {
     pub name: String,
     pub permissions: Vec<String>,
@@ -268,7 +268,7 @@ pub struct RoleResponse {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecurityEventResponse {
     pub kind: String,
     pub tenant_id: Option<String>,
@@ -287,6 +287,10 @@ pub struct SecurityEventResponse {
     pub chain_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Its position in the whole trail: pass the last one as `before` (newest-first pages) or
+    /// `after` (oldest-first, for followers) to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
 }
 
 mod double_option {
@@ -307,7 +311,7 @@ mod double_option {
 }
 
 /// `POST /api/admin/invites`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInviteRequest {
     #[serde(default = "default_invite_role")]
@@ -322,7 +326,7 @@ fn default_invite_role() -> String {
     "user".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InviteResponse {
     /// Shown once; give it to the person who will register.
     pub code: String,

@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 /// The one error shape every endpoint answers with: `{"error":{"code","message"}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `invalid_credentials`, `not_found`.
     pub code: String,
@@ -33,7 +33,7 @@ pub mod models;
 pub mod openai;
 
 /// `POST /api/auth/register`. Unknown fields (e.g. `role`, `tenant_id`) are refused.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub username: String,
@@ -46,7 +46,7 @@ pub struct RegisterRequest {
 }
 
 /// `POST /api/auth/login` (also spec 000's `POST /login` and spec 004's `POST /auth/login`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
@@ -58,14 +58,14 @@ pub struct LoginRequest {
 
 /// `POST /api/auth/refresh` and `POST /api/auth/logout` (the token may instead come as
 /// `Authorization: Bearer <refresh_token>`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     #[serde(default)]
     pub refresh_token: Option<String>,
 }
 
 /// Answer of login and refresh.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
@@ -77,7 +77,7 @@ pub struct TokenResponse {
 }
 
 /// A user as the API shows it (`GET /api/auth/me`, register).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UserResponse {
     pub id: String,
     pub username: String,
@@ -103,7 +103,7 @@ pub struct UserResponse {
 
 /// `POST /api/chat/message`. Numbers are taken wide so that out-of-range values get a clear
 /// validation error instead of a parse failure.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessageRequest {
     pub message: String,
     #[serde(default)]
@@ -131,7 +131,7 @@ pub struct ChatMessageRequest {
 }
 
 /// Facts recorded with an assistant message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MessageMetadata {
     pub model: String,
     pub tokens_used: u32,
@@ -157,7 +157,7 @@ pub struct MessageMetadata {
 }
 
 /// One finding of the content guard (never the matched text).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GuardFinding {
     /// `injection`, `pii`, `secret`, `toxicity`, `leak`, `unsafe_markup`.
     pub category: String,
@@ -171,7 +171,7 @@ pub struct GuardFinding {
 }
 
 /// A stored message as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MessageResponse {
     pub id: String,
     pub session_id: String,
@@ -183,7 +183,7 @@ pub struct MessageResponse {
 }
 
 /// One event of the `stream: true` answer, sent as `data: <json>` Server-Sent Events.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChatStreamEvent {
     Start {
@@ -207,7 +207,7 @@ pub enum ChatStreamEvent {
 }
 
 /// One row of `GET /api/chat/sessions`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionSummary {
     pub id: String,
     pub title: String,
@@ -220,7 +220,7 @@ pub struct SessionSummary {
     pub system_prompt: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
     pub total: u64,
@@ -229,7 +229,7 @@ pub struct SessionList {
 }
 
 /// `GET /api/chat/sessions/{id}/messages`: oldest first, `has_more` when older ones exist.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MessagePage {
     pub session_id: String,
     pub messages: Vec<MessageResponse>,
@@ -237,7 +237,7 @@ pub struct MessagePage {
 }
 
 /// `PATCH /api/chat/sessions/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateSessionRequest {
     #[serde(default)]
     pub title: Option<String>,
@@ -247,14 +247,14 @@ pub struct UpdateSessionRequest {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HealthResponse {
     pub status: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<HealthCheck>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HealthCheck {
     pub name: String,
     pub ok: bool,

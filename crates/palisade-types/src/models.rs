@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which backend serves a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// The embedded llama.cpp engine.
@@ -27,7 +27,7 @@ impl ProviderKind {
 }
 
 /// Where the data goes when this model is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrustZone {
     /// Runs inside the company (the embedded engine, an on-premises server).
@@ -38,7 +38,7 @@ pub enum TrustZone {
 }
 
 /// Time limits for one upstream call, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelTimeouts {
     /// Establishing the TCP/TLS connection.
@@ -60,7 +60,7 @@ impl Default for ModelTimeouts {
 }
 
 /// TLS settings of one remote upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTls {
     /// A PEM file of CA certificates trusted for this upstream, in addition to the public
@@ -82,7 +82,7 @@ impl UpstreamTls {
 }
 
 /// One model of the registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSpec {
     /// Public name clients use (`model` in requests). Taken from the key in the config file and
@@ -153,7 +153,7 @@ impl ModelSpec {
 }
 
 /// A model as `GET /api/models` shows it to a user who may use it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ModelView {
     pub name: String,
     pub provider: ProviderKind,
@@ -169,13 +169,13 @@ pub struct ModelView {
 }
 
 /// `GET /api/models`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ModelList {
     pub models: Vec<ModelView>,
 }
 
 /// An entry of `GET /api/admin/models`: the full spec plus where it comes from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AdminModelView {
     #[serde(flatten)]
     pub spec: ModelSpec,
@@ -185,7 +185,7 @@ pub struct AdminModelView {
 }
 
 /// `GET /api/admin/models`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AdminModelList {
     pub models: Vec<AdminModelView>,
 }

@@ -54,6 +54,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             | UserCommand::Sessions(_)
             | UserCommand::Revoke(_)),
         ) => crate::client::admin::run_user(c).await,
+        Command::Openapi => {
+            println!("{}", palisade_http::openapi::json());
+            Ok(0)
+        }
         Command::Audit(c) => {
             init_logging(LogFormat::Text);
             match c {
@@ -165,9 +169,18 @@ async fn db_copy(cfg: &Config, from: Option<&str>, to: Option<&str>) -> anyhow::
 async fn run_local(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(a) => {
-            init_logging(a.log_format);
             let cfg = load_config(&a.common, a.listen.clone())?;
-            serve(cfg).await
+            let traces = crate::otlp::layer(&cfg.telemetry)?;
+            let (layer, traces) = match traces {
+                Some((l, t)) => (Some(l), Some(t)),
+                None => (None, None),
+            };
+            init_logging_with(a.log_format, layer);
+            let served = serve(cfg).await;
+            if let Some(t) = traces {
+                t.shutdown().await;
+            }
+            served
         }
         Command::User(UserCommand::Create(a)) => {
             init_logging(LogFormat::Text);
@@ -258,24 +271,44 @@ async fn run_local(command: Command) -> anyhow::Result<()> {
         | Command::Key(_)
         | Command::Tenant(_)
         | Command::Db(_)
+        | Command::Openapi
         | Command::Audit(_) => Ok(()),
         Command::User(_) => Ok(()),
     }
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_with(format, None);
+}
+
+/// The process's subscriber: the log (filtered by `PALISADE_LOG`, default `info`) and, when
+/// traces are exported, the trace layer with its own filter (spans only).
+fn init_logging_with(
+    format: LogFormat,
+    traces: Option<crate::otlp::BoxedLayer<tracing_subscriber::Registry>>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Every log line passes the guard's scrubber: no secret, token or personal data in logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(palisade_guard::scrub::ScrubbingMakeWriter::new(
-            std::io::stderr,
-        ));
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let writer = palisade_guard::scrub::ScrubbingMakeWriter::new(std::io::stderr);
+    let log = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(log)
+        .try_init();
 }
 
 /// Request limits and budgets of `[limits]`, counted in this process or, with `redis.url`
@@ -1100,6 +1133,13 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
                 "  metrics:   https://{local}/metrics (bearer token of `metrics.token`)"
             )?,
             (None, None) => {}
+        }
+        if let Some(url) = cfg.telemetry.traces_url() {
+            writeln!(
+                out,
+                "  traces:    OTLP/HTTP to {url} (sample ratio {})",
+                cfg.telemetry.sample_ratio
+            )?;
         }
         if let Some(at) = redirect_at {
             writeln!(

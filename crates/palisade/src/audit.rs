@@ -324,15 +324,8 @@ pub async fn export_cmd(a: AuditExportArgs) -> anyhow::Result<i32> {
 
 /// `YYYY-MM-DD` (UTC midnight) or an RFC 3339 instant, as milliseconds.
 fn parse_since(s: &str) -> anyhow::Result<i64> {
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis())
-            .ok_or_else(|| anyhow::anyhow!("--since {s}: not a day"));
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| anyhow::anyhow!("--since {s}: write YYYY-MM-DD or an RFC 3339 time"))
+    palisade_core::entities::parse_instant(s)
+        .ok_or_else(|| anyhow::anyhow!("--since {s}: write YYYY-MM-DD or an RFC 3339 time"))
 }
 
 async fn open(cfg: &Config) -> anyhow::Result<Store> {

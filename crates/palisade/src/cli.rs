@@ -53,6 +53,9 @@ pub enum Command {
     /// The tamper-evident audit trail of the data dir.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the OpenAPI 3.1 document of the REST API (what `GET /api/openapi.json` serves; the
+    /// copy in docs/openapi.json is kept equal by a test).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +70,8 @@ pub enum AuditCommand {
     /// Every event since a day or time as JSON lines, in the order written (for a SIEM).
     Export(AuditExportArgs),
     /// The latest security events through a server's API (`audit:read`; a tenant's auditor
-    /// sees their tenant), oldest first; `--follow` keeps printing new ones.
+    /// sees their tenant), oldest first, searched by kind, user, request, address and time;
+    /// `--follow` keeps printing new ones.
     Tail(AuditTailArgs),
 }
 
@@ -75,9 +79,30 @@ pub enum AuditCommand {
 pub struct AuditTailArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// How many of the latest events to print first (1-1000).
-    #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// How many of the latest matching events to print first (1-1000000; fetched 1000 a page).
+    #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub lines: u32,
+    /// Only events of these kinds (repeatable or comma-separated: `login_failure,refresh_reuse`).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Vec<String>,
+    /// Only events about this user or done by them (a user id).
+    #[arg(long, value_name = "USER_ID")]
+    pub user: Option<String>,
+    /// Only this tenant's events (platform admins).
+    #[arg(long, value_name = "TENANT_ID")]
+    pub tenant: Option<String>,
+    /// Only the events of one request (its `X-Request-Id`).
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+    /// Only events from this client address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub ip: Option<String>,
+    /// Only events from this time on: `15m`, `2h`, `7d` back from now, `YYYY-MM-DD` or RFC 3339.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only events before this time (same forms as `--since`).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
     /// Keep polling and print events as they are written (Ctrl-C ends).
     #[arg(short, long)]
     pub follow: bool,

@@ -11,6 +11,7 @@ mod import;
 mod limits;
 mod masterkey;
 mod model;
+mod otlp;
 mod redirect;
 mod shared;
 mod telemetry;

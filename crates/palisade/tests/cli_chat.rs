@@ -222,7 +222,14 @@ async fn terminal_chat_and_admin_verbs() {
 
     // Ctrl-C during a long answer stops it, here and on the server.
     t.line("Write a very long story about a lighthouse keeper, with many chapters and details.");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the first tokens are on the screen (the spinner is gone): the server has begun
+    // the answer, so a partial one is stored.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    while t.screen().contains("thinking…") && started.elapsed() < long {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     t.keys(&["C-c"]);
     t.wait("[stopped]", long);
     let admin = s.admin_token().await;
@@ -433,6 +440,46 @@ async fn terminal_chat_and_admin_verbs() {
     assert!(table.starts_with("TIME"), "{table}");
     assert_eq!(table.lines().count(), 6, "{table}");
     assert!(table.contains("tenant_created"), "{table}");
+    // Searched on the server: only tenant creations of the last hour (acme so far).
+    let args: Vec<&str> = [
+        "audit",
+        "tail",
+        "--kind",
+        "tenant_created",
+        "--since",
+        "1h",
+        "-n",
+        "50",
+        "--json",
+    ]
+    .into_iter()
+    .chain(client)
+    .collect();
+    let o = run(home.path(), &args, None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let found: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["kind"], "tenant_created");
+    let args: Vec<&str> = ["audit", "tail", "--since", "2099-01-01", "--json"]
+        .into_iter()
+        .chain(client)
+        .collect();
+    let o = run(home.path(), &args, None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    let args: Vec<&str> = ["audit", "tail", "--since", "last tuesday"]
+        .into_iter()
+        .chain(client)
+        .collect();
+    let o = run(home.path(), &args, None, &[]);
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--since last tuesday"),
+        "{o:?}"
+    );
     // --follow prints an event written after it started, once.
     let mut follow = Command::new(common::bin());
     follow

@@ -176,16 +176,15 @@ async fn metrics_are_off_by_default_then_present_and_moving() {
     let second = s.post(&admin, "/v1/chat/completions", body).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
 
-    // The retention purge runs every second as a background job; wait for its first run.
+    // The retention purge runs every second as a background job; it may already have run
+    // before the first scrape, so wait for a run after it.
+    let purge = [("kind", "retention_purge"), ("outcome", "done")];
+    let purged_before = value(&before, "palisade_jobs_total", &purge).unwrap_or(0.0);
     let started = std::time::Instant::now();
     let after = loop {
         let now = scrape_main(&s).await;
-        let purged = value(
-            &now,
-            "palisade_jobs_total",
-            &[("kind", "retention_purge"), ("outcome", "done")],
-        );
-        if purged.is_some() || started.elapsed() > std::time::Duration::from_secs(20) {
+        let purged = value(&now, "palisade_jobs_total", &purge).unwrap_or(0.0);
+        if purged > purged_before || started.elapsed() > std::time::Duration::from_secs(20) {
             break now;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;

@@ -51,6 +51,13 @@ fn key_json(k: ApiKey) -> ApiKeyResponse {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/auth/me",
+    tag = "account",
+    request_body = palisade_types::identity::UpdateMeRequest,
+    responses((status = 200, description = "The updated account", body = palisade_types::UserResponse))
+)]
 pub async fn update_me(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -63,6 +70,13 @@ pub async fn update_me(
     Ok(Json(user_json(user)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/password",
+    tag = "account",
+    request_body = palisade_types::identity::ChangePasswordRequest,
+    responses((status = 200, description = "New tokens; every other session is revoked", body = palisade_types::TokenResponse))
+)]
 pub async fn change_password(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -83,6 +97,13 @@ pub async fn change_password(
     Ok(tokens_response(tokens, headers.contains_key(CSRF_HEADER)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/2fa/setup",
+    tag = "account",
+    request_body = palisade_types::identity::TotpSetupRequest,
+    responses((status = 200, description = "A new TOTP secret to confirm", body = palisade_types::identity::TotpSetupResponse))
+)]
 pub async fn totp_setup(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -95,6 +116,13 @@ pub async fn totp_setup(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/2fa/enable",
+    tag = "account",
+    request_body = palisade_types::identity::TotpEnableRequest,
+    responses((status = 200, description = "Two-factor login is on; the recovery codes, shown once", body = palisade_types::identity::RecoveryCodesResponse))
+)]
 pub async fn totp_enable(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -106,6 +134,13 @@ pub async fn totp_enable(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/2fa/disable",
+    tag = "account",
+    request_body = palisade_types::identity::TotpDisableRequest,
+    responses((status = 204, description = "Two-factor login is off"))
+)]
 pub async fn totp_disable(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -124,6 +159,12 @@ fn current_session(p: &palisade_core::entities::Principal) -> Option<TokenFamily
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/auth/sessions",
+    tag = "account",
+    responses((status = 200, description = "The caller's login sessions", body = Vec<palisade_types::identity::AuthSessionResponse>))
+)]
 pub async fn my_sessions(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -135,6 +176,13 @@ pub async fn my_sessions(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/auth/sessions/{id}",
+    tag = "account",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub async fn revoke_my_session(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -145,6 +193,13 @@ pub async fn revoke_my_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/api-keys",
+    tag = "account",
+    request_body = palisade_types::identity::CreateApiKeyRequest,
+    responses((status = 201, description = "The key; its secret is shown once", body = palisade_types::identity::CreatedApiKeyResponse))
+)]
 pub async fn create_api_key(
     State(s): State<AppState>,
     Perm(g): Perm<ApiKeysManage>,
@@ -172,6 +227,12 @@ pub async fn create_api_key(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/auth/api-keys",
+    tag = "account",
+    responses((status = 200, description = "The caller's API keys (no secrets)", body = Vec<palisade_types::identity::ApiKeyResponse>))
+)]
 pub async fn list_api_keys(
     State(s): State<AppState>,
     Perm(g): Perm<ApiKeysManage>,
@@ -180,6 +241,13 @@ pub async fn list_api_keys(
     Ok(Json(keys.into_iter().map(key_json).collect()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/auth/api-keys/{id}",
+    tag = "account",
+    params(("id" = String, Path, description = "API key id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub async fn revoke_api_key(
     State(s): State<AppState>,
     Perm(g): Perm<ApiKeysManage>,
@@ -190,6 +258,13 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/scoped-token",
+    tag = "account",
+    request_body = palisade_types::identity::ScopedTokenRequest,
+    responses((status = 200, description = "A short-lived token limited to LLM generation", body = palisade_types::identity::ScopedTokenResponse))
+)]
 pub async fn scoped_token(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -216,6 +291,14 @@ pub async fn scoped_token(
 }
 
 /// Spec 004: `POST /api/v1/llm/generate` with `X-LLM-Token`; the token's model and cap bind.
+#[utoipa::path(
+    post,
+    path = "/api/v1/llm/generate",
+    tag = "chat",
+    request_body = palisade_types::identity::GenerateRequest,
+    responses((status = 200, description = "The answer (spec 004)", body = palisade_types::identity::GenerateResponse)),
+    security(("llm_token" = []))
+)]
 pub async fn generate(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -160,6 +160,14 @@ fn optional_body(body: &[u8]) -> Result<RefreshRequest, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = "auth",
+    request_body = palisade_types::RegisterRequest,
+    responses((status = 201, description = "The new account", body = palisade_types::UserResponse)),
+    security(())
+)]
 pub async fn register(
     State(s): State<AppState>,
     Client(client): Client,
@@ -196,6 +204,14 @@ pub(crate) fn login_response(outcome: LoginOutcome, cookie: bool) -> Response {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = palisade_types::LoginRequest,
+    responses((status = 200, description = "Tokens, or a second-factor challenge", body = crate::openapi::LoginAnswer)),
+    security(())
+)]
 pub async fn login(
     State(s): State<AppState>,
     Client(client): Client,
@@ -209,6 +225,14 @@ pub async fn login(
     Ok(login_response(outcome, wants_cookie(&headers)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/login/2fa",
+    tag = "auth",
+    request_body = palisade_types::identity::MfaLoginRequest,
+    responses((status = 200, description = "Tokens", body = palisade_types::TokenResponse)),
+    security(())
+)]
 pub async fn login_second_factor(
     State(s): State<AppState>,
     Client(client): Client,
@@ -222,6 +246,14 @@ pub async fn login_second_factor(
     Ok(tokens_response(t, wants_cookie(&headers)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh",
+    tag = "auth",
+    request_body(content = Option<palisade_types::RefreshRequest>, description = "The refresh token in the body, as a bearer token or in the cookie"),
+    responses((status = 200, description = "A new token pair (the old refresh token is spent)", body = palisade_types::TokenResponse)),
+    security(())
+)]
 pub async fn refresh(
     State(s): State<AppState>,
     Client(client): Client,
@@ -250,6 +282,14 @@ pub async fn refresh(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    request_body(content = Option<palisade_types::RefreshRequest>),
+    responses((status = 204, description = "The refresh token's family is revoked")),
+    security(())
+)]
 pub async fn logout(
     State(s): State<AppState>,
     Client(client): Client,
@@ -282,6 +322,12 @@ pub async fn logout(
     Ok(res)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout-all",
+    tag = "auth",
+    responses((status = 204, description = "Every session of the caller is revoked"))
+)]
 pub async fn logout_all(State(s): State<AppState>, Auth(p): Auth) -> Result<Response, ApiError> {
     s.identity.logout_all(&p).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
@@ -289,6 +335,12 @@ pub async fn logout_all(State(s): State<AppState>, Auth(p): Auth) -> Result<Resp
     Ok(res)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "The caller, with their permissions", body = Object))
+)]
 pub async fn me(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -308,7 +360,8 @@ pub async fn me(
     Ok(Json(v))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     #[serde(default)]
     code: Option<String>,
@@ -319,6 +372,13 @@ pub struct CallbackQuery {
 }
 
 /// Which login methods this server offers (for the login screen).
+#[utoipa::path(
+    get,
+    path = "/api/auth/providers",
+    tag = "auth",
+    responses((status = 200, description = "The login methods this server offers", body = Object)),
+    security(())
+)]
 pub async fn providers(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "password": true,
@@ -329,6 +389,13 @@ pub async fn providers(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// Starts single sign-on: redirects the browser to the OpenID provider.
+#[utoipa::path(
+    get,
+    path = "/api/auth/oidc/login",
+    tag = "auth",
+    responses((status = 303, description = "Redirect to the OpenID provider")),
+    security(())
+)]
 pub async fn oidc_login(State(s): State<AppState>) -> Result<Response, ApiError> {
     let url = s.identity.sso_begin().await?;
     let mut res = StatusCode::SEE_OTHER.into_response();
@@ -340,6 +407,14 @@ pub async fn oidc_login(State(s): State<AppState>) -> Result<Response, ApiError>
 
 /// The provider's redirect back: sets the refresh cookie and sends the browser to the app,
 /// which obtains its access token with `POST /api/auth/refresh` (cookie + CSRF header).
+#[utoipa::path(
+    get,
+    path = "/api/auth/oidc/callback",
+    tag = "auth",
+    params(CallbackQuery),
+    responses((status = 303, description = "Back to the web UI, signed in or with `sso_error`")),
+    security(())
+)]
 pub async fn oidc_callback(
     State(s): State<AppState>,
     Client(client): Client,
@@ -371,6 +446,13 @@ pub async fn oidc_callback(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "auth",
+    responses((status = 200, description = "The public keys that verify Palisade's access tokens (JWKS)", body = Object)),
+    security(())
+)]
 pub async fn jwks(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(s.identity.jwks())
 }

@@ -64,6 +64,13 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// `POST /api/chat/message`.
+#[utoipa::path(
+    post,
+    path = "/api/chat/message",
+    tag = "chat",
+    request_body = palisade_types::ChatMessageRequest,
+    responses((status = 200, description = "The stored answer, or with `stream: true` server-sent `ChatStreamEvent`s", content((palisade_types::MessageResponse = "application/json"), (String = "text/event-stream"))))
+)]
 pub async fn send_message(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -186,7 +193,8 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let producer = f(tx);
-    let guard = AbortOnDrop(tokio::spawn(producer));
+    // Inside the request's span: the trace of a streamed answer lasts as long as the stream.
+    let guard = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(producer)));
     futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         rx.recv().await.map(|item| (item, (rx, guard)))
     })
@@ -201,7 +209,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
     limit: Option<u32>,
     offset: Option<u32>,
@@ -209,6 +218,13 @@ pub struct SessionsQuery {
 }
 
 /// `GET /api/chat/sessions`.
+#[utoipa::path(
+    get,
+    path = "/api/chat/sessions",
+    tag = "chat",
+    params(SessionsQuery),
+    responses((status = 200, description = "One page of the caller's conversations", body = palisade_types::SessionList))
+)]
 pub async fn list_sessions(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -253,13 +269,21 @@ pub async fn list_sessions(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     limit: Option<u32>,
     before_id: Option<String>,
 }
 
 /// `GET /api/chat/sessions/{id}/messages`.
+#[utoipa::path(
+    get,
+    path = "/api/chat/sessions/{id}/messages",
+    tag = "chat",
+    params(("id" = String, Path, description = "Conversation id"), MessagesQuery),
+    responses((status = 200, description = "One page of messages, newest last", body = palisade_types::MessagePage))
+)]
 pub async fn list_messages(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -289,6 +313,13 @@ pub async fn list_messages(
 }
 
 /// `PATCH /api/chat/sessions/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/api/chat/sessions/{id}",
+    tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")), request_body = palisade_types::UpdateSessionRequest,
+    responses((status = 204, description = "Updated"))
+)]
 pub async fn rename_session(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -313,6 +344,13 @@ pub async fn rename_session(
 }
 
 /// `DELETE /api/chat/sessions/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/chat/sessions/{id}",
+    tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses((status = 204, description = "Deleted"))
+)]
 pub async fn delete_session(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -323,8 +361,9 @@ pub async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `json` (default) or `markdown`.
     format: Option<String>,
@@ -332,6 +371,13 @@ pub struct ExportQuery {
 
 /// `GET /api/chat/export[?format=json|markdown]`: every conversation of the caller, as a
 /// download.
+#[utoipa::path(
+    get,
+    path = "/api/chat/export",
+    tag = "chat",
+    params(ExportQuery),
+    responses((status = 200, description = "Every conversation of the caller, as a download", content((Object = "application/json"), (String = "text/markdown"))))
+)]
 pub async fn export(
     State(s): State<AppState>,
     Auth(who): Auth,

@@ -15,6 +15,13 @@ use crate::routes::chat::{collect, request_id};
 use crate::AppState;
 
 /// Spec 000: one prompt with a bearer token, one answer (stored as a new conversation).
+#[utoipa::path(
+    post,
+    path = "/chat",
+    tag = "compat",
+    request_body = palisade_types::identity::CompatChatRequest,
+    responses((status = 200, description = "Spec 000 chat (only with `compat_routes` on)", body = palisade_types::identity::CompatChatResponse))
+)]
 pub async fn chat(
     State(s): State<AppState>,
     Auth(who): Auth,

@@ -31,6 +31,13 @@ fn view_json(tenant: TenantId, v: TenantPolicyView) -> Json<Value> {
 }
 
 /// `GET /api/admin/guard/tenants/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/guard/tenants/{id}",
+    tag = "guard",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "The tenant's guard policy and the effective zones", body = Object))
+)]
 pub async fn get_policy(
     State(s): State<AppState>,
     Perm(g): Perm<GuardManage>,
@@ -41,6 +48,13 @@ pub async fn get_policy(
 }
 
 /// `PUT /api/admin/guard/tenants/{id}`: the whole policy (absent fields inherit).
+#[utoipa::path(
+    put,
+    path = "/api/admin/guard/tenants/{id}",
+    tag = "guard",
+    params(("id" = String, Path, description = "Tenant id")), request_body = palisade_types::guard::TenantGuardPolicy,
+    responses((status = 200, description = "The stored policy", body = Object))
+)]
 pub async fn put_policy(
     State(s): State<AppState>,
     Perm(g): Perm<GuardManage>,
@@ -56,6 +70,13 @@ pub async fn put_policy(
 }
 
 /// `DELETE /api/admin/guard/tenants/{id}`: back to the configured policy.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/guard/tenants/{id}",
+    tag = "guard",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Back to the server defaults", body = Object))
+)]
 pub async fn reset_policy(
     State(s): State<AppState>,
     Perm(g): Perm<GuardManage>,

@@ -62,6 +62,13 @@ async fn all_checks(state: &AppState) -> Vec<Check> {
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is alive", body = palisade_types::HealthResponse)),
+    security(())
+)]
 pub async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
@@ -72,6 +79,13 @@ pub async fn healthz() -> Json<HealthResponse> {
 /// `GET /readyz`: the database (and Redis, when configured) answers and the model is loaded.
 /// 200 `ok`; 200 `degraded` when a stand-in serves (the in-memory database of
 /// `store.fallback = "memory"`), with the reason on that check; 503 `unavailable`.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, description = "Ready: database, Redis, model and audit sink answer", body = palisade_types::HealthResponse), (status = 503, description = "Not ready; the failing checks are named", body = palisade_types::HealthResponse)),
+    security(())
+)]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let checks = all_checks(&state).await;
     let (ok, status) = overall(&checks);
@@ -103,12 +117,25 @@ fn now_rfc3339() -> String {
 
 /// `GET /health` (spec 003): `{"status": "healthy", "timestamp": …}`; public, says nothing
 /// about the dependencies.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses((status = 200, description = "Spec 003 health summary", body = Object)),
+    security(())
+)]
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "healthy", "timestamp": now_rfc3339() }))
 }
 
 /// `GET /health/detailed` (spec 003), for platform administrators: every dependency with its
 /// response time, the process's memory, the version. 503 when a dependency is down.
+#[utoipa::path(
+    get,
+    path = "/health/detailed",
+    tag = "health",
+    responses((status = 200, description = "Every check with its latency (administrators)", body = Object), (status = 503, description = "A check fails", body = Object))
+)]
 pub async fn detailed(
     State(state): State<AppState>,
     _admin: Perm<ModelsManage>,

@@ -30,8 +30,9 @@ fn job_json(j: &Job) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// `queued`, `running`, `done` or `dead` (the dead-letter list).
     state: Option<String>,
@@ -39,6 +40,13 @@ pub struct JobsQuery {
 }
 
 /// `GET /api/admin/jobs[?state=dead&limit=N]`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/jobs",
+    tag = "jobs",
+    params(JobsQuery),
+    responses((status = 200, description = "Background jobs (the dead-letter list with `state=dead`)", body = Object))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Perm(g): Perm<JobsManage>,
@@ -59,6 +67,13 @@ fn job_id(raw: &str) -> Result<i64, ApiError> {
 }
 
 /// `POST /api/admin/jobs/{id}/retry`: a dead letter queued again with fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/api/admin/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Queued again", body = Object))
+)]
 pub async fn retry(
     State(s): State<AppState>,
     Perm(g): Perm<JobsManage>,
@@ -69,6 +84,13 @@ pub async fn retry(
 }
 
 /// `DELETE /api/admin/jobs/{id}`: a dead letter discarded.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 204, description = "Discarded"))
+)]
 pub async fn discard(
     State(s): State<AppState>,
     Perm(g): Perm<JobsManage>,

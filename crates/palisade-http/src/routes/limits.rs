@@ -14,8 +14,9 @@ use crate::auth::Perm;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TenantParam {
     /// The subject's tenant (platform administrators; default their own).
     tenant: Option<String>,
@@ -40,6 +41,13 @@ fn row(p: &StoredLimitPolicy) -> Value {
 }
 
 /// `GET /api/admin/limits[?tenant=ID]`: the configured defaults and the overrides.
+#[utoipa::path(
+    get,
+    path = "/api/admin/limits",
+    tag = "limits",
+    params(TenantParam),
+    responses((status = 200, description = "Effective limits and overrides", body = Object))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Perm(g): Perm<LimitsManage>,
@@ -59,6 +67,13 @@ pub async fn list(
 
 /// `PUT /api/admin/limits/{tenant|user|key}/{id}[?tenant=ID]`: the fields given replace the
 /// defaults for that subject; the rest are inherited.
+#[utoipa::path(
+    put,
+    path = "/api/admin/limits/{scope}/{subject}",
+    tag = "limits",
+    params(("scope" = String, Path, description = "`tenant`, `user` or `key`"), ("subject" = String, Path, description = "Its id"), TenantParam), request_body = palisade_core::limit_policies::LimitOverride,
+    responses((status = 200, description = "The stored override", body = Object))
+)]
 pub async fn put(
     State(s): State<AppState>,
     Perm(g): Perm<LimitsManage>,
@@ -84,6 +99,13 @@ pub async fn put(
 }
 
 /// `DELETE /api/admin/limits/{tenant|user|key}/{id}[?tenant=ID]`: back to the defaults.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/limits/{scope}/{subject}",
+    tag = "limits",
+    params(("scope" = String, Path, description = "`tenant`, `user` or `key`"), ("subject" = String, Path, description = "Its id"), TenantParam),
+    responses((status = 204, description = "Back to the defaults"))
+)]
 pub async fn reset(
     State(s): State<AppState>,
     Perm(g): Perm<LimitsManage>,

@@ -14,6 +14,12 @@ use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::AppState;
 
 /// `GET /api/models`: the models the caller may use, the default first.
+#[utoipa::path(
+    get,
+    path = "/api/models",
+    tag = "models",
+    responses((status = 200, description = "The models the caller may use", body = palisade_types::models::ModelList))
+)]
 pub async fn list(State(s): State<AppState>, Auth(who): Auth) -> Json<ModelList> {
     let models = s
         .chat
@@ -43,6 +49,12 @@ fn admin_view(s: &AppState, spec: &ModelSpec, source: &str) -> AdminModelView {
 }
 
 /// `GET /api/admin/models`: every entry, disabled ones included, with its source.
+#[utoipa::path(
+    get,
+    path = "/api/admin/models",
+    tag = "models",
+    responses((status = 200, description = "Every model with its full spec", body = palisade_types::models::AdminModelList))
+)]
 pub async fn admin_list(
     State(s): State<AppState>,
     Perm(_g): Perm<ModelsManage>,
@@ -56,6 +68,13 @@ pub async fn admin_list(
 }
 
 /// `PUT /api/admin/models/{name}`: adds or replaces an entry.
+#[utoipa::path(
+    put,
+    path = "/api/admin/models/{name}",
+    tag = "models",
+    params(("name" = String, Path, description = "Model name")), request_body = palisade_types::models::ModelSpec,
+    responses((status = 200, description = "The stored model", body = palisade_types::models::AdminModelView))
+)]
 pub async fn admin_put(
     State(s): State<AppState>,
     Perm(g): Perm<ModelsManage>,
@@ -97,6 +116,13 @@ pub async fn admin_put(
 }
 
 /// `DELETE /api/admin/models/{name}`.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/models/{name}",
+    tag = "models",
+    params(("name" = String, Path, description = "Model name")),
+    responses((status = 204, description = "Removed"))
+)]
 pub async fn admin_delete(
     State(s): State<AppState>,
     Perm(g): Perm<ModelsManage>,
@@ -118,6 +144,13 @@ pub async fn admin_delete(
 /// `POST /api/admin/models/{name}/test`: one tiny request to the model. Always 200 for a
 /// known model: `{ok, model, answer, latency_ms}`, or `{ok: false, error: {code, message}}`
 /// with the same clean error a user would get (never the upstream's body).
+#[utoipa::path(
+    post,
+    path = "/api/admin/models/{name}/test",
+    tag = "models",
+    params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, description = "A short test prompt and its outcome", body = Object))
+)]
 pub async fn admin_test(
     State(s): State<AppState>,
     Perm(g): Perm<ModelsManage>,
@@ -149,6 +182,12 @@ pub async fn admin_test(
 }
 
 /// `GET /api/admin/cache`: response-cache hits and misses (404 when the cache is off).
+#[utoipa::path(
+    get,
+    path = "/api/admin/cache",
+    tag = "models",
+    responses((status = 200, description = "Response cache hits and misses", body = palisade_core::provider::CacheCounters))
+)]
 pub async fn admin_cache(
     State(s): State<AppState>,
     Perm(_g): Perm<ModelsManage>,

@@ -232,6 +232,13 @@ fn meta(run_fallback: &Option<String>, truncated: u32, cached: bool) -> Option<R
 }
 
 /// `POST /v1/chat/completions`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = palisade_types::openai::ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or with `stream: true` server-sent `chat.completion.chunk` events", content((palisade_types::openai::ChatCompletion = "application/json"), (String = "text/event-stream"))))
+)]
 pub async fn chat_completions(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -435,6 +442,12 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
 }
 
 /// `GET /v1/models`: the models the caller may use.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses((status = 200, description = "The models the caller may use", body = palisade_types::openai::OpenAiModelList))
+)]
 pub async fn list_models(State(s): State<AppState>, Auth(who): Auth) -> Json<OpenAiModelList> {
     let data = s
         .chat
@@ -454,6 +467,13 @@ pub async fn list_models(State(s): State<AppState>, Auth(who): Auth) -> Json<Ope
 }
 
 /// `GET /v1/models/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    tag = "openai",
+    params(("id" = String, Path, description = "Model id")),
+    responses((status = 200, description = "The model", body = palisade_types::openai::OpenAiModel))
+)]
 pub async fn get_model(
     State(s): State<AppState>,
     Auth(who): Auth,

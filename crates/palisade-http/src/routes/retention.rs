@@ -36,6 +36,12 @@ fn hold_json(h: &UserHold) -> Value {
 }
 
 /// `GET /api/admin/retention`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/retention",
+    tag = "retention",
+    responses((status = 200, description = "Retention days and legal holds", body = Object))
+)]
 pub async fn view(
     State(s): State<AppState>,
     Perm(g): Perm<RetentionManage>,
@@ -48,7 +54,7 @@ pub async fn view(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRetentionBody {
     /// Days a conversation is kept after its last message; `null`: the configured default;
@@ -60,6 +66,13 @@ pub struct TenantRetentionBody {
 }
 
 /// `PUT /api/admin/retention/tenants/{id}`.
+#[utoipa::path(
+    put,
+    path = "/api/admin/retention/tenants/{id}",
+    tag = "retention",
+    params(("id" = String, Path, description = "Tenant id")), request_body = TenantRetentionBody,
+    responses((status = 200, description = "The tenant's retention", body = Object))
+)]
 pub async fn put_tenant(
     State(s): State<AppState>,
     Perm(g): Perm<RetentionManage>,
@@ -74,7 +87,7 @@ pub async fn put_tenant(
     Ok(Json(tenant_json(&r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldBody {
     hold: bool,
@@ -82,13 +95,21 @@ pub struct HoldBody {
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TenantParam {
     tenant: Option<String>,
 }
 
 /// `PUT /api/admin/retention/users/{id}[?tenant=ID]`: `{hold, reason}`.
+#[utoipa::path(
+    put,
+    path = "/api/admin/retention/users/{id}",
+    tag = "retention",
+    params(("id" = String, Path, description = "User id"), TenantParam), request_body = HoldBody,
+    responses((status = 204, description = "Legal hold set or lifted"))
+)]
 pub async fn put_user(
     State(s): State<AppState>,
     Perm(g): Perm<RetentionManage>,

@@ -17,8 +17,9 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiQuery};
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// First day, `YYYY-MM-DD` (UTC); default 29 days before `to`.
     from: Option<String>,
@@ -167,6 +168,13 @@ fn limits_json(limits: &[LimitState]) -> Value {
 }
 
 /// `GET /api/usage`.
+#[utoipa::path(
+    get,
+    path = "/api/usage",
+    tag = "usage",
+    params(UsageParams),
+    responses((status = 200, description = "The caller's usage per day (JSON, or CSV with `format=csv`)", content((Object = "application/json"), (String = "text/csv"))))
+)]
 pub async fn own(
     State(s): State<AppState>,
     Auth(who): Auth,
@@ -206,6 +214,13 @@ pub async fn own(
 }
 
 /// `GET /api/admin/usage`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/usage",
+    tag = "usage",
+    params(UsageParams),
+    responses((status = 200, description = "Usage per day, user and model (JSON, or CSV with `format=csv`)", content((Object = "application/json"), (String = "text/csv"))))
+)]
 pub async fn admin(
     State(s): State<AppState>,
     Auth(who): Auth,

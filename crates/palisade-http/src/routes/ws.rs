@@ -127,6 +127,12 @@ impl WsTickets {
 }
 
 /// `POST /api/chat/ws/ticket`.
+#[utoipa::path(
+    post,
+    path = "/api/chat/ws/ticket",
+    tag = "chat",
+    responses((status = 200, description = "A one-time ticket for the WebSocket handshake (30 s)", body = Object))
+)]
 pub async fn ticket(
     State(s): State<AppState>,
     Auth(_who): Auth,
@@ -141,7 +147,8 @@ pub async fn ticket(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConnectQuery {
     ticket: Option<String>,
 }
@@ -157,6 +164,14 @@ fn same_origin(uri: &Uri, headers: &HeaderMap) -> bool {
 }
 
 /// `GET /api/chat/ws?ticket=...`: the handshake.
+#[utoipa::path(
+    get,
+    path = "/api/chat/ws",
+    tag = "chat",
+    params(ConnectQuery),
+    responses((status = 101, description = "WebSocket: `message` frames in, `ChatStreamEvent` frames out")),
+    security(())
+)]
 pub async fn connect(
     State(s): State<AppState>,
     Client(client): Client,

@@ -442,56 +442,163 @@ fn event_line(e: &Value) -> String {
     .to_string()
 }
 
-/// `palisade audit tail`: the latest events, oldest first, then (with `--follow`) the new ones
-/// as they come. An event is printed once: each poll skips the events of the poll before.
+/// The search part of an `audit tail` request: the filters, as a query string.
+fn audit_filters(a: &AuditTailArgs) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let instant = |flag: &str, v: &str| -> anyhow::Result<String> {
+        parse_when(v, now)
+            .map(palisade_core::entities::millis_to_rfc3339)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{flag} {v}: write a duration back from now (15m, 2h, 7d), YYYY-MM-DD or an RFC 3339 time"
+                )
+            })
+    };
+    let mut q: Vec<(&'static str, String)> = Vec::new();
+    let kinds: Vec<&str> = a
+        .kind
+        .iter()
+        .flat_map(|k| k.split(','))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !kinds.is_empty() {
+        q.push(("kind", kinds.join(",")));
+    }
+    for (name, v) in [
+        ("user", &a.user),
+        ("tenant_id", &a.tenant),
+        ("request_id", &a.request_id),
+        ("ip", &a.ip),
+    ] {
+        if let Some(v) = v {
+            q.push((name, v.clone()));
+        }
+    }
+    if let Some(v) = &a.since {
+        q.push(("since", instant("--since", v)?));
+    }
+    if let Some(v) = &a.until {
+        q.push(("until", instant("--until", v)?));
+    }
+    Ok(q)
+}
+
+/// `15m`, `2h`, `7d`, `30s` back from `now`; or a day or an RFC 3339 instant.
+fn parse_when(v: &str, now: i64) -> Option<i64> {
+    let v = v.trim();
+    let unit = match v.chars().last()? {
+        's' => Some(1_000),
+        'm' => Some(60_000),
+        'h' => Some(3_600_000),
+        'd' => Some(86_400_000),
+        _ => None,
+    };
+    if let Some(unit) = unit {
+        if let Ok(n) = v[..v.len() - 1].parse::<i64>() {
+            return n
+                .checked_mul(unit)
+                .filter(|ms| *ms >= 0)
+                .map(|ms| now.saturating_sub(ms));
+        }
+    }
+    palisade_core::entities::parse_instant(v)
+}
+
+fn search_path(filters: &[(&'static str, String)], extra: &[(&'static str, String)]) -> String {
+    let mut url = match reqwest::Url::parse("http://q/api/admin/security-events") {
+        Ok(u) => u,
+        Err(_) => return "/api/admin/security-events".into(),
+    };
+    url.query_pairs_mut()
+        .extend_pairs(filters.iter().chain(extra).map(|(k, v)| (*k, v.as_str())));
+    match url.query() {
+        Some(q) => format!("/api/admin/security-events?{q}"),
+        None => "/api/admin/security-events".into(),
+    }
+}
+
+fn print_event(e: &Value, json_out: bool) {
+    if json_out {
+        println!("{e}");
+    } else {
+        println!("{}", event_line(e));
+    }
+}
+
+/// `palisade audit tail`: the latest events matching the filters, oldest first, then (with
+/// `--follow`) the new ones as they are written. The server searches; pages are walked by the
+/// events' `seq` (backwards for the first `-n`, forwards while following), so nothing is
+/// skipped or printed twice, however many events arrive between polls.
 pub async fn run_audit_tail(a: AuditTailArgs) -> anyhow::Result<i32> {
+    let filters = audit_filters(&a)?;
     let mut conn = connect(&a.client).await?;
-    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut first = true;
-    loop {
-        // Every poll reads the newest 1000 (the most one answer holds); the first prints the
-        // newest `lines` of them and remembers all, so a later poll prints only new events.
-        let limit = if a.follow { 1000 } else { a.lines };
-        let page = match conn
-            .get(&format!("/api/admin/security-events?limit={limit}"))
-            .await
-        {
+    // The newest `lines` events, newest first, a page of at most 1000 at a time.
+    let mut newest: Vec<Value> = Vec::new();
+    let mut before: Option<i64> = None;
+    while newest.len() < a.lines as usize {
+        let want = (a.lines as usize - newest.len()).min(1000);
+        let mut extra = vec![("limit", want.to_string())];
+        if let Some(b) = before {
+            extra.push(("before", b.to_string()));
+        }
+        let page = match conn.get(&search_path(&filters, &extra)).await {
             Ok(v) => list_rows(&v, "events"),
             Err(f) => return Ok(finish(Err(f))),
         };
-        if first && !a.json {
-            println!(
-                "{:<24}  {:<22} {:<36} {:<15} DETAIL",
-                "TIME", "KIND", "WHO", "IP"
-            );
+        let done = page.len() < want;
+        before = page.last().and_then(|e| e["seq"].as_i64());
+        newest.extend(page);
+        if done || before.is_none() {
+            break;
         }
-        let shown = if first { a.lines as usize } else { page.len() };
-        // The answer is newest first.
-        // An event is known by its chain hash. Only the previous page is remembered: an event
-        // older than it cannot come back into the newest 1000.
-        let key = |e: &Value| match &e["hash"] {
-            Value::String(h) => h.clone(),
-            _ => e.to_string(),
-        };
-        let keys: std::collections::HashSet<String> = page.iter().map(key).collect();
-        for (i, e) in page.iter().enumerate().rev() {
-            if i >= shown || seen.contains(&key(e)) {
-                continue;
-            }
-            if a.json {
-                println!("{e}");
-            } else {
-                println!("{}", event_line(e));
-            }
-        }
-        seen = keys;
-        first = false;
-        if !a.follow {
-            return Ok(exit::OK);
-        }
+    }
+    if !a.json {
+        println!(
+            "{:<24}  {:<22} {:<36} {:<15} DETAIL",
+            "TIME", "KIND", "WHO", "IP"
+        );
+    }
+    for e in newest.iter().rev() {
+        print_event(e, a.json);
+    }
+    if !a.follow {
+        return Ok(exit::OK);
+    }
+    // Following: everything after the newest event seen, oldest first. Without a first event
+    // the cursor starts at the newest event of the whole trail, so old events stay unprinted.
+    let mut after = match newest.first().and_then(|e| e["seq"].as_i64()) {
+        Some(s) => s,
+        None => match conn.get(&search_path(&[], &[("limit", "1".into())])).await {
+            Ok(v) => list_rows(&v, "events")
+                .first()
+                .and_then(|e| e["seq"].as_i64())
+                .unwrap_or(0),
+            Err(f) => return Ok(finish(Err(f))),
+        },
+    };
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(a.interval)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+        }
+        loop {
+            let extra = [("after", after.to_string()), ("limit", "1000".to_string())];
+            let page = match conn.get(&search_path(&filters, &extra)).await {
+                Ok(v) => list_rows(&v, "events"),
+                Err(f) => return Ok(finish(Err(f))),
+            };
+            for e in &page {
+                print_event(e, a.json);
+            }
+            match page.last().and_then(|e| e["seq"].as_i64()) {
+                Some(s) if page.len() == 1000 => after = s,
+                Some(s) => {
+                    after = s;
+                    break;
+                }
+                None => break,
+            }
         }
     }
 }

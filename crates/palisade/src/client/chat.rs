@@ -599,7 +599,25 @@ impl Chat {
             pb.enable_steady_tick(Duration::from_millis(100));
             pb
         });
-        let events = self.conn.stream_chat(body).await;
+        let mut answer = Answer {
+            content: String::new(),
+            end: None,
+            session_id: None,
+            stopped: false,
+        };
+        // Ctrl-C stops the answer from the moment it is asked for, before its first event too.
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let events = tokio::select! {
+            events = self.conn.stream_chat(body) => events,
+            _ = &mut ctrl_c => {
+                if let Some(pb) = &spinner {
+                    pb.finish_and_clear();
+                }
+                answer.stopped = true;
+                return Ok(answer);
+            }
+        };
         let mut events = match events {
             Ok(e) => e,
             Err(f) => {
@@ -609,12 +627,6 @@ impl Chat {
                 return Err(f);
             }
         };
-        let mut answer = Answer {
-            content: String::new(),
-            end: None,
-            session_id: None,
-            stopped: false,
-        };
         let mut renderer = Renderer::new(!self.tty);
         let mut line = String::new();
         let width = crossterm::terminal::size()
@@ -622,8 +634,6 @@ impl Chat {
             .unwrap_or(80);
         let mut out = std::io::stdout();
         let mut spinner = spinner;
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod nginx;
 pub mod oidc;
+pub mod own_services;
 pub mod stub;
 
 use reqwest::{Client, Response, StatusCode};

@@ -3,7 +3,7 @@
 //! or not, with usage), `fail500`, `stall` (headers, then nothing) and `stall-after` (one
 //! token, then nothing), `slow` (a long answer, one word every 40 ms), `leak` (repeats its system prompt) and `secret` (an AWS key split
 //! across chunks, a card number and an outside image). It records hits, the bodies and the
-//! `X-Request-Id` it was sent.
+//! `X-Request-Id` (and `traceparent`) it was sent.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ pub struct Upstream {
     pub hits: Mutex<HashMap<String, usize>>,
     pub request_ids: Mutex<Vec<String>>,
     pub bodies: Mutex<Vec<Value>>,
+    /// The W3C `traceparent` of each request that carried one.
+    pub traceparents: Mutex<Vec<String>>,
 }
 
 impl Upstream {
@@ -51,6 +53,9 @@ async fn handle(
     *up.hits.lock().unwrap().entry(mode.clone()).or_default() += 1;
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         up.request_ids.lock().unwrap().push(id.to_string());
+    }
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        up.traceparents.lock().unwrap().push(tp.to_string());
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     up.bodies.lock().unwrap().push(req.clone());

@@ -405,53 +405,133 @@ function summary(e) {
   return parts.join(' · ');
 }
 
-/** The audit log: the newest events (of the caller's tenant, or all for platform admins),
- *  filtered by kind and text, each with its place in its hash chain. */
-async function events(box) {
-  const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'All events'));
-  const text = h('input', { name: 'q', type: 'search', placeholder: 'user, IP, request id…' });
+/** Every kind of audit event (the server refuses others; a test keeps this list whole). */
+const EVENT_KINDS = [
+  'login_success', 'login_failure', 'login_locked', 'token_refresh', 'refresh_reuse', 'logout', 'logout_all',
+  'password_change', 'totp_enabled', 'totp_disabled', 'totp_failure', 'recovery_code_used',
+  'api_key_created', 'api_key_revoked', 'scoped_token_issued', 'user_created', 'user_updated',
+  'user_deleted', 'session_revoked', 'tenant_created', 'tenant_updated', 'permission_denied',
+  'signing_key_rotated', 'llm_request', 'llm_result', 'guard_blocked', 'rate_limited', 'model_changed',
+  'guard_policy_changed', 'limit_policy_changed', 'invite_created', 'system_prompt_changed',
+  'master_key_rotated', 'tenant_key_shredded', 'retention_changed', 'legal_hold_changed', 'retention_purge',
+  'conversations_exported', 'job_dead_lettered', 'job_retried', 'job_discarded',
+];
+
+/** An instant of a `datetime-local` field as RFC 3339, or '' when empty. */
+function isoOf(input) {
+  if (!input.value) return '';
+  const t = new Date(input.value);
+  return Number.isNaN(t.getTime()) ? '' : t.toISOString();
+}
+
+/** The audit log: a search of the trail on the server (kind, user, request, client address,
+ *  time range), newest first, 100 events a page with older pages on demand; each event shows
+ *  its place in its tenant's hash chain. */
+function events(box) {
+  const PAGE = 100;
+  const kind = h('select', { name: 'kind' }, h('option', { value: '' }, 'All events'), EVENT_KINDS.map((k) => h('option', { value: k }, k)));
+  const user = h('input', { name: 'user', type: 'search', placeholder: 'user id', autocomplete: 'off', spellcheck: 'false' });
+  const request = h('input', { name: 'request_id', type: 'search', placeholder: 'X-Request-Id', autocomplete: 'off', spellcheck: 'false' });
+  const ip = h('input', { name: 'ip', type: 'search', placeholder: '203.0.113.7', autocomplete: 'off', spellcheck: 'false' });
+  const since = h('input', { name: 'since', type: 'datetime-local' });
+  const until = h('input', { name: 'until', type: 'datetime-local' });
+  const status = h('p', { class: 'muted small', role: 'status' });
   const list = h('div', {});
-  const filters = h('form', { class: 'inline-form', role: 'search' }, field('Event', kind), field('Contains', text));
-  filters.addEventListener('submit', (e) => e.preventDefault());
+  const more = h('button', { type: 'button', class: 'ghost', hidden: true }, 'Load older events');
+  const filters = h(
+    'form',
+    { class: 'inline-form', role: 'search', 'aria-label': 'Search the audit log' },
+    field('Event', kind),
+    field('User', user),
+    field('Request', request),
+    field('Client address', ip),
+    field('From', since),
+    field('To', until),
+    h('button', { type: 'submit' }, 'Search'),
+    h('button', { type: 'reset', class: 'ghost' }, 'Clear'),
+  );
   clear(box).append(
     h('p', { class: 'muted' }, 'Every event is a link of its tenant\u2019s hash chain; check the whole trail with ', h('code', {}, 'palisade audit verify'), '. Nobody can change or delete events.'),
     filters,
+    status,
     list,
+    more,
   );
-  loading(list);
-  let all = [];
-  try {
-    const r = await api.api('GET', '/api/admin/security-events?limit=500');
-    all = Array.isArray(r) ? r : r.events || [];
-  } catch (e) {
-    failed(list, e);
-    return;
+  let shown = [];
+  let cursor = null;
+  let generation = 0;
+  function query(before) {
+    const q = new URLSearchParams({ limit: String(PAGE) });
+    if (kind.value) q.set('kind', kind.value);
+    for (const [k, input] of [['user', user], ['request_id', request], ['ip', ip]]) {
+      if (input.value.trim()) q.set(k, input.value.trim());
+    }
+    if (isoOf(since)) q.set('since', isoOf(since));
+    if (isoOf(until)) q.set('until', isoOf(until));
+    if (before != null) q.set('before', String(before));
+    return '/api/admin/security-events?' + q;
   }
-  for (const k of [...new Set(all.map((e) => e.kind))].sort()) kind.append(h('option', { value: k }, k));
+  // A cell that narrows the search to its value when clicked.
+  function pick(input, value, label, chars) {
+    return h(
+      'button',
+      { type: 'button', class: 'link small', title: value, onclick: () => { input.value = value; search(); } },
+      h('span', { class: 'sr-only' }, `${label} `),
+      h('code', {}, value.slice(0, chars)),
+    );
+  }
   function draw() {
-    const q = text.value.trim().toLowerCase();
-    const shown = all.filter((e) => (!kind.value || e.kind === kind.value) && (!q || JSON.stringify(e).toLowerCase().includes(q)));
     clear(list).append(
-      h('p', { class: 'muted small', role: 'status' }, `${shown.length} of ${all.length} events`),
       table(
         ['When', 'Chain #', 'Event', 'User', 'By', 'Client', 'Request', 'Facts'],
         shown.map((e) => [
           fmtDate(e.created_at),
           e.chain_seq != null ? h('span', { title: 'hash ' + (e.hash || '') }, String(e.chain_seq)) : '',
           e.kind,
-          e.user_id ? h('code', { class: 'small' }, e.user_id.slice(0, 8)) : '',
-          e.actor_id ? h('code', { class: 'small' }, e.actor_id.slice(0, 8)) : '',
+          e.user_id ? pick(user, e.user_id, 'Show the events of user', 8) : '',
+          e.actor_id ? pick(user, e.actor_id, 'Show the events of user', 8) : '',
           [e.ip, e.user_agent].filter(Boolean).join(' · '),
-          e.request_id ? h('code', { class: 'small' }, e.request_id.slice(0, 12)) : '',
+          e.request_id ? pick(request, e.request_id, 'Show the events of request', 12) : '',
           h('span', { title: JSON.stringify(e.detail || {}) }, summary(e)),
         ]),
         'Audit log',
       ),
     );
   }
-  kind.addEventListener('change', draw);
-  text.addEventListener('input', draw);
-  draw();
+  async function page(before) {
+    const mine = generation;
+    more.disabled = true;
+    try {
+      const r = await api.api('GET', query(before));
+      if (mine !== generation) return;
+      const got = Array.isArray(r) ? r : r.events || [];
+      shown = before == null ? got : shown.concat(got);
+      cursor = got.length === PAGE ? got[got.length - 1].seq : null;
+      more.hidden = cursor == null;
+      status.textContent = shown.length
+        ? `${shown.length} event${shown.length === 1 ? '' : 's'}, newest first${cursor == null ? '' : '; older ones on request'}`
+        : 'No event matches.';
+      draw();
+    } catch (e) {
+      if (mine === generation) failed(list, e);
+    } finally {
+      more.disabled = false;
+    }
+  }
+  function search() {
+    generation += 1;
+    shown = [];
+    loading(list);
+    page(null);
+  }
+  filters.addEventListener('submit', (e) => {
+    e.preventDefault();
+    search();
+  });
+  filters.addEventListener('reset', () => setTimeout(search, 0));
+  kind.addEventListener('change', search);
+  more.addEventListener('click', () => page(cursor));
+  search();
 }
 
 /** Background jobs; dead letters can be retried or discarded. */
