@@ -154,6 +154,9 @@ impl StreamGuard {
             cut = markup_safe_cut(&self.pending, cut);
         }
         let mut out = String::with_capacity(cut + 16);
+        // Where in `out` the body of an unterminated private key begins (what follows is dropped
+        // up to its END line): 0 when the key was opened by an earlier release.
+        let mut key_from = 0;
         let mut at = 0;
         let mut block: Option<(&'static str, &'static str)> = None;
         for h in hits.iter().filter(|h| h.end <= cut) {
@@ -174,6 +177,7 @@ impl StreamGuard {
                     if h.kind == "private_key" && !self.pending[h.start..h.end].contains("-----END")
                     {
                         self.in_private_key = true;
+                        key_from = out.len();
                     }
                 }
                 _ => {}
@@ -187,18 +191,17 @@ impl StreamGuard {
         self.pending.drain(..cut);
 
         if self.in_private_key {
-            match out.find("-----END") {
-                Some(i) => {
-                    let after = out[i..].find("KEY-----").map(|j| i + j + 8);
-                    match after {
-                        Some(end) => {
-                            out = out[end..].to_string();
-                            self.in_private_key = false;
-                        }
-                        None => out.clear(),
-                    }
+            // The text before the key and its [REDACTED] marker stay; the key's body goes.
+            let end = out[key_from..].find("-----END").and_then(|i| {
+                let i = key_from + i;
+                out[i..].find("KEY-----").map(|j| i + j + 8)
+            });
+            match end {
+                Some(end) => {
+                    out.replace_range(key_from..end, "");
+                    self.in_private_key = false;
                 }
-                None => out.clear(),
+                None => out.truncate(key_from),
             }
         }
 
@@ -485,6 +488,61 @@ mod tests {
             ],
         );
         assert_eq!(blocked, Some(vec!["leak".to_string()]));
+    }
+
+    #[test]
+    fn an_unterminated_private_key_keeps_what_came_before_and_its_marker() {
+        // Found by fuzz/fuzz_targets/guard.rs (fuzz/regressions/guard/): the whole answer used
+        // to vanish, the marker with it.
+        let text = "Here it is:\n-----BEGIN RSA PRIVATE KEY-----\nMIIE secret body \
+                    PRIVATE KEY-----\nmore";
+        for step in [1, 7, 11, 1000] {
+            let mut g = StreamGuard::new(
+                ZonePolicy::default(),
+                64,
+                Pseudonyms::default(),
+                "You are a helpful assistant.",
+                "CANARY-9f2c41",
+                Vec::new(),
+            );
+            let chars: Vec<char> = text.chars().collect();
+            let chunks: Vec<String> = chars.chunks(step).map(|p| p.iter().collect()).collect();
+            let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            let (out, blocked) = run(&mut g, &chunks);
+            assert_eq!(blocked, None, "step {step}");
+            assert!(
+                out.starts_with("Here it is:\n[REDACTED:"),
+                "step {step}: {out:?}"
+            );
+            assert!(
+                !out.contains("MIIE") && !out.contains("secret"),
+                "step {step}: {out:?}"
+            );
+        }
+        // A key that ends: the text after it comes through.
+        let mut g = StreamGuard::new(
+            ZonePolicy::default(),
+            64,
+            Pseudonyms::default(),
+            "",
+            "",
+            Vec::new(),
+        );
+        let mut out = String::new();
+        for chunk in [
+            "Key: -----BEGIN PRIVATE KEY-----\nMIIE",
+            "abc\n-----END PRIVATE KEY----- and then the rest of a long enough answer to pass the window of sixty-four characters",
+        ] {
+            if let OutputStep::Emit(s) = g.push(chunk) {
+                out.push_str(&s);
+            }
+        }
+        if let OutputStep::Emit(s) = g.finish() {
+            out.push_str(&s);
+        }
+        assert!(out.starts_with("Key: [REDACTED:"), "{out:?}");
+        assert!(out.ends_with("sixty-four characters"), "{out:?}");
+        assert!(!out.contains("MIIE"), "{out:?}");
     }
 
     #[test]
