@@ -378,7 +378,8 @@ pub fn unsafe_markup(text: &str, allowed: &[String]) -> bool {
 }
 
 /// Rewrites unsafe markup into plain text: images from other hosts become `[image: alt]`,
-/// script links keep their text only, raw `<img>` and `javascript:` anchors are dropped.
+/// script links keep their text only, a raw `<img>` becomes `[image removed]` and a
+/// `javascript:` anchor tag `[link removed]` (its text stays).
 pub fn neutralise_markup(text: &str, allowed: &[String]) -> (String, bool) {
     let Some((img, link, html)) = markup_res() else {
         return (text.to_string(), false);
@@ -397,9 +398,16 @@ pub fn neutralise_markup(text: &str, allowed: &[String]) -> (String, bool) {
         changed = true;
         c.get(1).map_or(String::new(), |m| m.as_str().to_string())
     });
-    let step3 = html.replace_all(&step2, |_: &regex::Captures<'_>| {
+    // A visible trace where a tag was: an answer made only of unsafe markup never comes out
+    // empty, which would read as a fault (found by fuzz/run guard).
+    let step3 = html.replace_all(&step2, |c: &regex::Captures<'_>| {
         changed = true;
-        String::new()
+        let tag = c.get(0).map_or("", |m| m.as_str());
+        if tag.len() >= 4 && tag[..4].eq_ignore_ascii_case("<img") {
+            "[image removed]".to_string()
+        } else {
+            "[link removed]".to_string()
+        }
     });
     (step3.into_owned(), changed)
 }
@@ -543,6 +551,18 @@ mod tests {
         assert!(out.starts_with("Key: [REDACTED:"), "{out:?}");
         assert!(out.ends_with("sixty-four characters"), "{out:?}");
         assert!(!out.contains("MIIE"), "{out:?}");
+    }
+
+    #[test]
+    fn raw_unsafe_tags_leave_a_visible_trace() {
+        // Found by fuzz/run guard: an answer that was one long `<img ...>` came out empty.
+        let (out, changed) = neutralise_markup(
+            "<img src=x onerror=alert(1)> and <a href=\"javascript:go()\">go</a>",
+            &[],
+        );
+        assert!(changed);
+        assert_eq!(out, "[image removed] and [link removed]go</a>");
+        assert!(!unsafe_markup(&out, &[]));
     }
 
     #[test]

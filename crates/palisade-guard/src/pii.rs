@@ -617,13 +617,18 @@ fn egypt_id_ok(s: &str, text: &str, at: usize) -> bool {
         && !context_mentions(text, at, &["card", "visa", "mastercard", "diners", "amex"])
 }
 
-/// Whether one of `words` (lower case) appears as a word in the 40 bytes before `at`.
-fn context_mentions(text: &str, at: usize, words: &[&str]) -> bool {
-    let mut from = at.saturating_sub(40);
+/// Up to `n` bytes of `text` before `at` (a match's start), from a character boundary.
+fn before(text: &str, at: usize, n: usize) -> &str {
+    let mut from = at.saturating_sub(n);
     while from > 0 && !text.is_char_boundary(from) {
         from -= 1;
     }
-    let before = text[from..at].to_lowercase();
+    text.get(from..at).unwrap_or_default()
+}
+
+/// Whether one of `words` (lower case) appears as a word in the 40 bytes before `at`.
+fn context_mentions(text: &str, at: usize, words: &[&str]) -> bool {
+    let before = before(text, at, 40).to_lowercase();
     before
         .split(|c: char| !c.is_alphanumeric())
         .any(|w| words.contains(&w))
@@ -658,8 +663,7 @@ fn ssn_ok(s: &str, text: &str, at: usize) -> bool {
     if s.contains('-') {
         return true;
     }
-    let before = &text[at.saturating_sub(40)..at];
-    let lower = before.to_ascii_lowercase();
+    let lower = before(text, at, 40).to_ascii_lowercase();
     lower.contains("ssn") || lower.contains("social security")
 }
 
@@ -702,7 +706,8 @@ fn ipv4_ok(s: &str, text: &str, at: usize) -> bool {
         return false;
     }
     // "version 1.2.3.4" and "v1.2.3.4" are versions.
-    let before = text[at.saturating_sub(9)..at].to_ascii_lowercase();
+    // Found by fuzz/run guard: 9 bytes back may fall inside a character.
+    let before = before(text, at, 9).to_ascii_lowercase();
     !(before.ends_with('v') || before.contains("version"))
 }
 
@@ -731,6 +736,19 @@ fn password_value(s: &str, _: &str, _: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_before_a_match_never_splits_a_character() {
+        // Found by fuzz/run guard: an IPv4-like value 9 bytes after a two-byte character.
+        for text in [
+            "jr\u{2de}888888888api_key 10.1.2.3",
+            "\u{2de}\u{2de}\u{2de}\u{2de}\u{2de}1.2.3.4",
+            "\u{2de}\u{2de}\u{2de} 078-05-1120 123456789",
+        ] {
+            let _ = find_values(text);
+        }
+        assert_eq!(before("a\u{2de}bc", 4, 2), "\u{2de}b");
+    }
 
     fn kinds(text: &str) -> Vec<&'static str> {
         find_values(text).into_iter().map(|h| h.kind).collect()
