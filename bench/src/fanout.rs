@@ -39,63 +39,32 @@ fn chunk(text: &str) -> Bytes {
 /// A stub upstream whose streamed answers trickle out one word per [`GAP`] for ten minutes (the
 /// client ends them). Runs on its own thread.
 fn start_slow_stub() -> anyhow::Result<std::net::SocketAddr> {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                return;
-            };
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    // Out of descriptors for a moment: wait, do not spin.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let _ = req.into_body().collect().await;
-                            let words = futures::stream::unfold(0u32, |i| async move {
-                                if i > 0 {
-                                    tokio::time::sleep(GAP).await;
-                                }
-                                (i < 600).then(|| {
-                                    // The first frame is a whole opening paragraph, longer than
-                                    // the output guard's hold-back window: time to first token
-                                    // then measures Palisade, not the window at one word a second.
-                                    let text = if i == 0 {
-                                        OPENING.to_string()
-                                    } else {
-                                        format!("w{i} ")
-                                    };
-                                    let frame = hyper::body::Frame::data(chunk(&text));
-                                    (Ok::<_, Infallible>(frame), i + 1)
-                                })
-                            });
-                            let mut r = hyper::Response::new(StreamBody::new(words));
-                            r.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static("text/event-stream"),
-                            );
-                            Ok::<_, Infallible>(r)
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
+    crate::gateway::serve_stub(|req| async move {
+        let _ = req.into_body().collect().await;
+        let words = futures::stream::unfold(0u32, |i| async move {
+            if i > 0 {
+                tokio::time::sleep(GAP).await;
             }
+            (i < 600).then(|| {
+                // The first frame is a whole opening paragraph, longer than the output guard's
+                // hold-back window: time to first token then measures Palisade, not the window
+                // at one word a second.
+                let text = if i == 0 {
+                    OPENING.to_string()
+                } else {
+                    format!("w{i} ")
+                };
+                let frame = hyper::body::Frame::data(chunk(&text));
+                (Ok::<_, Infallible>(frame), i + 1)
+            })
         });
-    });
-    Ok(addr)
+        let mut r = hyper::Response::new(StreamBody::new(words));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        r
+    })
 }
 
 /// Raises this process's descriptor limit (inherited by the server it starts) to `want`;

@@ -46,6 +46,28 @@ async fn completion(body: Bytes) -> Response {
 
 /// Starts the stub on its own thread and runtime; returns its address.
 pub fn start_stub() -> anyhow::Result<std::net::SocketAddr> {
+    serve_stub(|req| async move {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        completion(body).await
+    })
+}
+
+/// Serves `handler` over HTTP/1.1 on a loopback port, on a thread and runtime of its own (so a
+/// stub never competes with the client it measures for the client's runtime); returns its
+/// address. A failed accept (out of descriptors for a moment) waits instead of spinning.
+pub fn serve_stub<F, Fut, B>(handler: F) -> anyhow::Result<std::net::SocketAddr>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -60,20 +82,16 @@ pub fn start_stub() -> anyhow::Result<std::net::SocketAddr> {
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                 return;
             };
-            while let Ok((tcp, _)) = listener.accept().await {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            Ok::<_, Infallible>(completion(body).await)
-                        },
-                    );
+                    let svc = hyper::service::service_fn(move |req| async move {
+                        Ok::<_, Infallible>(handler(req).await)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                         .await;
