@@ -316,24 +316,14 @@ async fn a_database_restart_under_load_fails_cleanly_and_recovers() {
         .await
         .is_some());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles = load(&s, &admin, 4, stop.clone());
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let down_at = Instant::now();
-    pg.stop("fast");
-    // Down for a while, under load; readiness says so.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let up_at = Instant::now();
-    pg.start_again();
-    let back_after = recovers(&s, &admin, "/api/chat/sessions").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    let all = outcomes(handles).await;
-
-    check_outage(&all, down_at, up_at, "the database");
+    let (requests, back_after) = outage_under_load(&s, &admin, "the database", |up| {
+        if up {
+            pg.start_again()
+        } else {
+            pg.stop("fast")
+        }
+    })
+    .await;
     // Writes work again, the answer is stored, and nothing was left half-written: the audit
     // chain verifies and readiness is back.
     let (session, _) = say(&s.client, &s.base, &admin, "after the outage marker")
@@ -358,10 +348,40 @@ async fn a_database_restart_under_load_fails_cleanly_and_recovers() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!(
-        "database restart: {} requests, back {back_after:?} after the start",
-        all.len()
+    eprintln!("database restart: {requests} requests, back {back_after:?} after the start");
+}
+
+/// Takes `what` away (`set_up(false)`) for 3 s under load from 4 clients, with readiness saying
+/// 503 meanwhile, brings it back (`set_up(true)`) and checks the outage with [`check_outage`]. Returns how many
+/// requests the clients made and how long after `up` service came back.
+async fn outage_under_load(
+    s: &Server,
+    admin: &str,
+    what: &str,
+    mut set_up: impl FnMut(bool),
+) -> (usize, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = load(s, admin, 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let down_at = Instant::now();
+    set_up(false);
+    // Down for a while, under load; readiness says so.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{what} is away"
     );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let up_at = Instant::now();
+    set_up(true);
+    let back_after = recovers(s, admin, "/api/chat/sessions").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let all = outcomes(handles).await;
+    check_outage(&all, down_at, up_at, what);
+    (all.len(), back_after)
 }
 
 /// The requests of a load that saw an outage: every answer was a success or a typed error
@@ -419,22 +439,14 @@ async fn a_redis_restart_under_load_fails_cleanly_and_recovers() {
         .await
         .is_some());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles = load(&s, &admin, 4, stop.clone());
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let down_at = Instant::now();
-    redis.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let up_at = Instant::now();
-    redis.start_again();
-    let back_after = recovers(&s, &admin, "/api/chat/sessions").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    let all = outcomes(handles).await;
-    check_outage(&all, down_at, up_at, "Redis");
+    let (requests, back_after) = outage_under_load(&s, &admin, "Redis", |up| {
+        if up {
+            redis.start_again()
+        } else {
+            redis.kill()
+        }
+    })
+    .await;
     // The restarted Redis holds nothing: tokens issued before still work (revocations live in
     // the database too), a chat works, readiness is back.
     assert!(say(&s.client, &s.base, &admin, "after the outage")
@@ -443,8 +455,5 @@ async fn a_redis_restart_under_load_fails_cleanly_and_recovers() {
     let r = s.client.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!s.log().contains("panicked"), "{}", s.log());
-    eprintln!(
-        "Redis restart: {} requests, back {back_after:?} after the start",
-        all.len()
-    );
+    eprintln!("Redis restart: {requests} requests, back {back_after:?} after the start");
 }
