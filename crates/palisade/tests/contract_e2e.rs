@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,20 +113,7 @@ fn run(s: &Server, token: &str, phases: &str, filter: &[&str], what: &str) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let (upstream, _up) = common::stub::start().await;
-    let mut cfg = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        cfg,
-        r#"
-[chat]
-default_model = "cloud"
-
-[models.cloud]
-provider = "openai"
-base_url = "{upstream}/ok/v1"
-trust_zone = "internal"
-"#
-    )
-    .unwrap();
+    let cfg = common::stub::config(&upstream, "\n[chat]\ndefault_model = \"cloud\"\n");
     let s = Server::start(&[("PALISADE_CONFIG", cfg.path().to_str().unwrap())]);
     let admin = s.admin_token().await;
 

@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,22 +21,6 @@ use common::own_services::{OwnPostgres, OwnRedis};
 use common::Server;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// A config file naming the stub upstream as model `cloud`.
-fn stub_model(upstream: &str) -> tempfile::NamedTempFile {
-    let mut cfg = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        cfg,
-        r#"
-[models.cloud]
-provider = "openai"
-base_url = "{upstream}/ok/v1"
-trust_zone = "internal"
-"#
-    )
-    .unwrap();
-    cfg
-}
 
 /// Sends one chat message to the stub model; `Some((session id, reply))` when it was
 /// acknowledged (200), `None` on a refused or broken request.
@@ -90,7 +73,7 @@ async fn acknowledged_messages_survive_kill_9() {
     const TRIALS: usize = 20;
     const WRITERS: usize = 6;
     let (upstream, _up) = common::stub::start().await;
-    let cfg = stub_model(&upstream);
+    let cfg = common::stub::config(&upstream, "");
     let env = [("PALISADE_CONFIG", cfg.path().to_str().unwrap())];
     let mut s = Server::start(&env);
     // marker → (session, trial) of every acknowledged message, over all trials.
@@ -303,7 +286,7 @@ async fn a_database_restart_under_load_fails_cleanly_and_recovers() {
     }
     let pg = OwnPostgres::start();
     let (upstream, _up) = common::stub::start().await;
-    let cfg = stub_model(&upstream);
+    let cfg = common::stub::config(&upstream, "");
     let url = pg.url();
     let s = Server::start(&[
         ("PALISADE_CONFIG", cfg.path().to_str().unwrap()),
@@ -428,7 +411,7 @@ fn check_outage(all: &[(Instant, Duration, Seen)], down_at: Instant, up_at: Inst
 async fn a_redis_restart_under_load_fails_cleanly_and_recovers() {
     let mut redis = OwnRedis::start();
     let (upstream, _up) = common::stub::start().await;
-    let cfg = stub_model(&upstream);
+    let cfg = common::stub::config(&upstream, "");
     let url = redis.url();
     let s = Server::start(&[
         ("PALISADE_CONFIG", cfg.path().to_str().unwrap()),

@@ -141,15 +141,10 @@ async fn a_request_continues_its_callers_trace_through_every_stage() {
     let collector = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let (upstream, up) = common::stub::start().await;
-    let mut cfg = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        cfg,
-        r#"
-[models.cloud]
-provider = "openai"
-base_url = "{upstream}/ok/v1"
-trust_zone = "internal"
-
+    let cfg = common::stub::config(
+        &upstream,
+        &format!(
+            r#"
 [telemetry]
 otlp_endpoint = "{collector}"
 export_interval_ms = 200
@@ -158,8 +153,8 @@ service_name = "palisade-traces-test"
 [telemetry.otlp_headers]
 authorization = "env::TEST_OTLP_AUTHORIZATION"
 "#
-    )
-    .unwrap();
+        ),
+    );
     let s = Server::start(&[
         ("PALISADE_CONFIG", cfg.path().to_str().unwrap()),
         ("TEST_OTLP_AUTHORIZATION", AUTH),

@@ -165,3 +165,21 @@ pub async fn start() -> (String, Arc<Upstream>) {
     });
     (format!("http://{addr}"), up)
 }
+
+/// A config file that names the stub at `upstream` (what [`start`] returns) as model `cloud`,
+/// followed by `extra` (more TOML sections).
+pub fn config(upstream: &str, extra: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut cfg = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        cfg,
+        r#"
+[models.cloud]
+provider = "openai"
+base_url = "{upstream}/ok/v1"
+trust_zone = "internal"
+{extra}"#
+    )
+    .unwrap();
+    cfg
+}
