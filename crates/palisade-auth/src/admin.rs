@@ -20,11 +20,18 @@ use rand::RngCore;
 use crate::password::hash_password;
 use crate::service::{blocking, check_email, AuthService, CreateUser};
 
-/// A random temporary password (24 base64url characters, 144 bits).
+/// A random temporary password (24 base64url characters, about 144 bits). It never begins with
+/// `-`, so it can be pasted after a command-line flag or typed into a terminal tool without being
+/// taken for an option.
 fn temporary_password() -> String {
-    let mut raw = [0u8; 18];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    URL_SAFE_NO_PAD.encode(raw)
+    loop {
+        let mut raw = [0u8; 18];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let pw = URL_SAFE_NO_PAD.encode(raw);
+        if !pw.starts_with('-') {
+            return pw;
+        }
+    }
 }
 
 impl AuthService {
@@ -482,5 +489,23 @@ impl AdminService for AuthService {
         }
         query.limit = query.limit.clamp(1, 1000);
         self.repos.events.search_events(&query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temporary_password;
+
+    /// One in 64 base64url strings begins with `-`; 4,000 draws would show one almost surely.
+    #[test]
+    fn temporary_passwords_never_begin_with_a_dash() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4000 {
+            let pw = temporary_password();
+            assert_eq!(pw.len(), 24);
+            assert!(!pw.starts_with('-'), "{pw}");
+            seen.insert(pw);
+        }
+        assert_eq!(seen.len(), 4000);
     }
 }

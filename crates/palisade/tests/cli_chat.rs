@@ -118,7 +118,8 @@ impl Term {
     /// Types a line and presses Enter.
     fn line(&self, text: &str) {
         let ok = Command::new("tmux")
-            .args(["-L", &self.socket, "send-keys", "-t", "t", "-l", text])
+            // `--`: a text that begins with `-` (a generated password may) is not an option.
+            .args(["-L", &self.socket, "send-keys", "-t", "t", "-l", "--", text])
             .status()
             .unwrap();
         assert!(ok.success());
