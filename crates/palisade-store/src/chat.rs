@@ -192,15 +192,10 @@ impl ChatRepository for Store {
         };
         let sql = format!(
             "SELECT s.id, s.tenant_id, s.user_id, s.title, s.system_prompt, s.created_at, \
-             s.updated_at, \
-             (SELECT COUNT(*) FROM messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) AS message_count, \
-             (SELECT m.id FROM messages m \
-                WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
-                ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS preview_id, \
-             (SELECT m.content FROM messages m \
-                WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id \
-                ORDER BY m.created_at DESC, m.id DESC LIMIT 1) AS preview \
-             FROM chat_sessions s WHERE s.tenant_id = $1 AND s.user_id = $2 \
+             s.updated_at, s.message_count, m.id AS preview_id, m.content AS preview \
+             FROM chat_sessions s \
+             LEFT JOIN messages m ON m.id = s.last_message_id AND m.tenant_id = s.tenant_id \
+             WHERE s.tenant_id = $1 AND s.user_id = $2 \
              ORDER BY {order} LIMIT $3 OFFSET $4"
         );
         let rows = sqlx::query(&sql)
@@ -392,8 +387,20 @@ impl ChatRepository for Store {
             // The session was deleted while the answer was being generated.
             return Err(CoreError::NotFound("session"));
         }
-        sqlx::query("UPDATE chat_sessions SET updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END WHERE tenant_id = $2 AND id = $3")
+        // The session's summary for the conversation list (migration 0016): one more message,
+        // and the latest one by (created_at, id), the order the message pages use.
+        sqlx::query(
+            "UPDATE chat_sessions SET \
+             updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at END, \
+             message_count = message_count + 1, \
+             last_message_id = CASE WHEN last_message_at IS NULL OR last_message_at < $1 \
+                OR (last_message_at = $1 AND last_message_id < $2) THEN $2 ELSE last_message_id END, \
+             last_message_at = CASE WHEN last_message_at IS NULL OR last_message_at < $1 \
+                OR (last_message_at = $1 AND last_message_id < $2) THEN $1 ELSE last_message_at END \
+             WHERE tenant_id = $3 AND id = $4",
+        )
             .bind(m.created_at)
+            .bind(m.id.to_string())
             .bind(m.tenant_id.to_string())
             .bind(m.session_id.to_string())
             .execute(&mut *tx)

@@ -219,6 +219,26 @@ async fn sessions_messages_paging_and_ownership() {
     assert_eq!(list[0].message_count, 5);
     assert_eq!(list[0].last_message_preview.as_deref(), Some("m4"));
     assert_eq!(list[0].session.updated_at, 14);
+    // The list's summary is kept on the session row: a message stored late with an older time
+    // counts but does not become the preview; one at the same time with a later id does (the
+    // order of the message pages).
+    s.append_message(&msg(sess.id, Role::User, "late", 5))
+        .await
+        .unwrap();
+    s.append_message(&msg(sess.id, Role::Assistant, "tie", 14))
+        .await
+        .unwrap();
+    let (list, _) =
+        ChatRepository::list_sessions(&s, DEFAULT_TENANT, a.id, SessionSort::UpdatedDesc, 10, 0)
+            .await
+            .unwrap();
+    assert_eq!(list[0].message_count, 7);
+    assert_eq!(list[0].last_message_preview.as_deref(), Some("tie"));
+    let (page, _) = s
+        .list_messages(DEFAULT_TENANT, sess.id, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(page[0].content, "tie");
     // Bob can't see, rename or delete it.
     assert!(
         ChatRepository::get_session(&s, DEFAULT_TENANT, b.id, sess.id)
