@@ -66,7 +66,7 @@ impl Drop for Database {
     }
 }
 
-fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+pub(crate) fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
     let out = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
         .output()
