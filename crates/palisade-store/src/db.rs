@@ -258,7 +258,9 @@ impl Store {
     pub(crate) async fn begin(&self, scope: Scope) -> CoreResult<Transaction<'static, Any>> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         if self.backend == Backend::Postgres {
-            set_scope(&mut tx, scope).await.map_err(db_err)?;
+            set_scope(&mut tx, scope, Till::Commit)
+                .await
+                .map_err(db_err)?;
         }
         Ok(tx)
     }
@@ -288,24 +290,25 @@ impl Store {
 /// The advisory lock key of the audit chain writer ("palisade" in ASCII, as a number).
 const AUDIT_LOCK: i64 = 0x7061_6c69_7361_6465;
 
-async fn set_scope(conn: &mut AnyConnection, scope: Scope) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('palisade.tenant', $1, true)")
+/// Sets `scope` on `conn`: for the rest of the transaction (`Till::Commit`, the first act of
+/// [`Store::begin`]) or for the connection's session until the next statement sets its own
+/// (`Till::NextStatement`, by [`Run`] / [`RunScalar`]). Every statement of the store on
+/// PostgreSQL runs on a connection whose scope was set just before it: the pool is never used
+/// without one. A transaction-local setting wins inside its transaction.
+async fn set_scope(conn: &mut AnyConnection, scope: Scope, till: Till) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('palisade.tenant', $1, $2)")
         .bind(scope.setting())
+        .bind(till == Till::Commit)
         .execute(&mut *conn)
         .await
         .map(|_| ())
 }
 
-/// Sets `scope` for the rest of the connection's session (until the next statement sets its
-/// own). Every statement of the store on PostgreSQL runs on a connection whose scope was set
-/// just before it, by [`Run`] / [`RunScalar`] or by [`Store::begin`] (a transaction-local
-/// setting, which wins inside the transaction): the pool is never used without one.
-async fn set_session_scope(conn: &mut AnyConnection, scope: Scope) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('palisade.tenant', $1, false)")
-        .bind(scope.setting())
-        .execute(&mut *conn)
-        .await
-        .map(|_| ())
+/// How long a scope set by [`set_scope`] lasts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Till {
+    Commit,
+    NextStatement,
 }
 
 /// Runs one statement in its scope: on SQLite straight on the pool, on PostgreSQL on a pooled
@@ -339,7 +342,7 @@ macro_rules! scoped {
                 return $body.await;
             }
             let mut conn = $store.pool.acquire().await?;
-            set_session_scope(&mut conn, $scope).await?;
+            set_scope(&mut conn, $scope, Till::NextStatement).await?;
             let $exec = &mut *conn;
             $body.await
         })
