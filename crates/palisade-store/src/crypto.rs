@@ -249,6 +249,8 @@ impl Store {
         source: Option<MasterSource>,
     ) -> Store {
         self.cipher = Some(Arc::new(Cipher::new(masters, source)));
+        // Copies read without the cipher are not the rows as this store reads them.
+        self.hot = Arc::new(crate::hot::HotReads::new(crate::hot::HOT_TTL));
         self
     }
 
@@ -418,6 +420,7 @@ impl Store {
     /// Destroys every data key of `tenant` (crypto-shredding): what they sealed can never be
     /// read again. New values get a new key. Returns the number of keys destroyed.
     pub async fn shred_tenant_keys(&self, tenant: &str) -> CoreResult<u64> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let r = sqlx::query(
             "UPDATE tenant_keys SET wrapped = NULL, shredded_at = $1 \
              WHERE tenant_id = $2 AND wrapped IS NOT NULL",
@@ -446,6 +449,7 @@ impl Store {
     /// store), unwrapping each with whichever configured key wraps it now. Returns how many
     /// were re-wrapped; a key wrapped by a master key not configured is an error.
     pub async fn rewrap_tenant_keys(&self, new: &MasterKey) -> CoreResult<u64> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let Some(c) = &self.cipher else {
             return Err(CoreError::Storage("this store has no master key".into()));
         };

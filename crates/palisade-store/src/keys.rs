@@ -45,6 +45,7 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> CoreResult<String> {
 #[async_trait]
 impl ApiKeyRepository for Store {
     async fn insert_key(&self, k: &ApiKey) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let models = k.models.as_deref().map(to_json).transpose()?;
         sqlx::query(&format!(
             "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -69,6 +70,10 @@ impl ApiKeyRepository for Store {
     }
 
     async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>> {
+        let generation = self.hot.generation();
+        if let Some(k) = self.hot.keys.get(&self.hot, &prefix.to_string()) {
+            return Ok(Some(k));
+        }
         let _timed = crate::timed("find_key_by_prefix");
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLS} FROM api_keys WHERE prefix = $1"
@@ -77,7 +82,11 @@ impl ApiKeyRepository for Store {
         .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
-        row.as_ref().map(key_from).transpose()
+        let key = row.as_ref().map(key_from).transpose()?;
+        if let Some(k) = &key {
+            self.hot.keys.put(generation, prefix.to_string(), k.clone());
+        }
+        Ok(key)
     }
 
     async fn find_key_by_id(&self, kid: ApiKeyId) -> CoreResult<Option<ApiKey>> {
@@ -103,6 +112,7 @@ impl ApiKeyRepository for Store {
     }
 
     async fn revoke_key(&self, tenant: TenantId, user: UserId, kid: ApiKeyId) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let r = sqlx::query(
             "UPDATE api_keys SET revoked = 1 WHERE id = $1 AND tenant_id = $2 AND user_id = $3",
         )
@@ -116,6 +126,7 @@ impl ApiKeyRepository for Store {
     }
 
     async fn touch_key(&self, kid: ApiKeyId, now: Millis) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("touch_key");
         sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
             .bind(now)

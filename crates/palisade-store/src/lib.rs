@@ -7,6 +7,7 @@ mod chat;
 mod copy;
 mod crypto;
 mod guard;
+mod hot;
 mod jobs;
 mod keys;
 mod limits;
@@ -19,6 +20,7 @@ mod users;
 pub use audit::AuditReport;
 pub use copy::{copy_sqlite_to_postgres, CopyReport};
 pub use crypto::{MasterKey, MasterSource};
+pub use hot::HOT_TTL;
 
 mod db;
 #[cfg(feature = "testing")]
@@ -40,6 +42,12 @@ pub struct Store {
     audit: std::sync::Arc<AuditState>,
     /// Encryption at rest (`None`: values are written as they are; tests and tools).
     cipher: Option<std::sync::Arc<crypto::Cipher>>,
+    /// Short-lived copies of the rows every authenticated request reads (`hot.rs`).
+    hot: std::sync::Arc<hot::HotReads>,
+    /// One SQLite writer at a time in this process (see [`db::WriteGate`]).
+    write_gate: db::WriteGate,
+    /// Usage rows waiting to be added (group commit, see `usage.rs`).
+    usage_queue: std::sync::Arc<usage::UsageQueue>,
 }
 
 /// The audit chain's key, its copies outside the database, and the queue of events waiting
@@ -167,6 +175,9 @@ impl Store {
             backend,
             audit: AuditState::new(palisade_core::audit::AuditKey::generate()),
             cipher: None,
+            hot: std::sync::Arc::new(hot::HotReads::new(hot::HOT_TTL)),
+            write_gate: db::WriteGate::default(),
+            usage_queue: std::sync::Arc::default(),
         };
         store.ensure_default_tenant().await?;
         Ok(store)

@@ -32,6 +32,7 @@ fn session_from(row: &AnyRow) -> CoreResult<AuthSession> {
 #[async_trait]
 impl RefreshTokenRepository for Store {
     async fn create_auth_session(&self, s: &AuthSession) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("create_auth_session");
         sqlx::query(&format!(
             "INSERT INTO auth_sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -52,6 +53,10 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn get_auth_session(&self, sid: TokenFamilyId) -> CoreResult<Option<AuthSession>> {
+        let generation = self.hot.generation();
+        if let Some(a) = self.hot.sessions.get(&self.hot, &sid) {
+            return Ok(Some(a));
+        }
         let _timed = crate::timed("get_auth_session");
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = $1"
@@ -60,7 +65,11 @@ impl RefreshTokenRepository for Store {
         .fetch_optional_in(self, Scope::System)
         .await
         .map_err(db_err)?;
-        row.as_ref().map(session_from).transpose()
+        let session = row.as_ref().map(session_from).transpose()?;
+        if let Some(a) = &session {
+            self.hot.sessions.put(generation, sid, a.clone());
+        }
+        Ok(session)
     }
 
     async fn list_auth_sessions(
@@ -88,6 +97,7 @@ impl RefreshTokenRepository for Store {
         user: UserId,
         sid: TokenFamilyId,
     ) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         let r = sqlx::query(
             "UPDATE auth_sessions SET revoked = 1 WHERE id = $1 AND tenant_id = $2 AND user_id = $3",
@@ -134,6 +144,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn consume(&self, token_hash: &str, now: Millis) -> CoreResult<ConsumeOutcome> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("refresh_consume");
         let mut tx = self.begin(Scope::System).await?;
         let row = sqlx::query(
@@ -205,6 +216,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_family(&self, family: TokenFamilyId) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("revoke_family");
         let mut tx = self.begin(Scope::System).await?;
         sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = $1")
@@ -221,6 +233,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_family_of(&self, token_hash: &str) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let family: Option<String> =
             sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
                 .bind(token_hash)
@@ -237,6 +250,7 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn revoke_user(&self, tenant: TenantId, user: UserId) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("revoke_user");
         let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         for table in ["refresh_tokens", "auth_sessions"] {

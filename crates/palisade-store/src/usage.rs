@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use palisade_core::quota::{UsageQuery, UsageRepository, UsageRow};
-use palisade_core::CoreResult;
+use std::collections::HashMap;
+
+use palisade_core::{CoreError, CoreResult};
 use sqlx::Row;
 
 use crate::{db_err, Run, Scope, Store};
@@ -18,35 +20,21 @@ fn signed(v: u64) -> i64 {
 
 #[async_trait]
 impl UsageRepository for Store {
+    /// Adds `d` to its day's row and returns once that is committed. Rows that arrive while a
+    /// batch is being written wait and go together in the next transaction, rows of the same
+    /// day, user, key and model added up first (group commit): under load one upsert serves
+    /// many requests.
     async fn add_usage(&self, d: &UsageRow) -> CoreResult<()> {
-        let _timed = crate::timed("add_usage");
-        sqlx::query(
-            "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
-             prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
-             requests = usage_daily.requests + excluded.requests, \
-             prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
-             compute_ms = usage_daily.compute_ms + excluded.compute_ms, \
-             guard_blocks = usage_daily.guard_blocks + excluded.guard_blocks, \
-             rate_limited = usage_daily.rate_limited + excluded.rate_limited",
-        )
-        .bind(&d.day)
-        .bind(&d.tenant_id)
-        .bind(&d.user_id)
-        .bind(&d.key_id)
-        .bind(&d.model)
-        .bind(signed(d.requests))
-        .bind(signed(d.prompt_tokens))
-        .bind(signed(d.completion_tokens))
-        .bind(signed(d.compute_ms))
-        .bind(signed(d.guard_blocks))
-        .bind(signed(d.rate_limited))
-        .execute_in(self, Scope::System)
-        .await
-        .map_err(db_err)?;
-        Ok(())
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.usage_queue
+            .queue
+            .lock()
+            .map_err(|_| CoreError::Storage("usage queue poisoned".into()))?
+            .push((d.clone(), done));
+        let store = self.clone();
+        tokio::spawn(async move { store.flush_usage().await });
+        wait.await
+            .map_err(|_| CoreError::Storage("the usage writer stopped".into()))?
     }
 
     async fn usage(&self, q: &UsageQuery) -> CoreResult<Vec<UsageRow>> {
@@ -84,5 +72,153 @@ impl UsageRepository for Store {
             });
         }
         Ok(out)
+    }
+}
+
+/// Usage rows waiting for the writer, and who waits for each (one batch at a time per process).
+#[derive(Default)]
+pub(crate) struct UsageQueue {
+    writer: tokio::sync::Mutex<()>,
+    #[allow(clippy::type_complexity)]
+    queue: std::sync::Mutex<Vec<(UsageRow, tokio::sync::oneshot::Sender<CoreResult<()>>)>>,
+}
+
+/// Adds up rows of the same day, tenant, user, key and model.
+fn merged(rows: impl Iterator<Item = UsageRow>) -> Vec<UsageRow> {
+    let mut out: Vec<UsageRow> = Vec::new();
+    let mut at: HashMap<(String, String, String, String, String), usize> = HashMap::new();
+    for r in rows {
+        let k = (
+            r.day.clone(),
+            r.tenant_id.clone(),
+            r.user_id.clone(),
+            r.key_id.clone(),
+            r.model.clone(),
+        );
+        match at.get(&k) {
+            Some(&i) => out[i].add(&r),
+            None => {
+                at.insert(k, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+const UPSERT: &str = "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
+     prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
+     requests = usage_daily.requests + excluded.requests, \
+     prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+     completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+     compute_ms = usage_daily.compute_ms + excluded.compute_ms, \
+     guard_blocks = usage_daily.guard_blocks + excluded.guard_blocks, \
+     rate_limited = usage_daily.rate_limited + excluded.rate_limited";
+
+fn upsert(d: &UsageRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(UPSERT)
+        .bind(&d.day)
+        .bind(&d.tenant_id)
+        .bind(&d.user_id)
+        .bind(&d.key_id)
+        .bind(&d.model)
+        .bind(signed(d.requests))
+        .bind(signed(d.prompt_tokens))
+        .bind(signed(d.completion_tokens))
+        .bind(signed(d.compute_ms))
+        .bind(signed(d.guard_blocks))
+        .bind(signed(d.rate_limited))
+}
+
+impl Store {
+    /// Writes every queued usage row (one batch at a time per process).
+    async fn flush_usage(&self) {
+        let _writer = self.usage_queue.writer.lock().await;
+        let batch = match self.usage_queue.queue.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            // An earlier flush took this task's row along.
+            return;
+        }
+        let (rows, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let rows = merged(rows.into_iter());
+        match self.write_usage(&rows).await {
+            Ok(()) => {
+                for w in waiting {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let unavailable = matches!(e, CoreError::StorageUnavailable(_));
+                let why = e.to_string();
+                for w in waiting {
+                    let _ = w.send(Err(if unavailable {
+                        CoreError::StorageUnavailable(why.clone())
+                    } else {
+                        CoreError::Storage(why.clone())
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn write_usage(&self, rows: &[UsageRow]) -> CoreResult<()> {
+        let _timed = crate::timed("add_usage");
+        if let [one] = rows {
+            upsert(one)
+                .execute_in(self, Scope::System)
+                .await
+                .map_err(db_err)?;
+            return Ok(());
+        }
+        let mut tx = self.begin(Scope::System).await?;
+        for r in rows {
+            upsert(r).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, model: &str, tokens: u64) -> UsageRow {
+        UsageRow {
+            day: "2026-12-06".into(),
+            tenant_id: "t".into(),
+            user_id: user.into(),
+            key_id: String::new(),
+            model: model.into(),
+            requests: 1,
+            prompt_tokens: tokens,
+            completion_tokens: 2 * tokens,
+            ..UsageRow::default()
+        }
+    }
+
+    #[test]
+    fn rows_of_the_same_group_are_added_up_in_order() {
+        let m = merged(
+            [
+                row("a", "x", 1),
+                row("b", "x", 10),
+                row("a", "x", 2),
+                row("a", "y", 5),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].user_id.as_str(), m[0].requests, m[0].prompt_tokens),
+            ("a", 2, 3)
+        );
+        assert_eq!(m[0].completion_tokens, 6);
+        assert_eq!((m[1].user_id.as_str(), m[1].prompt_tokens), ("b", 10));
+        assert_eq!((m[2].model.as_str(), m[2].prompt_tokens), ("y", 5));
     }
 }

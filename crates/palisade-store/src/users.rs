@@ -88,6 +88,7 @@ fn like_pattern(s: &str) -> String {
 #[async_trait]
 impl UserRepository for Store {
     async fn create_user(&self, u: NewUser) -> CoreResult<User> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("create_user");
         let now = now_millis();
         let res = sqlx::query(
@@ -139,6 +140,10 @@ impl UserRepository for Store {
     }
 
     async fn find_by_id(&self, tenant: TenantId, uid: UserId) -> CoreResult<Option<User>> {
+        let generation = self.hot.generation();
+        if let Some(u) = self.hot.users.get(&self.hot, &(tenant, uid)) {
+            return Ok(Some(u));
+        }
         let _timed = crate::timed("find_by_id");
         let row = sqlx::query(&format!(
             "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"
@@ -149,7 +154,11 @@ impl UserRepository for Store {
         .await
         .map_err(db_err)?;
         match row.as_ref().map(user_from).transpose()? {
-            Some(u) => Ok(Some(self.open_user(u).await?)),
+            Some(u) => {
+                let u = self.open_user(u).await?;
+                self.hot.users.put(generation, (tenant, uid), u.clone());
+                Ok(Some(u))
+            }
             None => Ok(None),
         }
     }
@@ -210,6 +219,7 @@ impl UserRepository for Store {
         uid: UserId,
         u: &UserUpdate,
     ) -> CoreResult<Option<User>> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("update_user");
         let (set_email, email) = match &u.email {
             Some(e) => (true, e.clone()),
@@ -253,6 +263,7 @@ impl UserRepository for Store {
     }
 
     async fn delete_user(&self, tenant: TenantId, uid: UserId) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let mut tx = self.begin(Scope::Tenant(tenant)).await?;
         // Refresh tokens, sessions, keys, links and codes cascade; chats cascade through
         // sessions; tokens reference the user directly.
@@ -272,6 +283,7 @@ impl UserRepository for Store {
         uid: UserId,
         at_secs: i64,
     ) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("set_tokens_valid_after");
         sqlx::query(
             "UPDATE users SET tokens_valid_after = CASE WHEN tokens_valid_after < $1 THEN $1 \
@@ -294,6 +306,7 @@ impl UserRepository for Store {
         uid: UserId,
         s: LoginState,
     ) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let _timed = crate::timed("set_login_state");
         sqlx::query(
             "UPDATE users SET failed_logins = $1, locked_until = $2, hard_locked = $3, \
@@ -318,6 +331,7 @@ impl UserRepository for Store {
         secret: Option<&str>,
         enabled: bool,
     ) -> CoreResult<()> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let (t, row) = (tenant.to_string(), uid.to_string());
         let secret = self.seal_opt(&totp_at(&t, &row), secret).await?;
         sqlx::query(
@@ -336,6 +350,7 @@ impl UserRepository for Store {
     }
 
     async fn claim_totp_step(&self, tenant: TenantId, uid: UserId, step: i64) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let r = sqlx::query(
             "UPDATE users SET totp_last_step = $1 \
              WHERE tenant_id = $2 AND id = $3 AND totp_last_step < $4",
@@ -401,6 +416,7 @@ impl UserRepository for Store {
 #[async_trait]
 impl TenantRepository for Store {
     async fn create_tenant(&self, name: &str) -> CoreResult<Tenant> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let t = Tenant {
             id: TenantId::new(),
             name: name.to_string(),
@@ -425,12 +441,20 @@ impl TenantRepository for Store {
     }
 
     async fn get_tenant(&self, tid: TenantId) -> CoreResult<Option<Tenant>> {
+        let generation = self.hot.generation();
+        if let Some(t) = self.hot.tenants.get(&self.hot, &tid) {
+            return Ok(Some(t));
+        }
         let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = $1")
             .bind(tid.to_string())
             .fetch_optional_in(self, Scope::System)
             .await
             .map_err(db_err)?;
-        row.as_ref().map(tenant_from).transpose()
+        let tenant = row.as_ref().map(tenant_from).transpose()?;
+        if let Some(t) = &tenant {
+            self.hot.tenants.put(generation, tid, t.clone());
+        }
+        Ok(tenant)
     }
 
     async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>> {
@@ -453,6 +477,7 @@ impl TenantRepository for Store {
     }
 
     async fn set_tenant_active(&self, tid: TenantId, active: bool) -> CoreResult<bool> {
+        let _fresh = crate::hot::Invalidate::new(&self.hot);
         let r = sqlx::query("UPDATE tenants SET is_active = $1 WHERE id = $2")
             .bind(i64::from(active))
             .bind(tid.to_string())
