@@ -41,6 +41,9 @@ use crate::error::{ApiError, ApiQuery};
 use crate::routes::chat::{message_json, request_id};
 use crate::AppState;
 
+/// Read buffer capacity and write batching threshold of one WebSocket.
+const WS_BUFFER_BYTES: usize = 4 * 1024;
+
 /// How long a ticket may wait before it is used.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 /// A socket that sent nothing (not even a pong) for this long is closed.
@@ -207,7 +210,12 @@ pub async fn connect(
     let who = usable_principal(&s, &token, &client).await?;
     let request_id = request_id(&headers);
     let limit = s.body_limit_bytes;
+    // Small buffers: a chat socket carries short frames (tokens, a prompt), and tungstenite's
+    // 128 KiB defaults would make each idle connection cost more than 100 kB. Longer frames
+    // still arrive whole (the buffer grows up to `max_message_size`).
     Ok(upgrade
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
