@@ -14,6 +14,10 @@ use sqlx::Row;
 
 use crate::{db_err, Run, RunScalar, Scope, Store};
 
+/// Events per INSERT statement (13 parameters each: 3,250 parameters, far below the limits of
+/// SQLite and PostgreSQL).
+const INSERT_CHUNK: usize = 250;
+
 const LINK_COLS: &str = "chain, chain_seq, kind, tenant_id, user_id, actor_id, ip, user_agent, \
                          request_id, detail, created_at, prev_hash, hash";
 
@@ -206,28 +210,45 @@ impl Store {
                 hash: String::new(),
             };
             link.hash = self.audit.key.link_hash(&link);
-            sqlx::query(&format!(
-                "INSERT INTO security_events ({LINK_COLS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-            ))
-            .bind(&link.chain)
-            .bind(link.chain_seq)
-            .bind(&link.kind)
-            .bind(&link.tenant_id)
-            .bind(&link.user_id)
-            .bind(&link.actor_id)
-            .bind(&link.ip)
-            .bind(&link.user_agent)
-            .bind(&link.request_id)
-            .bind(&link.detail)
-            .bind(link.created_at)
-            .bind(&link.prev_hash)
-            .bind(&link.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
             heads.insert(chain, (link.chain_seq, link.hash.clone()));
             links.push(link);
+        }
+        // One multi-row INSERT per chunk, not one statement per event: a statement is a round
+        // trip to the database (or its worker thread), and under load a batch holds dozens.
+        for chunk in links.chunks(INSERT_CHUNK) {
+            let mut sql = format!("INSERT INTO security_events ({LINK_COLS}) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let b = i * 13;
+                sql.push('(');
+                for c in 1..=13 {
+                    if c > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", b + c));
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for link in chunk {
+                q = q
+                    .bind(&link.chain)
+                    .bind(link.chain_seq)
+                    .bind(&link.kind)
+                    .bind(&link.tenant_id)
+                    .bind(&link.user_id)
+                    .bind(&link.actor_id)
+                    .bind(&link.ip)
+                    .bind(&link.user_agent)
+                    .bind(&link.request_id)
+                    .bind(&link.detail)
+                    .bind(link.created_at)
+                    .bind(&link.prev_hash)
+                    .bind(&link.hash);
+            }
+            q.execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(links)
