@@ -116,8 +116,10 @@ impl Store {
             match self.write_batch(&events).await {
                 Ok(links) => break Ok(links),
                 // Another process appending to the same file takes a position first: the
-                // unique index refuses ours and the batch is chained again.
-                Err(err) if attempt < 5 => {
+                // unique index refuses ours and the batch is chained again. An outage is not
+                // retried here: the pool already waited its acquire timeout, and the requests
+                // behind this batch should get their 503 now rather than after five more.
+                Err(err) if attempt < 5 && !matches!(err, CoreError::StorageUnavailable(_)) => {
                     tracing::debug!(error = %detail(&err), attempt, "audit append retried");
                     tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
                 }

@@ -380,6 +380,13 @@ fn check_outage(all: &[(Instant, Duration, Seen)], down_at: Instant, up_at: Inst
         *kinds.entry(k.clone()).or_default() += 1;
     }
     eprintln!("{what} outage: {kinds:?}");
+    if std::env::var("FAULTS_TRACE").is_ok() {
+        for (t, took, k) in all {
+            let at = t.saturating_duration_since(down_at).as_millis() as i64
+                - down_at.saturating_duration_since(*t).as_millis() as i64;
+            eprintln!("  at {at} ms took {} ms: {k:?}", took.as_millis());
+        }
+    }
     for (_, took, k) in all {
         assert!(
             !matches!(k, Seen::Untyped(_)),
