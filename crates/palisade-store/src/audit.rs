@@ -14,9 +14,12 @@ use sqlx::Row;
 
 use crate::{db_err, Run, RunScalar, Scope, Store};
 
-/// Events per INSERT statement (13 parameters each: 3,250 parameters, far below the limits of
-/// SQLite and PostgreSQL).
+/// Events per INSERT statement ([`LINK_COL_COUNT`] parameters each: 3,250 parameters, far below
+/// the limits of SQLite and PostgreSQL).
 const INSERT_CHUNK: usize = 250;
+
+/// The columns of [`LINK_COLS`].
+const LINK_COL_COUNT: usize = 13;
 
 const LINK_COLS: &str = "chain, chain_seq, kind, tenant_id, user_id, actor_id, ip, user_agent, \
                          request_id, detail, created_at, prev_hash, hash";
@@ -223,9 +226,9 @@ impl Store {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                let b = i * 13;
+                let b = i * LINK_COL_COUNT;
                 sql.push('(');
-                for c in 1..=13 {
+                for c in 1..=LINK_COL_COUNT {
                     if c > 1 {
                         sql.push_str(", ");
                     }

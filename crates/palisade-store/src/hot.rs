@@ -6,9 +6,10 @@
 //!
 //! Correctness rests on one generation counter:
 //! - every write of these tables through this store (any method, any connection) bumps the
-//!   generation after its statement has run, committed or not;
-//! - a copy remembers the generation read *before* its row was read, and is used only while
-//!   the generation is unchanged.
+//!   generation before it starts and again after its statements have run, committed or not
+//!   ([`Invalidate`]);
+//! - a copy remembers the generation taken *before* its row was read, and is used only while
+//!   the generation is unchanged ([`Shelf::read`] keeps that order).
 //!
 //! So a change made through this process is seen by the next request, however it raced with
 //! readers. A change made elsewhere (another replica, `palisade admin` on the same SQLite file)
@@ -16,6 +17,8 @@
 //! that exist are kept (a key created on another replica is usable at once), and the number of
 //! copies is bounded.
 
+use std::borrow::Borrow;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use palisade_core::entities::User;
 use palisade_core::identity::{ApiKey, AuthSession, Tenant};
 use palisade_core::ids::{TenantId, TokenFamilyId, UserId};
+use palisade_core::CoreResult;
 
 /// How long a copy is used before the row is read again: the longest a change made by another
 /// replica or process takes to be seen here (a disabled user, a revoked key or session).
@@ -57,14 +61,37 @@ where
     }
 
     /// The copy of `key`, when it was read in the current generation and has not expired.
-    pub(crate) fn get(&self, hot: &HotReads, key: &K) -> Option<V> {
+    fn get<Q>(&self, hot: &HotReads, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let copy = self.copies.get(key)?;
         (copy.generation == hot.generation()).then_some(copy.value)
     }
 
     /// Keeps `value`, read after `generation` was taken.
-    pub(crate) fn put(&self, generation: u64, key: K, value: V) {
+    fn put(&self, generation: u64, key: K, value: V) {
         self.copies.insert(key, Copy { generation, value });
+    }
+
+    /// The row of `key`: the current copy, or what `load` reads (kept when it exists).
+    pub(crate) async fn read<Q, F>(&self, hot: &HotReads, key: &Q, load: F) -> CoreResult<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: Future<Output = CoreResult<Option<V>>>,
+    {
+        // Taken before the row is read: a write that lands meanwhile makes the copy stale.
+        let generation = hot.generation();
+        if let Some(v) = self.get(hot, key) {
+            return Ok(Some(v));
+        }
+        let row = load.await?;
+        if let Some(v) = &row {
+            self.put(generation, key.to_owned(), v.clone());
+        }
+        Ok(row)
     }
 }
 
@@ -125,7 +152,6 @@ mod tests {
     fn a_copy_is_used_only_in_its_generation() {
         let hot = HotReads::new(Duration::from_secs(60));
         let g = hot.generation();
-        hot.tenants.put(g, TenantId::new(), sample_tenant());
         let t = sample_tenant();
         let id = t.id;
         hot.tenants.put(g, id, t.clone());
@@ -146,6 +172,34 @@ mod tests {
         }
         hot.tenants.put(g, id, t);
         assert_eq!(hot.tenants.get(&hot, &id), None);
+    }
+
+    #[tokio::test]
+    async fn read_keeps_a_row_only_when_no_write_landed_while_it_was_read() {
+        let hot = HotReads::new(Duration::from_secs(60));
+        let t = sample_tenant();
+        let id = t.id;
+        let racing = async {
+            hot.invalidate();
+            Ok(Some(t.clone()))
+        };
+        assert_eq!(
+            hot.tenants.read(&hot, &id, racing).await.ok(),
+            Some(Some(t.clone()))
+        );
+        assert_eq!(hot.tenants.get(&hot, &id), None);
+
+        let quiet = async { Ok(Some(t.clone())) };
+        assert_eq!(
+            hot.tenants.read(&hot, &id, quiet).await.ok(),
+            Some(Some(t.clone()))
+        );
+        // Served from the copy: the load is not run.
+        let refused = async { Err(palisade_core::CoreError::Internal("loaded".into())) };
+        assert_eq!(
+            hot.tenants.read(&hot, &id, refused).await.ok(),
+            Some(Some(t))
+        );
     }
 
     #[test]

@@ -70,23 +70,18 @@ impl ApiKeyRepository for Store {
     }
 
     async fn find_key_by_prefix(&self, prefix: &str) -> CoreResult<Option<ApiKey>> {
-        let generation = self.hot.generation();
-        if let Some(k) = self.hot.keys.get(&self.hot, &prefix.to_string()) {
-            return Ok(Some(k));
-        }
-        let _timed = crate::timed("find_key_by_prefix");
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM api_keys WHERE prefix = $1"
-        ))
-        .bind(prefix)
-        .fetch_optional_in(self, Scope::System)
-        .await
-        .map_err(db_err)?;
-        let key = row.as_ref().map(key_from).transpose()?;
-        if let Some(k) = &key {
-            self.hot.keys.put(generation, prefix.to_string(), k.clone());
-        }
-        Ok(key)
+        let load = async {
+            let _timed = crate::timed("find_key_by_prefix");
+            let row = sqlx::query(&format!(
+                "SELECT {KEY_COLS} FROM api_keys WHERE prefix = $1"
+            ))
+            .bind(prefix)
+            .fetch_optional_in(self, Scope::System)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(key_from).transpose()
+        };
+        self.hot.keys.read(&self.hot, prefix, load).await
     }
 
     async fn find_key_by_id(&self, kid: ApiKeyId) -> CoreResult<Option<ApiKey>> {

@@ -53,23 +53,18 @@ impl RefreshTokenRepository for Store {
     }
 
     async fn get_auth_session(&self, sid: TokenFamilyId) -> CoreResult<Option<AuthSession>> {
-        let generation = self.hot.generation();
-        if let Some(a) = self.hot.sessions.get(&self.hot, &sid) {
-            return Ok(Some(a));
-        }
-        let _timed = crate::timed("get_auth_session");
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = $1"
-        ))
-        .bind(sid.to_string())
-        .fetch_optional_in(self, Scope::System)
-        .await
-        .map_err(db_err)?;
-        let session = row.as_ref().map(session_from).transpose()?;
-        if let Some(a) = &session {
-            self.hot.sessions.put(generation, sid, a.clone());
-        }
-        Ok(session)
+        let load = async {
+            let _timed = crate::timed("get_auth_session");
+            let row = sqlx::query(&format!(
+                "SELECT {SESSION_COLS} FROM auth_sessions WHERE id = $1"
+            ))
+            .bind(sid.to_string())
+            .fetch_optional_in(self, Scope::System)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(session_from).transpose()
+        };
+        self.hot.sessions.read(&self.hot, &sid, load).await
     }
 
     async fn list_auth_sessions(

@@ -140,27 +140,22 @@ impl UserRepository for Store {
     }
 
     async fn find_by_id(&self, tenant: TenantId, uid: UserId) -> CoreResult<Option<User>> {
-        let generation = self.hot.generation();
-        if let Some(u) = self.hot.users.get(&self.hot, &(tenant, uid)) {
-            return Ok(Some(u));
-        }
-        let _timed = crate::timed("find_by_id");
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant.to_string())
-        .bind(uid.to_string())
-        .fetch_optional_in(self, Scope::Tenant(tenant))
-        .await
-        .map_err(db_err)?;
-        match row.as_ref().map(user_from).transpose()? {
-            Some(u) => {
-                let u = self.open_user(u).await?;
-                self.hot.users.put(generation, (tenant, uid), u.clone());
-                Ok(Some(u))
+        let load = async {
+            let _timed = crate::timed("find_by_id");
+            let row = sqlx::query(&format!(
+                "SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant.to_string())
+            .bind(uid.to_string())
+            .fetch_optional_in(self, Scope::Tenant(tenant))
+            .await
+            .map_err(db_err)?;
+            match row.as_ref().map(user_from).transpose()? {
+                Some(u) => Ok(Some(self.open_user(u).await?)),
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        };
+        self.hot.users.read(&self.hot, &(tenant, uid), load).await
     }
 
     async fn count_users(&self) -> CoreResult<u64> {
@@ -441,20 +436,16 @@ impl TenantRepository for Store {
     }
 
     async fn get_tenant(&self, tid: TenantId) -> CoreResult<Option<Tenant>> {
-        let generation = self.hot.generation();
-        if let Some(t) = self.hot.tenants.get(&self.hot, &tid) {
-            return Ok(Some(t));
-        }
-        let row = sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = $1")
-            .bind(tid.to_string())
-            .fetch_optional_in(self, Scope::System)
-            .await
-            .map_err(db_err)?;
-        let tenant = row.as_ref().map(tenant_from).transpose()?;
-        if let Some(t) = &tenant {
-            self.hot.tenants.put(generation, tid, t.clone());
-        }
-        Ok(tenant)
+        let load = async {
+            let row =
+                sqlx::query("SELECT id, name, is_active, created_at FROM tenants WHERE id = $1")
+                    .bind(tid.to_string())
+                    .fetch_optional_in(self, Scope::System)
+                    .await
+                    .map_err(db_err)?;
+            row.as_ref().map(tenant_from).transpose()
+        };
+        self.hot.tenants.read(&self.hot, &tid, load).await
     }
 
     async fn find_tenant_by_name(&self, name: &str) -> CoreResult<Option<Tenant>> {
