@@ -106,7 +106,7 @@ async fn concurrent(
 
 pub async fn run(quick: bool) -> anyhow::Result<Value> {
     let window = if quick {
-        Duration::from_secs(2)
+        Duration::from_secs(1)
     } else {
         Duration::from_secs(5)
     };

@@ -306,6 +306,14 @@ async fn main() -> anyhow::Result<()> {
         .status();
     let mut doc = serde_json::Map::new();
     let mut ratio = None;
+    // How long each scenario took, printed at the end and kept in the JSON (`seconds`).
+    let mut took: Vec<(&str, f64)> = Vec::new();
+    let run_started = Instant::now();
+    let mut mark = Instant::now();
+    let mut lap = |name: &'static str, took: &mut Vec<(&str, f64)>| {
+        took.push((name, mark.elapsed().as_secs_f64()));
+        mark = Instant::now();
+    };
     let all = args.scenario == Scenario::All;
     // Time per generated token on the busy server (8 streams), for the output guard's share.
     let mut token_ms = 1000.0 / 200.0;
@@ -319,25 +327,29 @@ async fn main() -> anyhow::Result<()> {
             token_ms = 1000.0 / agg;
         }
         doc.insert("engine_throughput".into(), figures);
+        lap("engine", &mut took);
     }
     if all || args.scenario == Scenario::Gateway {
         doc.insert("gateway_overhead".into(), gateway_scenario(&args).await?);
+        lap("gateway", &mut took);
     }
     if all || args.scenario == Scenario::Limits {
         let mut figures = limits::run(args.quick).await?;
         figures["v1_path"] = limited_path(&args).await?;
         doc.insert("limits".into(), figures);
+        lap("limits", &mut took);
     }
     if all || args.scenario == Scenario::Login {
         println!("Login throughput (Argon2id password hash)");
         let window = Duration::from_secs(if args.quick { 3 } else { 8 });
         doc.insert("login".into(), login::run(&args.server, window).await?);
+        lap("login", &mut took);
     }
     if all || args.scenario == Scenario::HistoryScale {
         let messages = args
             .messages
             .unwrap_or(if args.quick { 2_000 } else { 100_000 });
-        let window = Duration::from_secs(if args.quick { 4 } else { 15 });
+        let window = Duration::from_secs(if args.quick { 3 } else { 15 });
         println!(
             "History API: {messages} messages stored, then {} requests/s for {} s",
             args.history_rate,
@@ -347,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
             "history_api".into(),
             history_scale::run(&args.server, messages, args.history_rate, window).await?,
         );
+        lap("history_api", &mut took);
     }
     if all || args.scenario == Scenario::Fanout {
         let sse = args.sse.unwrap_or(if args.quick { 1_000 } else { 10_000 });
@@ -355,18 +368,32 @@ async fn main() -> anyhow::Result<()> {
             "Streaming fan-out: {sse} SSE streams, then {ws} WebSockets, one token a second each"
         );
         doc.insert("fanout".into(), fanout::run(&args.server, sse, ws).await?);
+        lap("fanout", &mut took);
     }
     // Needs PostgreSQL and Redis: asked for by name (`--scenario history`).
     if args.scenario == Scenario::History {
         if let Some(figures) = history::run(&args, true).await? {
             doc.insert("history_read".into(), figures);
         }
+        lap("history_read", &mut took);
     }
     if all || args.scenario == Scenario::Guard {
         let quick = args.quick;
         let figures = tokio::task::spawn_blocking(move || guard::run(quick, token_ms)).await??;
         doc.insert("guard".into(), figures);
+        lap("guard", &mut took);
     }
+    println!();
+    let times: Vec<String> = took
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.0} s"))
+        .collect();
+    let total = run_started.elapsed().as_secs_f64();
+    println!("took {total:.0} s: {}", times.join(", "));
+    doc.insert(
+        "seconds".into(),
+        json!({"total": total, "scenarios": took.iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>()}),
+    );
     if let Some(out) = &args.out {
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent)?;
@@ -470,7 +497,7 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
 /// memory, counters in Redis (when one answers on 127.0.0.1:6379).
 async fn limited_path(args: &Args) -> anyhow::Result<Value> {
     let (rounds, window) = if args.quick {
-        (1u32, Duration::from_secs(3))
+        (1u32, Duration::from_secs(2))
     } else {
         (3, Duration::from_secs(6))
     };
@@ -542,7 +569,7 @@ async fn limited_path(args: &Args) -> anyhow::Result<Value> {
 /// Engine throughput: one stream vs N concurrent streams; returns the ratio and the figures.
 async fn engine(args: &Args) -> anyhow::Result<(f64, Value)> {
     let (rounds, window) = if args.quick {
-        (3u32, Duration::from_secs(12))
+        (3u32, Duration::from_secs(10))
     } else {
         (3, Duration::from_secs(25))
     };
