@@ -111,7 +111,7 @@ pub(crate) async fn collect(mut run: ChatRun) -> Result<StoredMessage, ApiError>
     while let Some(ev) = run.events.recv().await {
         match ev {
             ChatEvent::Token(_) => {}
-            ChatEvent::Finished(m) => return Ok(m),
+            ChatEvent::Finished(m) => return Ok(*m),
             ChatEvent::Failed { error, .. } => return Err(error.into()),
             ChatEvent::Blocked { categories, .. } => {
                 return Err(ApiError::guard_blocked(categories))
@@ -142,7 +142,7 @@ fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>>
                 ChatEvent::Token(t) => (ChatStreamEvent::Token { content: t }, false),
                 ChatEvent::Finished(m) => {
                     let id = m.id.to_string();
-                    let meta = message_json(m).metadata;
+                    let meta = message_json(*m).metadata;
                     match meta {
                         Some(metadata) => (
                             ChatStreamEvent::End {

@@ -486,7 +486,7 @@ impl Session {
             Some(ChatEvent::Finished(m)) => {
                 self.run = None;
                 let created = millis_to_rfc3339(m.created_at);
-                let m = message_json(m);
+                let m = message_json(*m);
                 json!({
                     "type": "message",
                     "message_id": m.id,
