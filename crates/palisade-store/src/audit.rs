@@ -87,31 +87,34 @@ impl Store {
     /// batch half done.
     pub(crate) async fn append_event(&self, e: &SecurityEvent) -> CoreResult<AuditLink> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.audit
+        let start = self
+            .audit
             .queue
-            .lock()
-            .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?
             .push(Pending {
                 event: e.clone(),
                 done,
-            });
-        let store = self.clone();
-        tokio::spawn(async move { store.flush_audit().await });
+            })
+            .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?;
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.flush_audit().await });
+        }
         wait.await
             .map_err(|_| CoreError::AuditUnavailable("the audit writer stopped".into()))?
     }
 
-    /// Writes every queued event (one batch at a time per process).
+    /// The audit flusher: writes what has gathered, batch after batch, until none is left (one
+    /// flusher per process at a time, see `batch.rs`).
     async fn flush_audit(&self) {
-        let _writer = self.audit.writer.lock().await;
-        let batch = match self.audit.queue.lock() {
-            Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return,
-        };
-        if batch.is_empty() {
-            // An earlier flush took this task's event along.
-            return;
+        let audit = self.audit.clone();
+        let mut turn = audit.queue.turn();
+        while let Some(batch) = turn.next_batch() {
+            self.flush_audit_batch(batch).await;
         }
+    }
+
+    /// Writes one batch and answers everyone waiting in it.
+    async fn flush_audit_batch(&self, batch: Vec<Pending>) {
         let events: Vec<&SecurityEvent> = batch.iter().map(|p| &p.event).collect();
         let mut attempt = 0;
         let written = loop {

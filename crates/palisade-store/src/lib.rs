@@ -3,6 +3,7 @@
 //! embedded in the binary.
 
 mod audit;
+mod batch;
 mod chat;
 mod copy;
 mod crypto;
@@ -56,8 +57,7 @@ struct AuditState {
     key: palisade_core::audit::AuditKey,
     /// Set once, by the server, for every clone of the store.
     mirror: std::sync::OnceLock<std::sync::Arc<dyn palisade_core::audit::AuditMirror>>,
-    writer: tokio::sync::Mutex<()>,
-    queue: std::sync::Mutex<Vec<audit::Pending>>,
+    queue: batch::Batcher<audit::Pending>,
 }
 
 impl AuditState {
@@ -65,8 +65,7 @@ impl AuditState {
         std::sync::Arc::new(AuditState {
             key,
             mirror: std::sync::OnceLock::new(),
-            writer: tokio::sync::Mutex::new(()),
-            queue: std::sync::Mutex::new(Vec::new()),
+            queue: batch::Batcher::default(),
         })
     }
 }

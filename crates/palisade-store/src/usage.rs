@@ -26,13 +26,14 @@ impl UsageRepository for Store {
     /// many requests.
     async fn add_usage(&self, d: &UsageRow) -> CoreResult<()> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.usage_queue
-            .queue
-            .lock()
-            .map_err(|_| CoreError::Storage("usage queue poisoned".into()))?
-            .push((d.clone(), done));
-        let store = self.clone();
-        tokio::spawn(async move { store.flush_usage().await });
+        let start = self
+            .usage_queue
+            .push((d.clone(), done))
+            .map_err(|_| CoreError::Storage("usage queue poisoned".into()))?;
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.flush_usage().await });
+        }
         wait.await
             .map_err(|_| CoreError::Storage("the usage writer stopped".into()))?
     }
@@ -75,13 +76,9 @@ impl UsageRepository for Store {
     }
 }
 
-/// Usage rows waiting for the writer, and who waits for each (one batch at a time per process).
-#[derive(Default)]
-pub(crate) struct UsageQueue {
-    writer: tokio::sync::Mutex<()>,
-    #[allow(clippy::type_complexity)]
-    queue: std::sync::Mutex<Vec<(UsageRow, tokio::sync::oneshot::Sender<CoreResult<()>>)>>,
-}
+/// Usage rows waiting for the writer, and who waits for each (one flusher per process).
+pub(crate) type UsageQueue =
+    crate::batch::Batcher<(UsageRow, tokio::sync::oneshot::Sender<CoreResult<()>>)>;
 
 /// Adds up rows of the same day, tenant, user, key and model.
 fn merged(rows: impl Iterator<Item = UsageRow>) -> Vec<UsageRow> {
@@ -133,17 +130,21 @@ fn upsert(d: &UsageRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArgum
 }
 
 impl Store {
-    /// Writes every queued usage row (one batch at a time per process).
+    /// The usage flusher: writes what has gathered, batch after batch, until none is left.
     async fn flush_usage(&self) {
-        let _writer = self.usage_queue.writer.lock().await;
-        let batch = match self.usage_queue.queue.lock() {
-            Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return,
-        };
-        if batch.is_empty() {
-            // An earlier flush took this task's row along.
-            return;
+        let queue = self.usage_queue.clone();
+        let mut turn = queue.turn();
+        while let Some(batch) = turn.next_batch() {
+            self.flush_usage_batch(batch).await;
         }
+    }
+
+    /// Writes one batch of rows and answers everyone waiting in it.
+    #[allow(clippy::type_complexity)]
+    async fn flush_usage_batch(
+        &self,
+        batch: Vec<(UsageRow, tokio::sync::oneshot::Sender<CoreResult<()>>)>,
+    ) {
         let (rows, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let rows = merged(rows.into_iter());
         match self.write_usage(&rows).await {

@@ -1,0 +1,128 @@
+//! Group commit: callers queue what they want written and wait for it; one flusher task per
+//! queue writes whatever has gathered, batch after batch, until the queue is empty.
+//!
+//! At most one flusher runs per queue. The caller whose item finds no flusher running starts
+//! one; everyone else only queues. (Spawning a task per item that then waited its turn on a lock
+//! cost a task and a wake-up per request, and thousands of waiting tasks when many streams
+//! opened at once.)
+
+use std::sync::Mutex;
+
+/// A queue of `T` with at most one flusher.
+pub(crate) struct Batcher<T> {
+    state: Mutex<Gathered<T>>,
+}
+
+struct Gathered<T> {
+    items: Vec<T>,
+    /// A flusher is running (or about to start) and will take what is queued.
+    flushing: bool,
+}
+
+impl<T> Default for Batcher<T> {
+    fn default() -> Self {
+        Batcher {
+            state: Mutex::new(Gathered {
+                items: Vec::new(),
+                flushing: false,
+            }),
+        }
+    }
+}
+
+/// The queue's lock was poisoned (a panic while it was held).
+#[derive(Debug)]
+pub(crate) struct Poisoned;
+
+impl<T> Batcher<T> {
+    /// Queues `item`. `Ok(true)` when no flusher is running: the caller must start one, which
+    /// takes its batches with [`Batcher::turn`].
+    pub(crate) fn push(&self, item: T) -> Result<bool, Poisoned> {
+        let mut g = self.state.lock().map_err(|_| Poisoned)?;
+        g.items.push(item);
+        Ok(!std::mem::replace(&mut g.flushing, true))
+    }
+
+    /// The flusher's turn: its batches, and the end of its turn when the queue runs dry.
+    pub(crate) fn turn(&self) -> Turn<'_, T> {
+        Turn {
+            batcher: self,
+            active: true,
+        }
+    }
+}
+
+/// A running flusher's hold on its queue. If the flusher stops before the queue ran dry (its
+/// task cancelled, say at shutdown), dropping the turn lets the next item start a new one.
+pub(crate) struct Turn<'a, T> {
+    batcher: &'a Batcher<T>,
+    active: bool,
+}
+
+impl<T> Turn<'_, T> {
+    /// Everything queued since the last batch; `None` when nothing is, which ends the turn (in
+    /// the same step, so an item queued just after starts a new flusher).
+    pub(crate) fn next_batch(&mut self) -> Option<Vec<T>> {
+        let mut g = self.batcher.state.lock().ok()?;
+        if g.items.is_empty() {
+            g.flushing = false;
+            self.active = false;
+            return None;
+        }
+        Some(std::mem::take(&mut g.items))
+    }
+}
+
+impl<T> Drop for Turn<'_, T> {
+    fn drop(&mut self) {
+        if self.active {
+            if let Ok(mut g) = self.batcher.state.lock() {
+                g.flushing = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_flusher_takes_everything_gathered() {
+        let b = Batcher::default();
+        assert!(
+            b.push(1).is_ok_and(|start| start),
+            "the first item starts a flusher"
+        );
+        assert!(
+            b.push(2).is_ok_and(|start| !start),
+            "the second finds it running"
+        );
+        let mut turn = b.turn();
+        assert_eq!(turn.next_batch(), Some(vec![1, 2]));
+        assert!(
+            b.push(3).is_ok_and(|start| !start),
+            "still running: it takes 3 next"
+        );
+        assert_eq!(turn.next_batch(), Some(vec![3]));
+        assert_eq!(turn.next_batch(), None, "dry: the turn ends");
+        drop(turn);
+        assert!(
+            b.push(4).is_ok_and(|start| start),
+            "the next item starts a new flusher"
+        );
+    }
+
+    #[test]
+    fn a_flusher_stopped_midway_lets_the_next_item_start_another() {
+        let b = Batcher::default();
+        assert!(b.push(1).is_ok_and(|start| start));
+        let mut turn = b.turn();
+        assert_eq!(turn.next_batch(), Some(vec![1]));
+        assert!(b.push(2).is_ok_and(|start| !start));
+        // Cancelled before it looked again: item 2 waits for the next push's flusher.
+        drop(turn);
+        assert!(b.push(3).is_ok_and(|start| start));
+        assert_eq!(b.turn().next_batch(), Some(vec![2, 3]));
+    }
+}
