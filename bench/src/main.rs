@@ -310,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
     let mut took: Vec<(&str, f64)> = Vec::new();
     let run_started = Instant::now();
     let mut mark = Instant::now();
-    let mut lap = |name: &'static str, took: &mut Vec<(&str, f64)>| {
+    let mut lap = |name: &'static str| {
         took.push((name, mark.elapsed().as_secs_f64()));
         mark = Instant::now();
     };
@@ -327,23 +327,23 @@ async fn main() -> anyhow::Result<()> {
             token_ms = 1000.0 / agg;
         }
         doc.insert("engine_throughput".into(), figures);
-        lap("engine", &mut took);
+        lap("engine");
     }
     if all || args.scenario == Scenario::Gateway {
         doc.insert("gateway_overhead".into(), gateway_scenario(&args).await?);
-        lap("gateway", &mut took);
+        lap("gateway");
     }
     if all || args.scenario == Scenario::Limits {
         let mut figures = limits::run(args.quick).await?;
         figures["v1_path"] = limited_path(&args).await?;
         doc.insert("limits".into(), figures);
-        lap("limits", &mut took);
+        lap("limits");
     }
     if all || args.scenario == Scenario::Login {
         println!("Login throughput (Argon2id password hash)");
         let window = Duration::from_secs(if args.quick { 3 } else { 8 });
         doc.insert("login".into(), login::run(&args.server, window).await?);
-        lap("login", &mut took);
+        lap("login");
     }
     if all || args.scenario == Scenario::HistoryScale {
         let messages = args
@@ -359,7 +359,7 @@ async fn main() -> anyhow::Result<()> {
             "history_api".into(),
             history_scale::run(&args.server, messages, args.history_rate, window).await?,
         );
-        lap("history_api", &mut took);
+        lap("history_api");
     }
     if all || args.scenario == Scenario::Fanout {
         let sse = args.sse.unwrap_or(if args.quick { 1_000 } else { 10_000 });
@@ -368,20 +368,20 @@ async fn main() -> anyhow::Result<()> {
             "Streaming fan-out: {sse} SSE streams, then {ws} WebSockets, one token a second each"
         );
         doc.insert("fanout".into(), fanout::run(&args.server, sse, ws).await?);
-        lap("fanout", &mut took);
+        lap("fanout");
     }
     // Needs PostgreSQL and Redis: asked for by name (`--scenario history`).
     if args.scenario == Scenario::History {
         if let Some(figures) = history::run(&args, true).await? {
             doc.insert("history_read".into(), figures);
         }
-        lap("history_read", &mut took);
+        lap("history_read");
     }
     if all || args.scenario == Scenario::Guard {
         let quick = args.quick;
         let figures = tokio::task::spawn_blocking(move || guard::run(quick, token_ms)).await??;
         doc.insert("guard".into(), figures);
-        lap("guard", &mut took);
+        lap("guard");
     }
     println!();
     let times: Vec<String> = took

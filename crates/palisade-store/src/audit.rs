@@ -106,11 +106,10 @@ impl Store {
     /// The audit flusher: writes what has gathered, batch after batch, until none is left (one
     /// flusher per process at a time, see `batch.rs`).
     async fn flush_audit(&self) {
-        let audit = self.audit.clone();
-        let mut turn = audit.queue.turn();
-        while let Some(batch) = turn.next_batch() {
-            self.flush_audit_batch(batch).await;
-        }
+        self.audit
+            .queue
+            .drain(|batch| self.flush_audit_batch(batch))
+            .await;
     }
 
     /// Writes one batch and answers everyone waiting in it.

@@ -35,16 +35,29 @@ impl<T> Default for Batcher<T> {
 pub(crate) struct Poisoned;
 
 impl<T> Batcher<T> {
-    /// Queues `item`. `Ok(true)` when no flusher is running: the caller must start one, which
-    /// takes its batches with [`Batcher::turn`].
+    /// Queues `item`. `Ok(true)` when no flusher is running: the caller must start one, a task
+    /// that runs [`Batcher::drain`].
     pub(crate) fn push(&self, item: T) -> Result<bool, Poisoned> {
         let mut g = self.state.lock().map_err(|_| Poisoned)?;
         g.items.push(item);
         Ok(!std::mem::replace(&mut g.flushing, true))
     }
 
+    /// The flusher: hands what has gathered to `flush`, batch after batch, until the queue runs
+    /// dry. Run by the task that [`Batcher::push`] told to start one.
+    pub(crate) async fn drain<F, Fut>(&self, mut flush: F)
+    where
+        F: FnMut(Vec<T>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut turn = self.turn();
+        while let Some(batch) = turn.next_batch() {
+            flush(batch).await;
+        }
+    }
+
     /// The flusher's turn: its batches, and the end of its turn when the queue runs dry.
-    pub(crate) fn turn(&self) -> Turn<'_, T> {
+    fn turn(&self) -> Turn<'_, T> {
         Turn {
             batcher: self,
             active: true,
@@ -54,7 +67,7 @@ impl<T> Batcher<T> {
 
 /// A running flusher's hold on its queue. If the flusher stops before the queue ran dry (its
 /// task cancelled, say at shutdown), dropping the turn lets the next item start a new one.
-pub(crate) struct Turn<'a, T> {
+struct Turn<'a, T> {
     batcher: &'a Batcher<T>,
     active: bool,
 }
@@ -62,7 +75,7 @@ pub(crate) struct Turn<'a, T> {
 impl<T> Turn<'_, T> {
     /// Everything queued since the last batch; `None` when nothing is, which ends the turn (in
     /// the same step, so an item queued just after starts a new flusher).
-    pub(crate) fn next_batch(&mut self) -> Option<Vec<T>> {
+    fn next_batch(&mut self) -> Option<Vec<T>> {
         let mut g = self.batcher.state.lock().ok()?;
         if g.items.is_empty() {
             g.flushing = false;

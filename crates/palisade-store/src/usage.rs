@@ -132,11 +132,9 @@ fn upsert(d: &UsageRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArgum
 impl Store {
     /// The usage flusher: writes what has gathered, batch after batch, until none is left.
     async fn flush_usage(&self) {
-        let queue = self.usage_queue.clone();
-        let mut turn = queue.turn();
-        while let Some(batch) = turn.next_batch() {
-            self.flush_usage_batch(batch).await;
-        }
+        self.usage_queue
+            .drain(|batch| self.flush_usage_batch(batch))
+            .await;
     }
 
     /// Writes one batch of rows and answers everyone waiting in it.
