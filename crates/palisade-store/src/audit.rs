@@ -1,7 +1,9 @@
-//! The audit trail on SQLite: `security_events` as hash chains, one per tenant.
+//! The audit trail: `security_events` as hash chains, one per tenant.
 //!
-//! Appending reads the chain's last link and writes the next one in one transaction, behind a
-//! lock in this process; the unique index on (chain, position) refuses a second writer's copy
+//! Events are appended in batches (group commit), each batch all or none. On SQLite the
+//! process remembers each chain's newest link and a batch is one multi-row INSERT, written in
+//! the process's turn; on PostgreSQL a transaction holding an advisory lock reads the heads and
+//! inserts. Either way the unique index on (chain, position) refuses a second writer's copy
 //! (another process on the same file), which then retries. Triggers refuse `UPDATE` and
 //! `DELETE`: the product offers no way to change the trail, and a change made behind its back is
 //! found by [`Store::verify_audit`].
@@ -14,9 +16,9 @@ use sqlx::Row;
 
 use crate::{db_err, Run, RunScalar, Scope, Store};
 
-/// Events per INSERT statement ([`LINK_COL_COUNT`] parameters each: 3,250 parameters, far below
-/// the limits of SQLite and PostgreSQL).
-const INSERT_CHUNK: usize = 250;
+/// The most events one batch (one INSERT statement) holds: [`LINK_COL_COUNT`] parameters each,
+/// 13,000 in all, below the limits of SQLite (32,766) and PostgreSQL (65,535).
+pub(crate) const MAX_BATCH: usize = 1000;
 
 /// The columns of [`LINK_COLS`].
 const LINK_COL_COUNT: usize = 13;
@@ -40,6 +42,81 @@ fn link_from(row: &AnyRow) -> CoreResult<AuditLink> {
         prev_hash: row.try_get("prev_hash").map_err(db_err)?,
         hash: row.try_get("hash").map_err(db_err)?,
     })
+}
+
+/// The newest link of `chain`: (position, hash), or (0, genesis) for a chain not begun.
+async fn chain_head(conn: &mut sqlx::AnyConnection, chain: &str) -> CoreResult<(i64, String)> {
+    let last = sqlx::query(
+        "SELECT chain_seq, hash FROM security_events WHERE chain = $1 \
+         ORDER BY chain_seq DESC LIMIT 1",
+    )
+    .bind(chain)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    match last {
+        Some(row) => Ok((
+            row.try_get::<i64, _>("chain_seq").map_err(db_err)?,
+            row.try_get::<String, _>("hash").map_err(db_err)?,
+        )),
+        None => Ok((0, GENESIS.to_string())),
+    }
+}
+
+/// The SQLite INSERT of a batch given as one JSON array of rows, each an array of the columns
+/// of [`LINK_COLS`] in order, inserted in the array's order.
+const SQLITE_INSERT_JSON: &str = "INSERT INTO security_events (chain, chain_seq, kind, \
+     tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, created_at, prev_hash, \
+     hash) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+     value ->> 12 FROM json_each($1) ORDER BY key";
+
+/// The INSERT of `n` links (at most [`MAX_BATCH`]) in one statement: a statement is a round
+/// trip to the database (or its worker thread), and under load a batch holds dozens.
+fn insert_sql(n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = format!("INSERT INTO security_events ({LINK_COLS}) VALUES ");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let b = i * LINK_COL_COUNT;
+        sql.push('(');
+        for c in 1..=LINK_COL_COUNT {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", b + c);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Runs `sql` (from [`insert_sql`]) with the columns of `links` on `exec`.
+async fn insert_links<'e, E>(exec: E, sql: &str, links: &[AuditLink]) -> CoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let mut q = sqlx::query(sql);
+    for link in links {
+        q = q
+            .bind(&link.chain)
+            .bind(link.chain_seq)
+            .bind(&link.kind)
+            .bind(&link.tenant_id)
+            .bind(&link.user_id)
+            .bind(&link.actor_id)
+            .bind(&link.ip)
+            .bind(&link.user_agent)
+            .bind(&link.request_id)
+            .bind(&link.detail)
+            .bind(link.created_at)
+            .bind(&link.prev_hash)
+            .bind(&link.hash);
+    }
+    q.execute(exec).await.map_err(db_err)?;
+    Ok(())
 }
 
 /// What a verification found.
@@ -171,36 +248,106 @@ impl Store {
         }
     }
 
-    /// Chains and inserts `events` in one transaction (under the writer's lock: the chain
-    /// heads are read while no other writer, of this replica or another, can append).
+    /// Chains `events` after their chains' newest links and inserts them, all or none.
+    ///
+    /// On SQLite the process writes in turns (the write gate) and remembers each chain's head,
+    /// so a batch is one statement: a multi-row INSERT is atomic on its own, and the unique
+    /// index on (chain, position) refuses it if another process appended to a chain since
+    /// (the heads are then forgotten, read again, and the batch chained anew). On PostgreSQL,
+    /// where replicas take turns, the heads are read inside a transaction that holds the
+    /// chain's advisory lock.
     async fn write_batch(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
         let _timed = crate::timed("audit_append");
+        if self.backend == crate::Backend::Sqlite {
+            let _turn = self.write_gate.lock().await;
+            let written = self.write_batch_sqlite(events).await;
+            if written.is_err() {
+                if let Ok(mut heads) = self.audit.heads.lock() {
+                    heads.clear();
+                }
+            }
+            return written;
+        }
         let mut tx = self.begin_exclusive().await?;
-        let mut heads: std::collections::HashMap<String, (i64, String)> =
-            std::collections::HashMap::new();
+        let mut heads = std::collections::HashMap::new();
+        for e in events {
+            if let std::collections::hash_map::Entry::Vacant(slot) = heads.entry(chain_of(e)) {
+                let head = chain_head(&mut tx, slot.key()).await?;
+                slot.insert(head);
+            }
+        }
+        let links = self.chain_links(events, &mut heads);
+        insert_links(&mut *tx, &insert_sql(links.len()), &links).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(links)
+    }
+
+    /// [`Store::write_batch`] on SQLite, under the writers' turn.
+    async fn write_batch_sqlite(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
+        let mut heads = self
+            .audit
+            .heads
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        for e in events {
+            if let std::collections::hash_map::Entry::Vacant(slot) = heads.entry(chain_of(e)) {
+                let mut conn = self.pool.acquire().await.map_err(db_err)?;
+                let head = chain_head(&mut conn, slot.key()).await?;
+                slot.insert(head);
+            }
+        }
+        let links = self.chain_links(events, &mut heads);
+        // The batch goes as one JSON parameter of a statement that never changes: SQLite
+        // prepares it once per connection, and binding one value costs the same for one event
+        // as for a thousand (sqlx looks up the name of every `$N` it binds).
+        let rows = links
+            .iter()
+            .map(|l| {
+                (
+                    &l.chain,
+                    l.chain_seq,
+                    &l.kind,
+                    &l.tenant_id,
+                    &l.user_id,
+                    &l.actor_id,
+                    &l.ip,
+                    &l.user_agent,
+                    &l.request_id,
+                    &l.detail,
+                    l.created_at,
+                    &l.prev_hash,
+                    &l.hash,
+                )
+            })
+            .collect::<Vec<_>>();
+        let json = serde_json::to_string(&rows)
+            .map_err(|e| CoreError::Internal(format!("audit batch: {e}")))?;
+        sqlx::query(SQLITE_INSERT_JSON)
+            .bind(json)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if let Ok(mut cached) = self.audit.heads.lock() {
+            *cached = heads;
+        }
+        Ok(links)
+    }
+
+    /// The links of `events`, each chained after the head of its chain in `heads` (which
+    /// then holds the new heads).
+    fn chain_links(
+        &self,
+        events: &[&SecurityEvent],
+        heads: &mut std::collections::HashMap<String, (i64, String)>,
+    ) -> Vec<AuditLink> {
         let mut links = Vec::with_capacity(events.len());
         for e in events {
             let chain = chain_of(e);
-            let (last_seq, prev_hash) = match heads.get(&chain) {
-                Some(h) => h.clone(),
-                None => {
-                    let last = sqlx::query(
-                        "SELECT chain_seq, hash FROM security_events WHERE chain = $1 \
-                         ORDER BY chain_seq DESC LIMIT 1",
-                    )
-                    .bind(&chain)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    match last {
-                        Some(row) => (
-                            row.try_get::<i64, _>("chain_seq").map_err(db_err)?,
-                            row.try_get::<String, _>("hash").map_err(db_err)?,
-                        ),
-                        None => (0, GENESIS.to_string()),
-                    }
-                }
-            };
+            let (last_seq, prev_hash) = heads
+                .get(&chain)
+                .cloned()
+                .unwrap_or_else(|| (0, GENESIS.to_string()));
             let mut link = AuditLink {
                 chain: chain.clone(),
                 chain_seq: last_seq + 1,
@@ -220,45 +367,7 @@ impl Store {
             heads.insert(chain, (link.chain_seq, link.hash.clone()));
             links.push(link);
         }
-        // One multi-row INSERT per chunk, not one statement per event: a statement is a round
-        // trip to the database (or its worker thread), and under load a batch holds dozens.
-        for chunk in links.chunks(INSERT_CHUNK) {
-            let mut sql = format!("INSERT INTO security_events ({LINK_COLS}) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let b = i * LINK_COL_COUNT;
-                sql.push('(');
-                for c in 1..=LINK_COL_COUNT {
-                    if c > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", b + c));
-                }
-                sql.push(')');
-            }
-            let mut q = sqlx::query(&sql);
-            for link in chunk {
-                q = q
-                    .bind(&link.chain)
-                    .bind(link.chain_seq)
-                    .bind(&link.kind)
-                    .bind(&link.tenant_id)
-                    .bind(&link.user_id)
-                    .bind(&link.actor_id)
-                    .bind(&link.ip)
-                    .bind(&link.user_agent)
-                    .bind(&link.request_id)
-                    .bind(&link.detail)
-                    .bind(link.created_at)
-                    .bind(&link.prev_hash)
-                    .bind(&link.hash);
-            }
-            q.execute(&mut *tx).await.map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(links)
+        links
     }
 
     /// Up to `limit` links after (`chain`, `chain_seq`), in chain order.

@@ -11,6 +11,9 @@ use std::sync::Mutex;
 /// A queue of `T` with at most one flusher.
 pub(crate) struct Batcher<T> {
     state: Mutex<Gathered<T>>,
+    /// The most items one batch holds (what one statement can carry); the rest wait for the
+    /// next batch.
+    max_batch: usize,
 }
 
 struct Gathered<T> {
@@ -19,13 +22,15 @@ struct Gathered<T> {
     flushing: bool,
 }
 
-impl<T> Default for Batcher<T> {
-    fn default() -> Self {
+impl<T> Batcher<T> {
+    /// An empty queue whose batches hold at most `max_batch` items (at least one).
+    pub(crate) fn new(max_batch: usize) -> Self {
         Batcher {
             state: Mutex::new(Gathered {
                 items: Vec::new(),
                 flushing: false,
             }),
+            max_batch: max_batch.max(1),
         }
     }
 }
@@ -73,16 +78,21 @@ struct Turn<'a, T> {
 }
 
 impl<T> Turn<'_, T> {
-    /// Everything queued since the last batch; `None` when nothing is, which ends the turn (in
-    /// the same step, so an item queued just after starts a new flusher).
+    /// What was queued since the last batch, oldest first and at most `max_batch` items;
+    /// `None` when nothing is, which ends the turn (in the same step, so an item queued just
+    /// after starts a new flusher).
     fn next_batch(&mut self) -> Option<Vec<T>> {
+        let max = self.batcher.max_batch;
         let mut g = self.batcher.state.lock().ok()?;
         if g.items.is_empty() {
             g.flushing = false;
             self.active = false;
             return None;
         }
-        Some(std::mem::take(&mut g.items))
+        if g.items.len() <= max {
+            return Some(std::mem::take(&mut g.items));
+        }
+        Some(g.items.drain(..max).collect())
     }
 }
 
@@ -102,7 +112,7 @@ mod tests {
 
     #[test]
     fn one_flusher_takes_everything_gathered() {
-        let b = Batcher::default();
+        let b = Batcher::new(100);
         assert!(
             b.push(1).is_ok_and(|start| start),
             "the first item starts a flusher"
@@ -128,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_flusher_stopped_midway_lets_the_next_item_start_another() {
-        let b = Batcher::default();
+        let b = Batcher::new(100);
         assert!(b.push(1).is_ok_and(|start| start));
         let mut turn = b.turn();
         assert_eq!(turn.next_batch(), Some(vec![1]));
@@ -137,5 +147,18 @@ mod tests {
         drop(turn);
         assert!(b.push(3).is_ok_and(|start| start));
         assert_eq!(b.turn().next_batch(), Some(vec![2, 3]));
+    }
+
+    #[test]
+    fn batches_hold_at_most_max_items_oldest_first() {
+        let b = Batcher::new(2);
+        for i in 1..=5 {
+            assert!(b.push(i).is_ok());
+        }
+        let mut turn = b.turn();
+        assert_eq!(turn.next_batch(), Some(vec![1, 2]));
+        assert_eq!(turn.next_batch(), Some(vec![3, 4]));
+        assert_eq!(turn.next_batch(), Some(vec![5]));
+        assert_eq!(turn.next_batch(), None);
     }
 }

@@ -101,6 +101,9 @@ pub(crate) async fn sqlite_file(path: &Path) -> CoreResult<AnyPool> {
     let url = format!("sqlite://{}?mode=rwc", encode_path(&path.to_string_lossy()));
     AnyPoolOptions::new()
         .max_connections(8)
+        // A connection to a local file does not go stale: no ping (a round trip to the
+        // connection's worker thread) before each use.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 for pragma in [
@@ -145,6 +148,7 @@ pub(crate) async fn sqlite_memory() -> CoreResult<AnyPool> {
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("PRAGMA foreign_keys = ON").await?;
@@ -323,18 +327,15 @@ impl Store {
     /// A transaction holding the database's write lock for the audit chain: `BEGIN IMMEDIATE`
     /// on SQLite, a transaction-scoped advisory lock on PostgreSQL (shared by every replica).
     pub(crate) async fn begin_exclusive(&self) -> CoreResult<Tx> {
-        match self.backend {
-            Backend::Sqlite => self.begin(Scope::System).await,
-            Backend::Postgres => {
-                let mut tx = self.begin(Scope::System).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(AUDIT_LOCK)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                Ok(tx)
-            }
+        let mut tx = self.begin(Scope::System).await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
+        Ok(tx)
     }
 }
 

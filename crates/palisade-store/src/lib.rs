@@ -58,6 +58,9 @@ struct AuditState {
     /// Set once, by the server, for every clone of the store.
     mirror: std::sync::OnceLock<std::sync::Arc<dyn palisade_core::audit::AuditMirror>>,
     queue: batch::Batcher<audit::Pending>,
+    /// The newest link of each chain this process wrote or read (SQLite only; see
+    /// `audit.rs`): position and hash. Emptied whenever a write fails.
+    heads: std::sync::Mutex<std::collections::HashMap<String, (i64, String)>>,
 }
 
 impl AuditState {
@@ -65,7 +68,8 @@ impl AuditState {
         std::sync::Arc::new(AuditState {
             key,
             mirror: std::sync::OnceLock::new(),
-            queue: batch::Batcher::default(),
+            queue: batch::Batcher::new(audit::MAX_BATCH),
+            heads: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 }
@@ -176,7 +180,7 @@ impl Store {
             cipher: None,
             hot: std::sync::Arc::new(hot::HotReads::new(hot::HOT_TTL)),
             write_gate: db::WriteGate::default(),
-            usage_queue: std::sync::Arc::default(),
+            usage_queue: std::sync::Arc::new(usage::UsageQueue::new(usage::MAX_BATCH)),
         };
         store.ensure_default_tenant().await?;
         Ok(store)

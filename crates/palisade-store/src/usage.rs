@@ -21,7 +21,7 @@ fn signed(v: u64) -> i64 {
 #[async_trait]
 impl UsageRepository for Store {
     /// Adds `d` to its day's row and returns once that is committed. Rows that arrive while a
-    /// batch is being written wait and go together in the next transaction, rows of the same
+    /// batch is being written wait and go together in the next statement, rows of the same
     /// day, user, key and model added up first (group commit): under load one upsert serves
     /// many requests.
     async fn add_usage(&self, d: &UsageRow) -> CoreResult<()> {
@@ -103,30 +103,67 @@ fn merged(rows: impl Iterator<Item = UsageRow>) -> Vec<UsageRow> {
     out
 }
 
-const UPSERT: &str = "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
-     prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-     ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
-     requests = usage_daily.requests + excluded.requests, \
-     prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-     completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
-     compute_ms = usage_daily.compute_ms + excluded.compute_ms, \
-     guard_blocks = usage_daily.guard_blocks + excluded.guard_blocks, \
-     rate_limited = usage_daily.rate_limited + excluded.rate_limited";
+/// The most rows one batch holds: 11 parameters each, 11,000 in all (below the limits of
+/// SQLite and PostgreSQL).
+pub(crate) const MAX_BATCH: usize = 1000;
 
-fn upsert(d: &UsageRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(UPSERT)
-        .bind(&d.day)
-        .bind(&d.tenant_id)
-        .bind(&d.user_id)
-        .bind(&d.key_id)
-        .bind(&d.model)
-        .bind(signed(d.requests))
-        .bind(signed(d.prompt_tokens))
-        .bind(signed(d.completion_tokens))
-        .bind(signed(d.compute_ms))
-        .bind(signed(d.guard_blocks))
-        .bind(signed(d.rate_limited))
+/// The columns of a usage row, in the order [`upsert`] binds them.
+const COLS: usize = 11;
+
+/// One statement adding `n` rows of distinct groups (see [`merged`]: PostgreSQL refuses an
+/// upsert that touches a row twice) to their days' counters.
+fn upsert_sql(n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::from(
+        "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
+         prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) VALUES ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 1..=COLS {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", i * COLS + c);
+        }
+        sql.push(')');
+    }
+    sql.push_str(
+        " ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
+         requests = usage_daily.requests + excluded.requests, \
+         prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+         compute_ms = usage_daily.compute_ms + excluded.compute_ms, \
+         guard_blocks = usage_daily.guard_blocks + excluded.guard_blocks, \
+         rate_limited = usage_daily.rate_limited + excluded.rate_limited",
+    );
+    sql
+}
+
+/// `sql` (from [`upsert_sql`]) with the columns of `rows`.
+fn upsert<'q>(
+    sql: &'q str,
+    rows: &'q [UsageRow],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
+    for d in rows {
+        q = q
+            .bind(&d.day)
+            .bind(&d.tenant_id)
+            .bind(&d.user_id)
+            .bind(&d.key_id)
+            .bind(&d.model)
+            .bind(signed(d.requests))
+            .bind(signed(d.prompt_tokens))
+            .bind(signed(d.completion_tokens))
+            .bind(signed(d.compute_ms))
+            .bind(signed(d.guard_blocks))
+            .bind(signed(d.rate_limited));
+    }
+    q
 }
 
 impl Store {
@@ -165,20 +202,18 @@ impl Store {
         }
     }
 
+    /// Adds `rows` (merged: one per group) in one statement, all or none.
     async fn write_usage(&self, rows: &[UsageRow]) -> CoreResult<()> {
         let _timed = crate::timed("add_usage");
-        if let [one] = rows {
-            upsert(one)
-                .execute_in(self, Scope::System)
-                .await
-                .map_err(db_err)?;
+        if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin(Scope::System).await?;
-        for r in rows {
-            upsert(r).execute(&mut *tx).await.map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)
+        let sql = upsert_sql(rows.len());
+        upsert(&sql, rows)
+            .execute_in(self, Scope::System)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }
 
