@@ -128,15 +128,15 @@ fn sse(ev: &ChatStreamEvent) -> Result<Event, Infallible> {
 }
 
 fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>> {
-    async_stream_events(move |tx| async move {
+    // The events are produced inside the response body (no task of its own, no channel):
+    // when the client goes away the body is dropped, and with it the stream and the `ChatRun`.
+    async_stream::stream! {
         let _open = crate::telemetry::Open::stream("sse");
         let start = ChatStreamEvent::Start {
             session_id: run.session_id.to_string(),
             user_message_id: run.user_message_id.to_string(),
         };
-        if tx.send(sse(&start)).await.is_err() {
-            return;
-        }
+        yield sse(&start);
         while let Some(ev) = run.events.recv().await {
             let (out, last) = match ev {
                 ChatEvent::Token(t) => (ChatStreamEvent::Token { content: t }, false),
@@ -177,35 +177,11 @@ fn sse_events(mut run: ChatRun) -> impl Stream<Item = Result<Event, Infallible>>
                     )
                 }
             };
-            if tx.send(sse(&out)).await.is_err() || last {
-                return;
+            yield sse(&out);
+            if last {
+                break;
             }
         }
-    })
-}
-
-/// A small channel-backed stream: the producer runs as part of the response body, so when the
-/// client disconnects the body (and with it the producer and the `ChatRun`) is dropped.
-pub(crate) fn async_stream_events<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Infallible>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let producer = f(tx);
-    // Inside the request's span: the trace of a streamed answer lasts as long as the stream.
-    let guard = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(producer)));
-    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        rx.recv().await.map(|item| (item, (rx, guard)))
-    })
-}
-
-/// Aborts the producer task when the response body is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

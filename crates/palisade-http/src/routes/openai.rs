@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiPath};
-use crate::routes::chat::{async_stream_events, request_id};
+use crate::routes::chat::request_id;
 use crate::AppState;
 
 /// Fields OpenAI defines that Palisade accepts: ignored when they ask for nothing special.
@@ -350,7 +350,8 @@ fn data<T: serde::Serialize>(v: &T) -> Result<Event, Infallible> {
 /// The answer as `chat.completion.chunk` events, then `[DONE]`. A failure after the first
 /// token arrives as an `{"error":…}` event (OpenAI clients raise it as an `APIError`).
 fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Event, Infallible>> {
-    async_stream_events(move |tx| async move {
+    // Produced inside the response body: no task, no channel (see `chat::sse_events`).
+    async_stream::stream! {
         let _open = crate::telemetry::Open::stream("openai_sse");
         let id = completion_id(&run);
         let created = unix_now();
@@ -376,9 +377,7 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
             },
             None,
         );
-        if tx.send(data(&first)).await.is_err() {
-            return;
-        }
+        yield data(&first);
         while let Some(ev) = run.events.recv().await {
             match ev {
                 ChatEvent::Token(t) => {
@@ -389,17 +388,13 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
                         },
                         None,
                     );
-                    if tx.send(data(&c)).await.is_err() {
-                        return;
-                    }
+                    yield data(&c);
                 }
                 ChatEvent::Finished(m) => {
                     let g = m.meta.unwrap_or_default();
                     let mut last = chunk(ChunkDelta::default(), Some(g.finish_reason.clone()));
                     last.palisade = meta(&run.fallback_from, g.truncated_turns, run.cached);
-                    if tx.send(data(&last)).await.is_err() {
-                        return;
-                    }
+                    yield data(&last);
                     if include_usage {
                         let mut u = chunk(ChunkDelta::default(), None);
                         u.choices.clear();
@@ -408,16 +403,14 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
                             completion_tokens: g.completion_tokens,
                             total_tokens: g.prompt_tokens + g.completion_tokens,
                         });
-                        if tx.send(data(&u)).await.is_err() {
-                            return;
-                        }
+                        yield data(&u);
                     }
-                    let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+                    yield Ok(Event::default().data("[DONE]"));
                     return;
                 }
                 ChatEvent::Failed { error, .. } => {
                     let e = ApiError::from(error);
-                    let _ = tx.send(data(&e.body())).await;
+                    yield data(&e.body());
                     return;
                 }
                 ChatEvent::Blocked { categories, .. } => {
@@ -430,15 +423,13 @@ fn chunks(mut run: ChatRun, include_usage: bool) -> impl Stream<Item = Result<Ev
                         cached: run.cached,
                         guard_blocked: Some(categories),
                     });
-                    if tx.send(data(&last)).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+                    yield data(&last);
+                    yield Ok(Event::default().data("[DONE]"));
                     return;
                 }
             }
         }
-    })
+    }
 }
 
 /// `GET /v1/models`: the models the caller may use.
