@@ -24,7 +24,7 @@ use palisade_core::models::ModelRegistry;
 use palisade_core::ports::UserRepository;
 use palisade_core::provider::ChatProvider;
 use palisade_http::auth::IpLimiter;
-use palisade_http::{AppState, Readiness};
+use palisade_http::{AppParts, AppState, Readiness};
 use palisade_llama::{EngineConfig, LlamaEngine};
 use palisade_llm::cache::ResponseCache;
 use palisade_llm::{Router, RouterSettings};
@@ -966,7 +966,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         None => audit_sinks,
     };
     start_jobs(&cfg, &store, &chat, &retention, ship);
-    let state = AppState {
+    let state = AppState::new(AppParts {
         identity: auth.clone(),
         account: auth.clone(),
         admin: auth.clone(),
@@ -998,7 +998,7 @@ pub async fn serve_with(cfg: Config, embedded: Option<EmbeddedRun>) -> anyhow::R
         )),
         metrics: metrics.as_ref().and_then(|m| m.endpoint.clone()),
         cors_origins: Arc::new(cfg.http.cors_origins.clone()),
-    };
+    });
     if cfg.audit.checkpoint_every_secs > 0 {
         crate::audit::spawn_checkpoints(
             cfg.clone(),
