@@ -109,6 +109,20 @@ pub struct Figures {
     pub p99_us: f64,
     pub rps: f64,
     pub errors: u64,
+    /// Requests answered, the warm-up included (for CPU time per request).
+    pub completed: u64,
+}
+
+/// CPU time (user + system) a process has used so far, in seconds: fields 14 and 15 of
+/// `/proc/PID/stat`, in USER_HZ (100 per second on Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -135,6 +149,7 @@ pub async fn closed_loop(
     let until = from + window;
     let lat = Arc::new(Mutex::new(Vec::<u64>::with_capacity(100_000)));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let completed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let client = client.clone();
@@ -143,6 +158,7 @@ pub async fn closed_loop(
         let body = body.clone();
         let lat = lat.clone();
         let errors = errors.clone();
+        let completed = completed.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
@@ -161,7 +177,10 @@ pub async fn closed_loop(
                 let done = Instant::now();
                 if !ok {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                } else if t >= from && done <= until {
+                    continue;
+                }
+                completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if t >= from && done <= until {
                     mine.push(done.duration_since(t).as_micros() as u64);
                 }
             }
@@ -180,6 +199,77 @@ pub async fn closed_loop(
         p99_us: percentile(&all, 0.99),
         rps: all.len() as f64 / window.as_secs_f64(),
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        completed: completed.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// Open loop at `rate` requests/s for `warm + window`: requests leave on schedule whether or
+/// not earlier ones have answered (a stall is not hidden by the client waiting for it).
+/// Latencies of requests scheduled inside the window count.
+pub async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &Value,
+    rate: u32,
+    warm: Duration,
+    window: Duration,
+) -> Figures {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let from = start + warm;
+    let until = from + window;
+    let lat = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+        (f64::from(rate) * window.as_secs_f64()) as usize + 16,
+    )));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let completed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut sent = 0u64;
+    loop {
+        let scheduled = start + interval.mul_f64(sent as f64);
+        if scheduled >= until {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        // Latency counts from the moment the request leaves, not from its slot: tokio's timer
+        // wakes on whole milliseconds, which would add up to 1 ms to both sides. The loop
+        // never waits for answers, so a slow server still meets requests on schedule.
+        let issued = Instant::now();
+        let mut req = client.post(url).json(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let (lat, errors, completed) = (lat.clone(), errors.clone(), completed.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if scheduled >= from {
+                if let Ok(mut v) = lat.lock() {
+                    v.push(issued.elapsed().as_micros() as u64);
+                }
+            }
+        }));
+        sent += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut all = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    all.sort_unstable();
+    Figures {
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        rps: all.len() as f64 / window.as_secs_f64(),
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        completed: completed.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

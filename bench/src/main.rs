@@ -54,6 +54,10 @@ struct Args {
     /// Which scenarios to run.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
+    /// Gateway scenario: turn the server's Prometheus metrics on (off by default, as in
+    /// production) and write them to bench/results/gateway.metrics after the run.
+    #[arg(long)]
+    server_metrics: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +82,8 @@ enum Scenario {
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
+/// The bearer of the server's `/metrics` with `--server-metrics`.
+const METRICS_TOKEN: &str = "bench-metrics-token-0f3a9c";
 const PROMPTS: &[&str] = &[
     "Write a long, detailed story about a dragon who learns to paint.",
     "Write a long essay about the history of the Roman Empire.",
@@ -423,7 +429,12 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
     let stub = gateway::start_stub()?;
     let cfg = gateway::config_file(stub)?;
     let cfg_path = cfg.path().to_string_lossy().to_string();
-    let s = start(&args.server, 1, &[("PALISADE_CONFIG", cfg_path.as_str())])?;
+    let mut env = vec![("PALISADE_CONFIG", cfg_path.as_str())];
+    if args.server_metrics {
+        env.push(("PALISADE_METRICS__TOKEN", "env::BENCH_METRICS_TOKEN"));
+        env.push(("BENCH_METRICS_TOKEN", METRICS_TOKEN));
+    }
+    let s = start(&args.server, 1, &env)?;
     let token = admin_token(&s).await?;
     let key = gateway::api_key(&s.client, &s.base, &token).await?;
     let body = json!({"model": "stub", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16});
@@ -441,20 +452,62 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     println!();
     println!("gateway overhead on POST /v1/chat/completions (stub upstream; Palisade: HTTPS, API-key auth, registry, routing, SSE upstream parsing), closed loop, {}s window, median of {rounds} rounds", window.as_secs());
-    println!("| concurrency | direct p50 ms | direct p99 ms | direct req/s | Palisade p50 ms | Palisade p99 ms | Palisade req/s | added p50 ms | added p99 ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for c in [1usize, 16, 64] {
+    println!(
+        "(\"1000/s\": open loop, a request every millisecond whether or not earlier ones answered)"
+    );
+    println!("| load | direct p50 ms | direct p99 ms | direct req/s | Palisade p50 ms | Palisade p99 ms | Palisade req/s | added p50 ms | added p99 ms | Palisade CPU ms/req |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // Closed loops at 1, 16 and 64 concurrent clients, then the open loop at a fixed rate
+    // (concurrency 0 in this list).
+    const RATE: u32 = 1000;
+    // The server's CPU time per request answered (user + system, all its threads): what
+    // throughput on a machine of its own would be bounded by, and steadier than req/s on a
+    // shared one.
+    let pid = s.child.id();
+    let cpu_per_request = |before: Option<f64>, n: u64| match (before, gateway::cpu_seconds(pid)) {
+        (Some(b), Some(a)) if n > 0 => (a - b) * 1e3 / n as f64,
+        _ => f64::NAN,
+    };
+    for c in [1usize, 16, 64, 0] {
         let mut d = Vec::new();
         let mut p = Vec::new();
+        let mut cpu = Vec::new();
         for _ in 0..rounds {
+            if c == 0 {
+                d.push(
+                    gateway::open_loop(&s.client, &direct_url, None, &body, RATE, warm, window)
+                        .await,
+                );
+                let before = gateway::cpu_seconds(pid);
+                let f = gateway::open_loop(
+                    &s.client,
+                    &palisade_url,
+                    Some(&key),
+                    &body,
+                    RATE,
+                    warm,
+                    window,
+                )
+                .await;
+                cpu.push(cpu_per_request(before, f.completed));
+                p.push(f);
+                continue;
+            }
             d.push(
                 gateway::closed_loop(&s.client, &direct_url, None, &body, c, warm, window).await,
             );
-            p.push(
+            let before = gateway::cpu_seconds(pid);
+            let f =
                 gateway::closed_loop(&s.client, &palisade_url, Some(&key), &body, c, warm, window)
-                    .await,
-            );
+                    .await;
+            cpu.push(cpu_per_request(before, f.completed));
+            p.push(f);
         }
+        let load = if c == 0 {
+            format!("{RATE}/s")
+        } else {
+            format!("c={c}")
+        };
         let med = |v: &[gateway::Figures], f: fn(&gateway::Figures) -> f64| {
             median(v.iter().map(f).collect())
         };
@@ -469,8 +522,9 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
             med(&p, |f| f.rps),
         );
         let errors: u64 = d.iter().chain(p.iter()).map(|f| f.errors).sum();
+        let cpu_ms = median(cpu);
         println!(
-            "| {c} | {:.2} | {:.2} | {drps:.0} | {:.2} | {:.2} | {prps:.0} | {:.2} | {:.2} |",
+            "| {load} | {:.2} | {:.2} | {drps:.0} | {:.2} | {:.2} | {prps:.0} | {:.2} | {:.2} | {cpu_ms:.3} |",
             dp50 / 1e3,
             dp99 / 1e3,
             pp50 / 1e3,
@@ -479,16 +533,37 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
             (pp99 - dp99) / 1e3
         );
         if errors > 0 {
-            println!("  ({errors} failed requests at concurrency {c})");
+            println!("  ({errors} failed requests at {load})");
         }
         rows.push(json!({
-            "concurrency": c,
+            "load": load,
+            "concurrency": (c > 0).then_some(c),
+            "rate": (c == 0).then_some(RATE),
             "direct": {"p50_ms": dp50 / 1e3, "p99_ms": dp99 / 1e3, "rps": drps},
-            "palisade": {"p50_ms": pp50 / 1e3, "p99_ms": pp99 / 1e3, "rps": prps},
+            "palisade": {"p50_ms": pp50 / 1e3, "p99_ms": pp99 / 1e3, "rps": prps, "cpu_ms_per_request": cpu_ms},
             "added_p50_ms": (pp50 - dp50) / 1e3,
             "added_p99_ms": (pp99 - dp99) / 1e3,
             "errors": errors,
         }));
+    }
+    if args.server_metrics {
+        // The server's own counters after the run (statements per kind and their time, audit
+        // batches, ...), for whoever looks for where the time went.
+        let text = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let path = std::path::Path::new("bench/results/gateway.metrics");
+        std::fs::write(path, text)?;
+        println!(
+            "(the server's /metrics after this scenario: {})",
+            path.display()
+        );
     }
     Ok(json!({"window_s": window.as_secs(), "rounds": rounds, "rows": rows}))
 }
