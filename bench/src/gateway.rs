@@ -133,6 +133,25 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)] as f64
 }
 
+/// The figures of a finished load: percentiles of the latencies kept, their rate over
+/// `window`, and the counters.
+fn figures(
+    lat: &Mutex<Vec<u64>>,
+    errors: &std::sync::atomic::AtomicU64,
+    completed: &std::sync::atomic::AtomicU64,
+    window: Duration,
+) -> Figures {
+    let mut all = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    all.sort_unstable();
+    Figures {
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        rps: all.len() as f64 / window.as_secs_f64(),
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        completed: completed.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
 /// `concurrency` workers send requests back to back for `warm + window`; latencies of
 /// requests finished inside the window count.
 pub async fn closed_loop(
@@ -192,15 +211,7 @@ pub async fn closed_loop(
     for t in tasks {
         let _ = t.await;
     }
-    let mut all = lat.lock().map(|v| v.clone()).unwrap_or_default();
-    all.sort_unstable();
-    Figures {
-        p50_us: percentile(&all, 0.50),
-        p99_us: percentile(&all, 0.99),
-        rps: all.len() as f64 / window.as_secs_f64(),
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        completed: completed.load(std::sync::atomic::Ordering::Relaxed),
-    }
+    figures(&lat, &errors, &completed, window)
 }
 
 /// Open loop at `rate` requests/s for `warm + window`: requests leave on schedule whether or
@@ -262,15 +273,7 @@ pub async fn open_loop(
     for t in tasks {
         let _ = t.await;
     }
-    let mut all = lat.lock().map(|v| v.clone()).unwrap_or_default();
-    all.sort_unstable();
-    Figures {
-        p50_us: percentile(&all, 0.50),
-        p99_us: percentile(&all, 0.99),
-        rps: all.len() as f64 / window.as_secs_f64(),
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        completed: completed.load(std::sync::atomic::Ordering::Relaxed),
-    }
+    figures(&lat, &errors, &completed, window)
 }
 
 /// A config file for the Palisade under test: one remote model on the stub.
