@@ -74,22 +74,8 @@ const SQLITE_INSERT_JSON: &str = "INSERT INTO security_events (chain, chain_seq,
 /// The INSERT of `n` links (at most [`MAX_BATCH`]) in one statement: a statement is a round
 /// trip to the database (or its worker thread), and under load a batch holds dozens.
 fn insert_sql(n: usize) -> String {
-    use std::fmt::Write;
     let mut sql = format!("INSERT INTO security_events ({LINK_COLS}) VALUES ");
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let b = i * LINK_COL_COUNT;
-        sql.push('(');
-        for c in 1..=LINK_COL_COUNT {
-            if c > 1 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "${}", b + c);
-        }
-        sql.push(')');
-    }
+    crate::db::push_value_rows(&mut sql, n, LINK_COL_COUNT);
     sql
 }
 
@@ -260,13 +246,7 @@ impl Store {
         let _timed = crate::timed("audit_append");
         if self.backend == crate::Backend::Sqlite {
             let _turn = self.write_gate.lock().await;
-            let written = self.write_batch_sqlite(events).await;
-            if written.is_err() {
-                if let Ok(mut heads) = self.audit.heads.lock() {
-                    heads.clear();
-                }
-            }
-            return written;
+            return self.write_batch_sqlite(events).await;
         }
         let mut tx = self.begin_exclusive().await?;
         let mut heads = std::collections::HashMap::new();
@@ -282,7 +262,9 @@ impl Store {
         Ok(links)
     }
 
-    /// [`Store::write_batch`] on SQLite, under the writers' turn.
+    /// [`Store::write_batch`] on SQLite, under the writers' turn. The remembered heads are
+    /// taken out for the batch and put back only once it is written: a failed write leaves
+    /// none, and the next batch reads them again.
     async fn write_batch_sqlite(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
         let mut heads = self
             .audit

@@ -125,6 +125,22 @@ pub(crate) async fn sqlite_file(path: &Path) -> CoreResult<AnyPool> {
         .map_err(db_err)
 }
 
+/// Appends the placeholders of `rows` rows of `cols` values each to `sql`:
+/// `($1, $2), ($3, $4)` for 2 and 2 (a multi-row `VALUES` list).
+pub(crate) fn push_value_rows(sql: &mut String, rows: usize, cols: usize) {
+    use std::fmt::Write;
+    for i in 0..rows {
+        sql.push_str(if i > 0 { ", (" } else { "(" });
+        for c in 1..=cols {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", i * cols + c);
+        }
+        sql.push(')');
+    }
+}
+
 /// `%`, `?`, `#` and spaces are escaped in the URL's path; everything else stays as it is.
 fn encode_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
@@ -485,6 +501,13 @@ mod tests {
             "WITH d AS (DELETE FROM x RETURNING id) SELECT id FROM d"
         ));
         assert!(writes(""));
+    }
+
+    #[test]
+    fn value_rows_are_numbered_in_order() {
+        let mut sql = String::from("VALUES ");
+        push_value_rows(&mut sql, 2, 3);
+        assert_eq!(sql, "VALUES ($1, $2, $3), ($4, $5, $6)");
     }
 
     #[test]

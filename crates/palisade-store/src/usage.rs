@@ -113,24 +113,11 @@ const COLS: usize = 11;
 /// One statement adding `n` rows of distinct groups (see [`merged`]: PostgreSQL refuses an
 /// upsert that touches a row twice) to their days' counters.
 fn upsert_sql(n: usize) -> String {
-    use std::fmt::Write;
     let mut sql = String::from(
         "INSERT INTO usage_daily (day, tenant_id, user_id, key_id, model, requests, \
          prompt_tokens, completion_tokens, compute_ms, guard_blocks, rate_limited) VALUES ",
     );
-    for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 1..=COLS {
-            if c > 1 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "${}", i * COLS + c);
-        }
-        sql.push(')');
-    }
+    crate::db::push_value_rows(&mut sql, n, COLS);
     sql.push_str(
         " ON CONFLICT(tenant_id, day, user_id, key_id, model) DO UPDATE SET \
          requests = usage_daily.requests + excluded.requests, \
