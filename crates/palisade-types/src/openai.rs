@@ -158,3 +158,26 @@ pub struct OpenAiModel {
     pub created: i64,
     pub owned_by: String,
 }
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod number_tests {
+    use super::ChatCompletionRequest;
+
+    /// A number read from a request and written out again means the same number (the
+    /// workspace builds serde_json with `float_roundtrip`; without it a 42-digit integer in an
+    /// extra field came back one bit off: found by the `request_bodies` fuzz target).
+    #[test]
+    fn numbers_survive_a_round_trip() {
+        let body = r#"{"model":"m","messages":[],"max_tokdns":666666666666666666666666666666666666666668,"temperatuqe":1e308}"#;
+        let first: ChatCompletionRequest =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}"));
+        let text = serde_json::to_string(&first).unwrap_or_else(|e| panic!("{e}"));
+        let again: ChatCompletionRequest =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            serde_json::to_value(&again).ok(),
+            serde_json::to_value(&first).ok()
+        );
+    }
+}
