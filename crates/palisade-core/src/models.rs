@@ -447,8 +447,14 @@ mod tests {
             ca_only: true,
             client_cert: Some("/etc/palisade/gw.pem".into()),
             client_key: Some("file::/etc/palisade/gw.key".into()),
+            http2: true,
         };
         assert!(validate_spec(&https(full.clone()), &roles()).is_ok());
+        let h2_only = UpstreamTls {
+            http2: true,
+            ..UpstreamTls::default()
+        };
+        assert!(validate_spec(&https(h2_only.clone()), &roles()).is_ok());
         let inline_key = UpstreamTls {
             client_key: Some("-----BEGIN PRIVATE KEY-----MIIE".into()),
             ..full.clone()
@@ -477,9 +483,14 @@ mod tests {
                 ca_cert: Some(" ".into()),
                 ..UpstreamTls::default()
             }),
-            // TLS settings on plain HTTP, and on the embedded engine.
+            // TLS settings (HTTP/2 by ALPN among them) on plain HTTP, and on the embedded
+            // engine.
             ModelSpec {
                 tls: full.clone(),
+                ..remote("x")
+            },
+            ModelSpec {
+                tls: h2_only,
                 ..remote("x")
             },
             ModelSpec {

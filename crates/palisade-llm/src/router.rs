@@ -175,6 +175,7 @@ impl Router {
             ca_pem,
             ca_only: t.ca_only,
             identity_pem,
+            http2: t.http2,
         })
     }
 

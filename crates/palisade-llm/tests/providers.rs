@@ -254,6 +254,68 @@ async fn start_stub() -> (String, Arc<Stub>) {
     (format!("http://{addr}"), stub)
 }
 
+/// What the TLS stub saw: TCP connections accepted, and the HTTP version of each request.
+#[derive(Default)]
+struct TlsSeen {
+    connections: std::sync::atomic::AtomicUsize,
+    versions: Mutex<Vec<hyper::Version>>,
+}
+
+/// [`start_stub`] over TLS, offering HTTP/2 and HTTP/1.1 by ALPN as hosted model APIs do.
+/// Returns the base URL, the stub, what it saw, and the file of its certificate (for
+/// `tls.ca_cert`).
+async fn start_tls_stub() -> (String, Arc<Stub>, Arc<TlsSeen>, tempfile::NamedTempFile) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let mut cert_file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut cert_file, ck.cert.pem().as_bytes()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let stub = Arc::new(Stub::default());
+    let seen = Arc::new(TlsSeen::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shared, seen_by_server) = (stub.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            seen_by_server
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (stub, seen, acceptor) = (shared.clone(), seen_by_server.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let (stub, seen) = (stub.clone(), seen.clone());
+                    seen.versions.lock().unwrap().push(req.version());
+                    async move { Ok::<_, Infallible>(route(stub, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (
+        format!("https://127.0.0.1:{}", addr.port()),
+        stub,
+        seen,
+        cert_file,
+    )
+}
+
 #[derive(Default)]
 struct MemRepo(Mutex<Vec<StoredModel>>);
 
@@ -480,6 +542,56 @@ async fn a_failing_primary_falls_back_and_says_so() {
         (r.model.as_str(), r.fallback_from.as_deref()),
         ("backup", Some("down"))
     );
+}
+
+/// `tls.http2`: an upstream that offers HTTP/2 carries every concurrent stream of the entry
+/// over one connection; without it the client speaks HTTP/1.1, a connection per open stream.
+#[tokio::test]
+async fn http2_is_opt_in_and_multiplexes_one_connection() {
+    for http2 in [true, false] {
+        let (base, stub, seen, cert) = start_tls_stub().await;
+        let spec = ModelSpec {
+            tls: palisade_types::models::UpstreamTls {
+                ca_cert: Some(cert.path().to_string_lossy().into_owned()),
+                ca_only: true,
+                http2,
+                ..Default::default()
+            },
+            ..openai_spec(&base, "m", "ok")
+        };
+        let router = router_with(vec![spec], fast()).await;
+        // One answer first: the client learns from ALPN that the upstream speaks HTTP/2 (until
+        // then, requests that start together each open a connection).
+        let (text, _) = drain(router.generate_routed(request("m")).await.unwrap()).await;
+        assert_eq!(text, "Hello world");
+        // Eight answers open at once: none is read until all have started.
+        let open =
+            futures::future::join_all((0..8).map(|_| router.generate_routed(request("m")))).await;
+        for r in open {
+            let (text, end) = drain(r.unwrap()).await;
+            assert_eq!(text, "Hello world");
+            assert!(end.is_ok(), "{end:?}");
+        }
+        assert_eq!(stub.hits("ok"), 9);
+        let versions = seen.versions.lock().unwrap().clone();
+        let connections = seen.connections.load(std::sync::atomic::Ordering::SeqCst);
+        if http2 {
+            assert!(
+                versions.iter().all(|v| *v == hyper::Version::HTTP_2),
+                "{versions:?}"
+            );
+            assert_eq!(connections, 1);
+        } else {
+            assert!(
+                versions.iter().all(|v| *v == hyper::Version::HTTP_11),
+                "{versions:?}"
+            );
+            assert!(
+                connections >= 8,
+                "{connections} connections for 8 open answers"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -73,6 +73,13 @@ pub struct UpstreamTls {
     /// The client certificate's private key (PEM) **by reference**: `env::NAME` or
     /// `file::PATH`.
     pub client_key: Option<String>,
+    /// Offer HTTP/2 (ALPN) and, when the upstream takes it, carry every request to it over one
+    /// connection: thousands of concurrent streams without a socket each. Off: HTTP/1.1, a
+    /// pooled connection per concurrent request. With HTTP/2, a burst of more than about 50
+    /// streams cancelled within a second (clients leaving while the upstream still sends) can
+    /// make the client end the shared connection (HTTP/2 reset-flood protection), failing the
+    /// streams still on it.
+    pub http2: bool,
 }
 
 impl UpstreamTls {
