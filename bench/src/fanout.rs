@@ -4,8 +4,10 @@
 //! Reported: errors, time to first token percentiles, and Palisade's resident memory per open
 //! stream (VmRSS with every stream open, less VmRSS before, over N).
 //!
-//! Every stream needs a socket on each side of Palisade, so the file-descriptor limit is raised
-//! first (`prlimit`, up to the hard limit; as root, beyond it).
+//! The stub upstream speaks HTTP/2 over TLS (ALPN), as hosted model APIs do: Palisade's upstream
+//! client multiplexes every stream over one connection, so each stream needs one socket, the
+//! client's. The file-descriptor limit is raised first (`prlimit`, up to the hard limit; as
+//! root, beyond it).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +39,10 @@ fn chunk(text: &str) -> Bytes {
 }
 
 /// A stub upstream whose streamed answers trickle out one word per [`GAP`] for ten minutes (the
-/// client ends them). Runs on its own thread.
-fn start_slow_stub() -> anyhow::Result<std::net::SocketAddr> {
-    crate::gateway::serve_stub(|req| async move {
+/// client ends them). Runs on its own thread, over TLS with HTTP/2; returns its address and
+/// certificate (PEM).
+fn start_slow_stub() -> anyhow::Result<(std::net::SocketAddr, String)> {
+    crate::gateway::serve_stub_tls(|req| async move {
         let _ = req.into_body().collect().await;
         let words = futures::stream::unfold(0u32, |i| async move {
             if i > 0 {
@@ -352,35 +355,8 @@ struct Conn {
     base: String,
 }
 
-/// Runs the scenario: `sse` streams, then `ws` WebSockets, on one server.
-pub async fn run(bin: &std::path::PathBuf, sse: usize, ws: usize) -> anyhow::Result<Value> {
-    let need = (2 * (sse.max(ws)) + 2048) as u64;
-    let limit = raise_nofile(need * 2);
-    let scale = |n: usize| {
-        if limit >= need {
-            n
-        } else {
-            ((limit.saturating_sub(2048) / 2) as usize).min(n)
-        }
-    };
-    let (sse, ws) = (scale(sse), scale(ws));
-    if limit < need {
-        println!("  (descriptor limit {limit}: scaled down to {sse} SSE / {ws} WebSockets)");
-    }
-    let stub = start_slow_stub()?;
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("fanout.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[models.slow]\nprovider = \"openai\"\nbase_url = \"http://{stub}/v1\"\n\
-             trust_zone = \"internal\"\nmax_tokens = 4000\n\
-             timeouts = {{ connect_ms = 5000, first_token_ms = 120000, request_ms = 3600000 }}\n"
-        ),
-    )?;
-    let cfg = cfg.to_string_lossy().to_string();
-    let s = start(bin, 4, &[("PALISADE_CONFIG", cfg.as_str())])?;
-    let token = admin_token(&s).await?;
+/// A TLS connector that trusts the server's self-signed certificate (for the WebSockets).
+fn server_tls(s: &Server) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let pem = std::fs::read(s._dir.path().join("tls/cert.pem"))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -392,17 +368,59 @@ pub async fn run(bin: &std::path::PathBuf, sse: usize, ws: usize) -> anyhow::Res
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_cfg));
-    // Warm-up: a few streams first, so allocator pools and caches are in the baseline.
-    hold(&s, &token, "sse", 20, &tls).await?;
-    let mut figures = serde_json::Map::new();
-    if sse > 0 {
-        figures.insert("sse".into(), hold(&s, &token, "sse", sse, &tls).await?);
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls_cfg)))
+}
+
+/// Runs the scenario: `sse` streams on one server, then `ws` WebSockets on a fresh one.
+pub async fn run(bin: &std::path::PathBuf, sse: usize, ws: usize) -> anyhow::Result<Value> {
+    // Per stream: the client's socket in this process and the accepted one in Palisade's (the
+    // upstream streams share one HTTP/2 connection), plus a margin for everything else.
+    let need = (sse.max(ws) + 2048) as u64;
+    let limit = raise_nofile(need * 2);
+    let scale = |n: usize| {
+        if limit >= need {
+            n
+        } else {
+            (limit.saturating_sub(2048) as usize).min(n)
+        }
+    };
+    let (sse, ws) = (scale(sse), scale(ws));
+    if limit < need {
+        println!("  (descriptor limit {limit}: scaled down to {sse} SSE / {ws} WebSockets)");
     }
-    if ws > 0 {
+    let (stub, stub_cert) = start_slow_stub()?;
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("stub-ca.pem");
+    std::fs::write(&ca, stub_cert)?;
+    let cfg = dir.path().join("fanout.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[models.slow]\nprovider = \"openai\"\nbase_url = \"https://{stub}/v1\"\n\
+             trust_zone = \"internal\"\nmax_tokens = 4000\n\
+             tls = {{ ca_cert = {ca:?}, ca_only = true, http2 = true }}\n\
+             timeouts = {{ connect_ms = 5000, first_token_ms = 120000, request_ms = 3600000 }}\n"
+        ),
+    )?;
+    let cfg = cfg.to_string_lossy().to_string();
+    let mut figures = serde_json::Map::new();
+    // Each transport on a server of its own: closing thousands of streams at once is not part
+    // of what is measured (each closed stream stores its partial answer and audits it, for
+    // seconds), and the upstream connection's HTTP/2 reset-flood protection ends it when that
+    // many streams are cancelled within a second (docs/configuration.md, `tls.http2`).
+    for (transport, n) in [("sse", sse), ("websocket", ws)] {
+        if n == 0 {
+            continue;
+        }
+        let s = start(bin, 4, &[("PALISADE_CONFIG", cfg.as_str())])?;
+        let token = admin_token(&s).await?;
+        let tls = server_tls(&s)?;
+        // Warm-up: a few streams first, so allocator pools, caches and the upstream
+        // connection are in the baseline.
+        hold(&s, &token, "sse", 20, &tls).await?;
         figures.insert(
-            "websocket".into(),
-            hold(&s, &token, "websocket", ws, &tls).await?,
+            transport.into(),
+            hold(&s, &token, transport, n, &tls).await?,
         );
     }
     let errors: u64 = figures

@@ -167,8 +167,11 @@ fn start_in(
     }
     let base = base.context("server exited before listening")?;
     let cert = std::fs::read(dir.path().join("tls/cert.pem"))?;
+    // HTTP/1.1 to Palisade: one connection per concurrent request or stream, as separate users'
+    // browsers and SDKs open them (HTTP/2 would carry every stream on one connection).
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&cert)?)
+        .http1_only()
         .timeout(Duration::from_secs(600))
         .build()?;
     Ok(Server {
