@@ -331,29 +331,74 @@ impl Accounting {
     }
 
     /// Records how the request ended (`extra` adds to the request's facts; `answer`: the text
-    /// the client received, kept only when the tenant's policy records content).
-    async fn record_result(&self, mut extra: serde_json::Value, answer: Option<&str>) {
-        if let Some(a) = &self.audit {
-            if let (Some(_), Some(text)) = (&a.prompt, answer) {
-                extra["content"] = serde_json::json!({ "answer": text });
+    /// the client received, kept only when the tenant's policy records content), settles the
+    /// reservation to `used` and adds the request to the day's usage. The audit record and the
+    /// usage row go to their group commits together, so the request waits for one commit, not
+    /// two in a row.
+    async fn finish(
+        self,
+        mut extra: serde_json::Value,
+        answer: Option<&str>,
+        used: Consumed,
+        guard_blocked: bool,
+    ) {
+        let Accounting {
+            reservation,
+            usage,
+            row,
+            prompt_estimate,
+            audit,
+        } = self;
+        let record = async {
+            if let Some(a) = &audit {
+                if let (Some(_), Some(text)) = (&a.prompt, answer) {
+                    extra["content"] = serde_json::json!({ "answer": text });
+                }
+                let _ = a
+                    .hook
+                    .record(a.event(SecurityEventKind::LlmResult, extra))
+                    .await;
             }
-            let _ = a
-                .hook
-                .record(a.event(SecurityEventKind::LlmResult, extra))
-                .await;
-        }
+        };
+        let settle = Self::settle(
+            reservation,
+            usage,
+            row,
+            prompt_estimate,
+            used,
+            guard_blocked,
+        );
+        tokio::join!(record, settle);
     }
 
     /// Settles the reservation to `used` and adds the request to the day's usage.
-    async fn close(self, mut used: Consumed, guard_blocked: bool) {
+    async fn close(self, used: Consumed, guard_blocked: bool) {
+        Self::settle(
+            self.reservation,
+            self.usage,
+            self.row,
+            self.prompt_estimate,
+            used,
+            guard_blocked,
+        )
+        .await;
+    }
+
+    async fn settle(
+        reservation: Box<dyn Reservation>,
+        usage: Option<Arc<dyn UsageRepository>>,
+        mut row: UsageRow,
+        prompt_estimate: u64,
+        mut used: Consumed,
+        guard_blocked: bool,
+    ) {
         if used.prompt_tokens == 0 && used.completion_tokens > 0 {
             // Providers that end early (client gone) report no prompt count: the estimate
             // stands in for it.
-            used.prompt_tokens = self.prompt_estimate;
+            used.prompt_tokens = prompt_estimate;
         }
-        self.reservation.settle(used).await;
-        if let Some(repo) = self.usage {
-            let mut row = self.row;
+        reservation.settle(used).await;
+        if let Some(repo) = usage {
             row.requests = 1;
             row.prompt_tokens = used.prompt_tokens;
             row.completion_tokens = used.completion_tokens;
@@ -971,15 +1016,12 @@ impl ChatService {
             Ok(r) => r,
             Err(e) => {
                 span.in_scope(|| crate::telemetry::llm_failed(&spec.name, started.elapsed()));
-                acct.record_result(serde_json::json!({
+                acct.finish(serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 }),
-                    None,
-                )
-                .await;
-                acct.close(Consumed::default(), false).await;
+                    None, Consumed::default(), false).await;
                 return Err(e.into());
             }
         };
@@ -1198,15 +1240,12 @@ impl ChatService {
             Ok(r) => r,
             Err(e) => {
                 crate::telemetry::llm_failed(&spec.name, started.elapsed());
-                acct.record_result(serde_json::json!({
+                acct.finish(serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 }),
-                    None,
-                )
-                .await;
-                acct.close(Consumed::default(), false).await;
+                    None, Consumed::default(), false).await;
                 return Err(e.into());
             }
         };
@@ -1230,7 +1269,7 @@ impl ChatService {
             generating: computing.elapsed(),
             cached: routed.cached,
         });
-        acct.record_result(
+        acct.finish(
             serde_json::json!({
                 "outcome": outcome,
                 "error": error,
@@ -1244,10 +1283,10 @@ impl ChatService {
                 "guard": output.findings(),
             }),
             result.as_ref().ok().map(String::as_str),
+            used,
+            matches!(result, Err(CoreError::GuardBlocked { .. })),
         )
         .await;
-        acct.close(used, matches!(result, Err(CoreError::GuardBlocked { .. })))
-            .await;
         let content = result?;
         Ok(OneShot {
             content,
@@ -1976,7 +2015,7 @@ impl Pump {
         if blocked.is_some() {
             crate::telemetry::guard_blocked("output");
         }
-        acct.record_result(
+        acct.finish(
             serde_json::json!({
                 "outcome": outcome,
                 "error": failure.as_ref().map(error_kind),
@@ -1992,9 +2031,10 @@ impl Pump {
                 "guard": output_findings_for_audit,
             }),
             Some(&content),
+            used,
+            blocked.is_some(),
         )
         .await;
-        acct.close(used, blocked.is_some()).await;
 
         let stored_model = meta.model.clone();
         let stored = StoredMessage {
