@@ -434,10 +434,18 @@ impl Store {
         // file). PostgreSQL's old row versions go with VACUUM; the wrapped key is useless
         // without the master key, which never enters the database.
         if self.backend == crate::Backend::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute_in(self, Scope::System)
-                .await
-                .map_err(db_err)?;
+            // The first column says whether the checkpoint could not finish (a reader, or the
+            // store's own checkpointer, in the way): try again for up to a second.
+            for _ in 0..100 {
+                let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one_in(self, Scope::System)
+                    .await
+                    .map_err(db_err)?;
+                if busy == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
         if let Some(c) = &self.cipher {
             c.forget(tenant);

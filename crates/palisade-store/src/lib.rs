@@ -135,7 +135,9 @@ impl Store {
     /// Opens (creating if needed) the SQLite database file and runs the migrations.
     pub async fn open_sqlite(path: &std::path::Path) -> CoreResult<Store> {
         let pool = db::sqlite_file(path).await?;
-        Self::init(pool, Backend::Sqlite).await
+        let store = Self::init(pool, Backend::Sqlite).await?;
+        db::spawn_sqlite_checkpointer(store.pool.clone());
+        Ok(store)
     }
 
     /// A private in-memory database (for tests and `--embedded` runs).
