@@ -57,16 +57,14 @@ pub fn start_stub() -> anyhow::Result<std::net::SocketAddr> {
     })
 }
 
-/// Serves `handler` over HTTP/1.1 on a loopback port, on a thread and runtime of its own (so a
-/// stub never competes with the client it measures for the client's runtime); returns its
-/// address. A failed accept (out of descriptors for a moment) waits instead of spinning.
-pub fn serve_stub<F, Fut, B>(handler: F) -> anyhow::Result<std::net::SocketAddr>
+/// Accepts connections on a loopback port, on a thread and runtime of its own (so a stub never
+/// competes with the client it measures for the client's runtime), and hands each to `serve` in
+/// a task; returns the address. A failed accept (out of descriptors for a moment) waits instead
+/// of spinning.
+fn accept_on_thread<S, Fut>(serve: S) -> anyhow::Result<std::net::SocketAddr>
 where
-    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + 'static,
-    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
@@ -88,25 +86,39 @@ where
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| async move {
-                        Ok::<_, Infallible>(handler(req).await)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
+                tokio::spawn(serve(tcp));
             }
         });
     });
     Ok(addr)
 }
 
-/// Serves `handler` over TLS on a loopback port, HTTP/2 and HTTP/1.1 by ALPN, on a thread and
-/// runtime of its own; returns its address and the PEM of its self-signed certificate (for
+/// Serves `handler` over HTTP/1.1 on a loopback port (see [`accept_on_thread`]); returns its
+/// address.
+pub fn serve_stub<F, Fut, B>(handler: F) -> anyhow::Result<std::net::SocketAddr>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_on_thread(move |tcp| async move {
+        let svc = hyper::service::service_fn(move |req| async move {
+            Ok::<_, Infallible>(handler(req).await)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+            .await;
+    })
+}
+
+/// Serves `handler` over TLS on a loopback port, HTTP/2 and HTTP/1.1 by ALPN (see
+/// [`accept_on_thread`]); returns its address and the PEM of its self-signed certificate (for
 /// `127.0.0.1`), for the client to trust. A client that speaks HTTP/2 (Palisade's upstream
-/// client does) multiplexes all its requests over one connection: the fan-out scenario's
-/// streams then need no upstream socket each. One connection carries up to 100,000 streams.
+/// client with `tls.http2`) multiplexes all its requests over one connection: the fan-out
+/// scenario's streams then need no upstream socket each. One connection carries up to 100,000
+/// streams.
 pub fn serve_stub_tls<F, Fut, B>(handler: F) -> anyhow::Result<(std::net::SocketAddr, String)>
 where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
@@ -127,45 +139,23 @@ where
     .with_single_cert(vec![ck.cert.der().clone()], key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+    let addr = accept_on_thread(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| async move {
-                        Ok::<_, Infallible>(handler(req).await)
-                    });
-                    let mut builder = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    );
-                    builder.http2().max_concurrent_streams(100_000);
-                    let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-    });
+            let svc = hyper::service::service_fn(move |req| async move {
+                Ok::<_, Infallible>(handler(req).await)
+            });
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http2().max_concurrent_streams(100_000);
+            let _ = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        }
+    })?;
     Ok((addr, cert_pem))
 }
 
