@@ -16,7 +16,7 @@ use palisade_core::ids::TenantId;
 use palisade_core::{CoreError, CoreResult};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyQueryResult, AnyRow};
 use sqlx::query::{Query, QueryScalar};
-use sqlx::{Any, AnyConnection, AnyPool, Execute, Executor, FromRow, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Execute, Executor, FromRow, Row, Transaction};
 
 use crate::{db_err, Store};
 
@@ -129,32 +129,49 @@ pub(crate) async fn sqlite_file(path: &Path) -> CoreResult<AnyPool> {
         .map_err(db_err)
 }
 
-/// How often the checkpointer copies the WAL into the database file.
+/// How often the checkpointer copies the WAL into the database file while there are writes...
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// ...and at most how long it sleeps while there are none (it backs off, doubling).
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] (a passive checkpoint: it
-/// never waits for readers or writers), until the pool closes. SQLite's own automatic
-/// checkpoint runs inside the commit that crosses the threshold: that request waited for two
-/// fsyncs (up to ~4.5 ms each on the 2-core machine, 2026-12-06), and every request queued
-/// behind its write lock with it. Here the fsyncs run on a pool connection's worker thread
-/// while writers go on appending to the WAL.
+/// never waits for readers or writers), until the pool closes; while nothing is written it
+/// backs off to [`CHECKPOINT_IDLE`]. SQLite's own automatic checkpoint runs inside the commit
+/// that crosses the threshold: that request waited for two fsyncs (up to ~4.5 ms each on the
+/// 2-core machine, 2026-12-06), and every request queued behind its write lock with it. Here
+/// the fsyncs run on a pool connection's worker thread while writers go on appending to the WAL.
 pub(crate) fn spawn_sqlite_checkpointer(pool: AnyPool) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = CHECKPOINT_EVERY;
+        // (frames in the WAL, frames copied) at the last checkpoint.
+        let mut last = (-1i64, -1i64);
         loop {
-            tick.tick().await;
+            tokio::time::sleep(every).await;
             if pool.is_closed() {
                 return;
             }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                if pool.is_closed() {
-                    return;
+            let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await;
+            match row {
+                Ok(row) => {
+                    let now = (
+                        row.try_get::<i64, _>(1).unwrap_or(-1),
+                        row.try_get::<i64, _>(2).unwrap_or(-1),
+                    );
+                    every = if now == last {
+                        (every * 2).min(CHECKPOINT_IDLE)
+                    } else {
+                        CHECKPOINT_EVERY
+                    };
+                    last = now;
                 }
-                tracing::debug!(error = %e, "WAL checkpoint failed; retried at the next tick");
+                Err(e) => {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::debug!(error = %e, "WAL checkpoint failed; retried at the next tick");
+                }
             }
         }
     });
