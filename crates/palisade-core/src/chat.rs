@@ -1016,12 +1016,12 @@ impl ChatService {
             Ok(r) => r,
             Err(e) => {
                 span.in_scope(|| crate::telemetry::llm_failed(&spec.name, started.elapsed()));
-                acct.finish(serde_json::json!({
+                let extra = serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                }),
-                    None, Consumed::default(), false).await;
+                });
+                acct.finish(extra, None, Consumed::default(), false).await;
                 return Err(e.into());
             }
         };
@@ -1240,12 +1240,12 @@ impl ChatService {
             Ok(r) => r,
             Err(e) => {
                 crate::telemetry::llm_failed(&spec.name, started.elapsed());
-                acct.finish(serde_json::json!({
+                let extra = serde_json::json!({
                     "outcome": "error",
                     "error": error_kind(&e),
                     "latency_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                }),
-                    None, Consumed::default(), false).await;
+                });
+                acct.finish(extra, None, Consumed::default(), false).await;
                 return Err(e.into());
             }
         };

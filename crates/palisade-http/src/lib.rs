@@ -372,9 +372,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A client's `X-Request-Id` is kept only when it is a plausible id (1 to 128 characters of
-/// letters, digits and `-_.:`); otherwise a fresh one is made, so logs and the audit trail
-/// never carry what a client smuggled in.
 /// Request ids for requests that bring none: UUIDv7, time-ordered. The audit trail indexes
 /// events by request id; ids that grow with time add each event at the index's end, where a
 /// random (v4) id dirtied a page anywhere in it, and every such page went to SQLite's WAL and
@@ -390,6 +387,9 @@ impl MakeRequestId for MakeRequestUuidV7 {
     }
 }
 
+/// A client's `X-Request-Id` is kept only when it is a plausible id (1 to 128 characters of
+/// letters, digits and `-_.:`); otherwise a fresh one is made, so logs and the audit trail
+/// never carry what a client smuggled in.
 async fn sanitize_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
     let ok = req.headers().get("x-request-id").map(|v| {
         let b = v.as_bytes();
