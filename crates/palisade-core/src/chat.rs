@@ -1030,6 +1030,7 @@ impl ChatService {
         // Generation is admitted: from here on the conversation is recorded.
         let now = now_millis();
         let stored = target.is_some();
+        let is_new = matches!(target, Some(Target::New(..)));
         let session_id = match target {
             Some(Target::Existing(s)) => s.id,
             Some(Target::New(title, system_prompt)) => {
@@ -1043,21 +1044,6 @@ impl ChatService {
                     updated_at: now,
                 };
                 self.repo.create_session(&s).await?;
-                if let Some(t) = &self.titles {
-                    let job = NewJob {
-                        kind: TITLE_JOB.into(),
-                        tenant_id: Some(who.tenant_id),
-                        payload: serde_json::json!({
-                            "user_id": who.user_id.to_string(),
-                            "session_id": s.id.to_string(),
-                        }),
-                        max_attempts: t.max_attempts,
-                        run_at: now,
-                    };
-                    if let Err(e) = t.jobs.enqueue(&job).await {
-                        tracing::error!(error = ?e, "could not queue a title job");
-                    }
-                }
                 s.id
             }
             // An unstored completion: the id is never persisted.
@@ -1079,6 +1065,23 @@ impl ChatService {
                 self.repo
                     .save_vault(who.tenant_id, session_id, vault, now)
                     .await?;
+            }
+        }
+        // The title job is queued once the first message is stored: a runner that claimed it
+        // earlier would find no message to title and end it quietly, untitled.
+        if let Some(t) = self.titles.as_ref().filter(|_| is_new) {
+            let job = NewJob {
+                kind: TITLE_JOB.into(),
+                tenant_id: Some(who.tenant_id),
+                payload: serde_json::json!({
+                    "user_id": who.user_id.to_string(),
+                    "session_id": session_id.to_string(),
+                }),
+                max_attempts: t.max_attempts,
+                run_at: now,
+            };
+            if let Err(e) = t.jobs.enqueue(&job).await {
+                tracing::error!(error = ?e, "could not queue a title job");
             }
         }
 
