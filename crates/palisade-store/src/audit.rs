@@ -44,16 +44,17 @@ fn link_from(row: &AnyRow) -> CoreResult<AuditLink> {
     })
 }
 
+/// The newest link of a chain (`$1`).
+const CHAIN_HEAD: &str = "SELECT chain_seq, hash FROM security_events WHERE chain = $1 \
+     ORDER BY chain_seq DESC LIMIT 1";
+
 /// The newest link of `chain`: (position, hash), or (0, genesis) for a chain not begun.
 async fn chain_head(conn: &mut sqlx::AnyConnection, chain: &str) -> CoreResult<(i64, String)> {
-    let last = sqlx::query(
-        "SELECT chain_seq, hash FROM security_events WHERE chain = $1 \
-         ORDER BY chain_seq DESC LIMIT 1",
-    )
-    .bind(chain)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let last = sqlx::query(CHAIN_HEAD)
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
     match last {
         Some(row) => Ok((
             row.try_get::<i64, _>("chain_seq").map_err(db_err)?,
@@ -77,6 +78,33 @@ fn insert_sql(n: usize) -> String {
     let mut sql = format!("INSERT INTO security_events ({LINK_COLS}) VALUES ");
     crate::db::push_value_rows(&mut sql, n, LINK_COL_COUNT);
     sql
+}
+
+/// A batch as the one JSON parameter of [`SQLITE_INSERT_JSON`]: the statement never changes, so
+/// SQLite prepares it once per connection, and binding one value costs the same for one event
+/// as for a thousand (sqlx looks up the name of every `$N` it binds).
+fn batch_json(links: &[AuditLink]) -> CoreResult<String> {
+    let rows = links
+        .iter()
+        .map(|l| {
+            (
+                &l.chain,
+                l.chain_seq,
+                &l.kind,
+                &l.tenant_id,
+                &l.user_id,
+                &l.actor_id,
+                &l.ip,
+                &l.user_agent,
+                &l.request_id,
+                &l.detail,
+                l.created_at,
+                &l.prev_hash,
+                &l.hash,
+            )
+        })
+        .collect::<Vec<_>>();
+    serde_json::to_string(&rows).map_err(|e| CoreError::Internal(format!("audit batch: {e}")))
 }
 
 /// Runs `sql` (from [`insert_sql`]) with the columns of `links` on `exec`.
@@ -158,12 +186,34 @@ impl Store {
                 done,
             })
             .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?;
-        if start {
+        if start && !self.flush_audit_here() {
             let store = self.clone();
             tokio::spawn(async move { store.flush_audit().await });
         }
         wait.await
             .map_err(|_| CoreError::AuditUnavailable("the audit writer stopped".into()))?
+    }
+
+    /// Writes what has gathered right here, in the caller's task, when nothing needs waiting
+    /// for: a SQLite file with its own writer (`direct.rs`), no mirror to copy to, and the
+    /// writers' turn free. No `.await` lies between taking a batch and answering it, so the
+    /// caller cannot be cancelled halfway. `false` when a flusher task must do it. (A task
+    /// per batch cost a spawn and a wake-up of the other core per request at low load.)
+    fn flush_audit_here(&self) -> bool {
+        let Some(writer) = self.direct.as_deref() else {
+            return false;
+        };
+        if self.audit.mirror.get().is_some() {
+            return false;
+        }
+        let Ok(_turn) = self.write_gate.try_lock() else {
+            return false;
+        };
+        self.audit.queue.drain_now(|batch| {
+            let written = self.write_direct(writer, &batch);
+            self.answer_batch(batch, written);
+        });
+        true
     }
 
     /// The audit flusher: writes what has gathered, batch after batch, until none is left (one
@@ -218,6 +268,11 @@ impl Store {
             },
             Err(e) => Err(e),
         };
+        self.answer_batch(batch, result);
+    }
+
+    /// Answers everyone waiting in `batch` with its link, or with the error.
+    fn answer_batch(&self, batch: Vec<Pending>, result: Result<Vec<AuditLink>, String>) {
         match result {
             Ok(links) => {
                 metrics::counter!("palisade_audit_events_total").increment(links.len() as u64);
@@ -229,6 +284,32 @@ impl Store {
                 tracing::error!(error = %why, events = batch.len(), "audit trail write failed");
                 for p in batch {
                     let _ = p.done.send(Err(CoreError::AuditUnavailable(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` on the SQLite file's own connection, chaining it again (heads read
+    /// afresh) when another process appended first: the error text, for the log and the
+    /// waiting requests, when five tries failed.
+    fn write_direct(
+        &self,
+        writer: &crate::direct::DirectWriter,
+        batch: &[Pending],
+    ) -> Result<Vec<AuditLink>, String> {
+        let events: Vec<&SecurityEvent> = batch.iter().map(|p| &p.event).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let _timed = crate::timed("audit_append");
+            match self.write_batch_direct(writer, &events) {
+                Ok(links) => return Ok(links),
+                Err(err) if attempt < 5 => {
+                    tracing::debug!(error = %detail(&err), attempt, "audit append retried");
+                }
+                Err(err) => {
+                    sink_error("database");
+                    return Err(format!("database: {}", detail(&err)));
                 }
             }
         }
@@ -266,12 +347,10 @@ impl Store {
     /// taken out for the batch and put back only once it is written: a failed write leaves
     /// none, and the next batch reads them again.
     async fn write_batch_sqlite(&self, events: &[&SecurityEvent]) -> CoreResult<Vec<AuditLink>> {
-        let mut heads = self
-            .audit
-            .heads
-            .lock()
-            .map(|mut h| std::mem::take(&mut *h))
-            .unwrap_or_default();
+        if let Some(writer) = self.direct.as_deref() {
+            return self.write_batch_direct(writer, events);
+        }
+        let mut heads = self.take_heads();
         for e in events {
             if let std::collections::hash_map::Entry::Vacant(slot) = heads.entry(chain_of(e)) {
                 let mut conn = self.pool.acquire().await.map_err(db_err)?;
@@ -280,40 +359,53 @@ impl Store {
             }
         }
         let links = self.chain_links(events, &mut heads);
-        // The batch goes as one JSON parameter of a statement that never changes: SQLite
-        // prepares it once per connection, and binding one value costs the same for one event
-        // as for a thousand (sqlx looks up the name of every `$N` it binds).
-        let rows = links
-            .iter()
-            .map(|l| {
-                (
-                    &l.chain,
-                    l.chain_seq,
-                    &l.kind,
-                    &l.tenant_id,
-                    &l.user_id,
-                    &l.actor_id,
-                    &l.ip,
-                    &l.user_agent,
-                    &l.request_id,
-                    &l.detail,
-                    l.created_at,
-                    &l.prev_hash,
-                    &l.hash,
-                )
-            })
-            .collect::<Vec<_>>();
-        let json = serde_json::to_string(&rows)
-            .map_err(|e| CoreError::Internal(format!("audit batch: {e}")))?;
         sqlx::query(SQLITE_INSERT_JSON)
-            .bind(json)
+            .bind(batch_json(&links)?)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
+        self.put_heads(heads);
+        Ok(links)
+    }
+
+    /// [`Store::write_batch_sqlite`] on the file's own connection (`direct.rs`): no `.await`.
+    fn write_batch_direct(
+        &self,
+        writer: &crate::direct::DirectWriter,
+        events: &[&SecurityEvent],
+    ) -> CoreResult<Vec<AuditLink>> {
+        let mut heads = self.take_heads();
+        for e in events {
+            if let std::collections::hash_map::Entry::Vacant(slot) = heads.entry(chain_of(e)) {
+                let head = writer
+                    .query_opt(CHAIN_HEAD, [slot.key()], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .unwrap_or_else(|| (0, GENESIS.to_string()));
+                slot.insert(head);
+            }
+        }
+        let links = self.chain_links(events, &mut heads);
+        writer.execute(SQLITE_INSERT_JSON, [batch_json(&links)?])?;
+        self.put_heads(heads);
+        Ok(links)
+    }
+
+    /// The remembered chain heads, taken out for a batch: a batch that fails leaves none, and
+    /// the next one reads them again.
+    fn take_heads(&self) -> std::collections::HashMap<String, (i64, String)> {
+        self.audit
+            .heads
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default()
+    }
+
+    /// Remembers the heads after a written batch.
+    fn put_heads(&self, heads: std::collections::HashMap<String, (i64, String)>) {
         if let Ok(mut cached) = self.audit.heads.lock() {
             *cached = heads;
         }
-        Ok(links)
     }
 
     /// The links of `events`, each chained after the head of its chain in `heads` (which

@@ -61,6 +61,15 @@ impl<T> Batcher<T> {
         }
     }
 
+    /// [`Batcher::drain`] with a `flush` that never waits: the caller that [`Batcher::push`]
+    /// told to start a flusher writes everything itself, right away (no task, no wake-up).
+    pub(crate) fn drain_now(&self, mut flush: impl FnMut(Vec<T>)) {
+        let mut turn = self.turn();
+        while let Some(batch) = turn.next_batch() {
+            flush(batch);
+        }
+    }
+
     /// The flusher's turn: its batches, and the end of its turn when the queue runs dry.
     fn turn(&self) -> Turn<'_, T> {
         Turn {

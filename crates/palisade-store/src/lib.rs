@@ -7,6 +7,7 @@ mod batch;
 mod chat;
 mod copy;
 mod crypto;
+mod direct;
 mod guard;
 mod hot;
 mod jobs;
@@ -49,6 +50,9 @@ pub struct Store {
     write_gate: db::WriteGate,
     /// Usage rows waiting to be added (group commit, see `usage.rs`).
     usage_queue: std::sync::Arc<usage::UsageQueue>,
+    /// The SQLite file's connection for the group-committed writes (`direct.rs`); `None` on
+    /// PostgreSQL and in memory.
+    direct: Option<std::sync::Arc<direct::DirectWriter>>,
 }
 
 /// The audit chain's key, its copies outside the database, and the queue of events waiting
@@ -135,7 +139,8 @@ impl Store {
     /// Opens (creating if needed) the SQLite database file and runs the migrations.
     pub async fn open_sqlite(path: &std::path::Path) -> CoreResult<Store> {
         let pool = db::sqlite_file(path).await?;
-        let store = Self::init(pool, Backend::Sqlite).await?;
+        let mut store = Self::init(pool, Backend::Sqlite).await?;
+        store.direct = Some(std::sync::Arc::new(direct::DirectWriter::open(path)?));
         db::spawn_sqlite_checkpointer(store.pool.clone());
         Ok(store)
     }
@@ -183,6 +188,7 @@ impl Store {
             hot: std::sync::Arc::new(hot::HotReads::new(hot::HOT_TTL)),
             write_gate: db::WriteGate::default(),
             usage_queue: std::sync::Arc::new(usage::UsageQueue::new(usage::MAX_BATCH)),
+            direct: None,
         };
         store.ensure_default_tenant().await?;
         Ok(store)

@@ -30,7 +30,7 @@ impl UsageRepository for Store {
             .usage_queue
             .push((d.clone(), done))
             .map_err(|_| CoreError::Storage("usage queue poisoned".into()))?;
-        if start {
+        if start && !self.flush_usage_here() {
             let store = self.clone();
             tokio::spawn(async move { store.flush_usage().await });
         }
@@ -130,6 +130,51 @@ fn upsert_sql(n: usize) -> String {
     sql
 }
 
+/// Answers everyone waiting for a batch with its outcome.
+fn answer(waiting: Vec<tokio::sync::oneshot::Sender<CoreResult<()>>>, written: CoreResult<()>) {
+    match written {
+        Ok(()) => {
+            for w in waiting {
+                let _ = w.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let unavailable = matches!(e, CoreError::StorageUnavailable(_));
+            let why = e.to_string();
+            for w in waiting {
+                let _ = w.send(Err(if unavailable {
+                    CoreError::StorageUnavailable(why.clone())
+                } else {
+                    CoreError::Storage(why.clone())
+                }));
+            }
+        }
+    }
+}
+
+/// The columns of `rows` in the order [`upsert`] binds them, for the SQLite file's own
+/// writer (`direct.rs`).
+fn columns(rows: &[UsageRow]) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value::{Integer, Text};
+    let mut v = Vec::with_capacity(rows.len() * COLS);
+    for d in rows {
+        v.extend([
+            Text(d.day.clone()),
+            Text(d.tenant_id.clone()),
+            Text(d.user_id.clone()),
+            Text(d.key_id.clone()),
+            Text(d.model.clone()),
+            Integer(signed(d.requests)),
+            Integer(signed(d.prompt_tokens)),
+            Integer(signed(d.completion_tokens)),
+            Integer(signed(d.compute_ms)),
+            Integer(signed(d.guard_blocks)),
+            Integer(signed(d.rate_limited)),
+        ]);
+    }
+    v
+}
+
 /// `sql` (from [`upsert_sql`]) with the columns of `rows`.
 fn upsert<'q>(
     sql: &'q str,
@@ -161,6 +206,31 @@ impl Store {
             .await;
     }
 
+    /// Writes what has gathered right here, in the caller's task, when the SQLite file has its
+    /// own writer (`direct.rs`) and the writers' turn is free (as the audit trail does, see
+    /// `Store::flush_audit_here`); `false` when a flusher task must do it.
+    fn flush_usage_here(&self) -> bool {
+        let Some(writer) = self.direct.as_deref() else {
+            return false;
+        };
+        let Ok(_turn) = self.write_gate.try_lock() else {
+            return false;
+        };
+        self.usage_queue.drain_now(|batch| {
+            let (rows, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let rows = merged(rows.into_iter());
+            let _timed = crate::timed("add_usage");
+            let written = writer
+                .execute(
+                    &upsert_sql(rows.len()),
+                    rusqlite::params_from_iter(columns(&rows)),
+                )
+                .map(|_| ());
+            answer(waiting, written);
+        });
+        true
+    }
+
     /// Writes one batch of rows and answers everyone waiting in it.
     #[allow(clippy::type_complexity)]
     async fn flush_usage_batch(
@@ -169,24 +239,7 @@ impl Store {
     ) {
         let (rows, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let rows = merged(rows.into_iter());
-        match self.write_usage(&rows).await {
-            Ok(()) => {
-                for w in waiting {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let unavailable = matches!(e, CoreError::StorageUnavailable(_));
-                let why = e.to_string();
-                for w in waiting {
-                    let _ = w.send(Err(if unavailable {
-                        CoreError::StorageUnavailable(why.clone())
-                    } else {
-                        CoreError::Storage(why.clone())
-                    }));
-                }
-            }
-        }
+        answer(waiting, self.write_usage(&rows).await);
     }
 
     /// Adds `rows` (merged: one per group) in one statement, all or none.
@@ -196,6 +249,11 @@ impl Store {
             return Ok(());
         }
         let sql = upsert_sql(rows.len());
+        if let Some(writer) = &self.direct {
+            let _turn = self.write_gate.lock().await;
+            writer.execute(&sql, rusqlite::params_from_iter(columns(rows)))?;
+            return Ok(());
+        }
         upsert(&sql, rows)
             .execute_in(self, Scope::System)
             .await

@@ -1,0 +1,89 @@
+//! The SQLite file's group-committed writes (audit batches, usage rows) run on a connection of
+//! their own, in the flusher's task.
+//!
+//! sqlx runs each SQLite connection on a thread of its own and talks to it over channels: a
+//! statement wakes that thread and then the task waiting for it, two context switches that cost
+//! more than the statement itself (a WAL-mode commit without fsync takes tens of microseconds),
+//! and two per request at every load. The group-commit flusher is a task that does nothing but
+//! write, holding the writers' turn ([`crate::db::WriteGate`]); it now runs its one statement on
+//! this connection directly. Everything else keeps sqlx.
+//!
+//! Both connections use the one SQLite library linked into the binary (`libsqlite3-sys`, shared
+//! with sqlx), so SQLite's per-file lock bookkeeping sees them both.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use palisade_core::{CoreError, CoreResult};
+
+/// A connection to the SQLite file for the flushers' writes.
+pub(crate) struct DirectWriter {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl DirectWriter {
+    /// Opens `path` (already created and migrated by the pool) with the pool's settings.
+    pub(crate) fn open(path: &Path) -> CoreResult<DirectWriter> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; \
+             PRAGMA secure_delete = ON; \
+             PRAGMA wal_autocheckpoint = 10000;",
+        )
+        .map_err(err)?;
+        // The flusher runs on a runtime thread: a writer outside the process holding the lock
+        // is waited for up to 10 s, as the pool does, and then the batch fails (retried or
+        // answered with the store's error).
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(CoreError::Storage(format!(
+                "the database file is in {mode} mode, not WAL"
+            )));
+        }
+        Ok(DirectWriter {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs one statement (prepared once and cached) with `params`; the rows it changed.
+    /// The caller holds the writers' turn.
+    pub(crate) fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> CoreResult<usize> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| CoreError::Internal("the SQLite writer's lock was poisoned".into()))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(err)?;
+        stmt.execute(params).map_err(err)
+    }
+
+    /// The first row of a query (prepared once and cached), or `None`.
+    pub(crate) fn query_opt<T, P, F>(&self, sql: &str, params: P, row: F) -> CoreResult<Option<T>>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        use rusqlite::OptionalExtension;
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| CoreError::Internal("the SQLite writer's lock was poisoned".into()))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(err)?;
+        stmt.query_row(params, row).optional().map_err(err)
+    }
+}
+
+/// The store's error for a failed statement, as sqlx reports SQLite's: a storage error.
+fn err(e: rusqlite::Error) -> CoreError {
+    CoreError::Storage(e.to_string())
+}
