@@ -1,12 +1,13 @@
 //! The SQLite file's group-committed writes (audit batches, usage rows) run on a connection of
-//! their own, in the flusher's task.
+//! the store's own, without sqlx.
 //!
 //! sqlx runs each SQLite connection on a thread of its own and talks to it over channels: a
 //! statement wakes that thread and then the task waiting for it, two context switches that cost
 //! more than the statement itself (a WAL-mode commit without fsync takes tens of microseconds),
-//! and two per request at every load. The group-commit flusher is a task that does nothing but
-//! write, holding the writers' turn ([`crate::db::WriteGate`]); it now runs its one statement on
-//! this connection directly. Everything else keeps sqlx.
+//! paid by every model request for its audit records and usage row. These writes now run here,
+//! synchronously, while the writer holds the writers' turn ([`crate::db::WriteGate`]): in the
+//! caller's own task when the turn is free (`Store::flush_audit_here`, `flush_usage_here`),
+//! else in the flusher task. Everything else keeps sqlx.
 //!
 //! Both connections use the one SQLite library linked into the binary (`libsqlite3-sys`, shared
 //! with sqlx), so SQLite's per-file lock bookkeeping sees them both.
@@ -26,9 +27,7 @@ impl DirectWriter {
     pub(crate) fn open(path: &Path) -> CoreResult<DirectWriter> {
         let conn = rusqlite::Connection::open_with_flags(
             path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err)?;
         conn.execute_batch(
@@ -38,9 +37,10 @@ impl DirectWriter {
              PRAGMA wal_autocheckpoint = 10000;",
         )
         .map_err(err)?;
-        // The flusher runs on a runtime thread: a writer outside the process holding the lock
-        // is waited for up to 10 s, as the pool does, and then the batch fails (retried or
-        // answered with the store's error).
+        // A writer outside the process holding the lock (a CLI on the same file, a TRUNCATE
+        // checkpoint) is waited for up to 10 s, as the pool does, and then the batch fails
+        // (chained again, or answered with the store's error). The wait blocks the runtime
+        // thread it happens on; the other keeps serving.
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
         let mode: String = conn

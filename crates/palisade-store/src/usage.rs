@@ -175,6 +175,17 @@ fn columns(rows: &[UsageRow]) -> Vec<rusqlite::types::Value> {
     v
 }
 
+/// Adds `rows` (merged) in one statement on the SQLite file's own connection (`direct.rs`);
+/// the caller holds the writers' turn.
+fn write_usage_direct(writer: &crate::direct::DirectWriter, rows: &[UsageRow]) -> CoreResult<()> {
+    writer
+        .execute(
+            &upsert_sql(rows.len()),
+            rusqlite::params_from_iter(columns(rows)),
+        )
+        .map(|_| ())
+}
+
 /// `sql` (from [`upsert_sql`]) with the columns of `rows`.
 fn upsert<'q>(
     sql: &'q str,
@@ -220,13 +231,7 @@ impl Store {
             let (rows, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let rows = merged(rows.into_iter());
             let _timed = crate::timed("add_usage");
-            let written = writer
-                .execute(
-                    &upsert_sql(rows.len()),
-                    rusqlite::params_from_iter(columns(&rows)),
-                )
-                .map(|_| ());
-            answer(waiting, written);
+            answer(waiting, write_usage_direct(writer, &rows));
         });
         true
     }
@@ -248,12 +253,11 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let sql = upsert_sql(rows.len());
         if let Some(writer) = &self.direct {
             let _turn = self.write_gate.lock().await;
-            writer.execute(&sql, rusqlite::params_from_iter(columns(rows)))?;
-            return Ok(());
+            return write_usage_direct(writer, rows);
         }
+        let sql = upsert_sql(rows.len());
         upsert(&sql, rows)
             .execute_in(self, Scope::System)
             .await
