@@ -102,6 +102,23 @@ pub async fn store_at(path: &Path) -> CoreResult<Store> {
     TestDb::new(path).await?.open().await
 }
 
+/// A plain local user of `tenant` called `name` (role `user`, a placeholder password hash), for
+/// `create_user` in tests.
+pub fn new_user(
+    tenant: palisade_core::ids::TenantId,
+    name: &str,
+) -> palisade_core::entities::NewUser {
+    palisade_core::entities::NewUser {
+        tenant_id: tenant,
+        username: name.into(),
+        email: None,
+        password_hash: "$argon2id$x".into(),
+        role: palisade_core::access::RoleName::user(),
+        must_change_password: false,
+        auth_source: "local".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use palisade_core::access::{PermissionSet, RoleName, CHAT_SEND};
 use palisade_core::auth_api::ClientInfo;
 use palisade_core::chat::{ChatEvent, ChatInput, ChatPolicy, ChatService, TitleJob};
-use palisade_core::entities::{Credential, Millis, NewUser, Principal};
+use palisade_core::entities::{Credential, Millis, Principal};
 use palisade_core::ids::{SessionId, TenantId, DEFAULT_TENANT};
 use palisade_core::jobs::{Job, JobRepository, JobRunner, JobState, NewJob};
 use palisade_core::models::ModelRegistry;
@@ -123,15 +123,7 @@ async fn a_title_job_claimed_at_once_still_titles_the_conversation() {
         .await
         .unwrap();
     let user = store
-        .create_user(NewUser {
-            tenant_id: DEFAULT_TENANT,
-            username: "dora".into(),
-            email: None,
-            password_hash: "$argon2id$x".into(),
-            role: RoleName::user(),
-            must_change_password: false,
-            auth_source: "local".into(),
-        })
+        .create_user(palisade_store::testing::new_user(DEFAULT_TENANT, "dora"))
         .await
         .unwrap();
     let spec = ModelSpec {

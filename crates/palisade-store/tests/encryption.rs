@@ -6,8 +6,7 @@
 
 use std::path::Path;
 
-use palisade_core::access::RoleName;
-use palisade_core::entities::{ChatSession, NewUser, SessionSort, StoredMessage};
+use palisade_core::entities::{ChatSession, SessionSort, StoredMessage};
 use palisade_core::guard::Pseudonyms;
 use palisade_core::ids::{MessageId, SessionId, DEFAULT_TENANT};
 use palisade_core::ports::{ChatRepository, UserRepository};
@@ -64,15 +63,7 @@ async fn content_is_sealed_on_disk_and_only_its_tenant_key_opens_it() {
         .unwrap()
         .with_master_keys(vec![k1.clone()], None);
     let owner = s
-        .create_user(NewUser {
-            tenant_id: DEFAULT_TENANT,
-            username: "olga".into(),
-            email: None,
-            password_hash: "$argon2id$x".into(),
-            role: RoleName::user(),
-            must_change_password: false,
-            auth_source: "local".into(),
-        })
+        .create_user(palisade_store::testing::new_user(DEFAULT_TENANT, "olga"))
         .await
         .unwrap();
     let marker = format!("zebra-{}", uuid_like());

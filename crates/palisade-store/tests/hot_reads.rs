@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use palisade_core::access::RoleName;
-use palisade_core::entities::{now_millis, NewUser, User};
+use palisade_core::entities::{now_millis, User};
 use palisade_core::identity::{ApiKey, AuthSession, UserUpdate};
 use palisade_core::ids::{ApiKeyId, TokenFamilyId, DEFAULT_TENANT};
 use palisade_core::ports::{
@@ -17,17 +16,9 @@ use palisade_store::testing::TestDb;
 use palisade_store::{Store, HOT_TTL};
 
 async fn user(s: &Store, name: &str) -> User {
-    s.create_user(NewUser {
-        tenant_id: DEFAULT_TENANT,
-        username: name.into(),
-        email: None,
-        password_hash: "$argon2id$x".into(),
-        role: RoleName::user(),
-        must_change_password: false,
-        auth_source: "local".into(),
-    })
-    .await
-    .unwrap()
+    s.create_user(palisade_store::testing::new_user(DEFAULT_TENANT, name))
+        .await
+        .unwrap()
 }
 
 fn key_of(u: &User, prefix: &str) -> ApiKey {

@@ -2,8 +2,7 @@
 //! held users and fresh conversations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use palisade_core::access::RoleName;
-use palisade_core::entities::{ChatSession, NewUser};
+use palisade_core::entities::ChatSession;
 use palisade_core::ids::{SessionId, DEFAULT_TENANT};
 use palisade_core::jobs::{JobRepository, JobState, NewJob};
 use palisade_core::ports::{ChatRepository, UserRepository};
@@ -85,17 +84,9 @@ async fn purges_spare_fresh_conversations_and_held_users() {
     let mut users = Vec::new();
     for name in ["ann", "bob"] {
         users.push(
-            s.create_user(NewUser {
-                tenant_id: DEFAULT_TENANT,
-                username: name.into(),
-                email: None,
-                password_hash: "$argon2id$x".into(),
-                role: RoleName::user(),
-                must_change_password: false,
-                auth_source: "local".into(),
-            })
-            .await
-            .unwrap(),
+            s.create_user(palisade_store::testing::new_user(DEFAULT_TENANT, name))
+                .await
+                .unwrap(),
         );
     }
     let mut made = Vec::new();

@@ -4,8 +4,7 @@
 //! trail, replicas migrating together do not race, and both backends' migrations stay in step.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use palisade_core::access::RoleName;
-use palisade_core::entities::{ChatSession, NewUser, StoredMessage};
+use palisade_core::entities::{ChatSession, StoredMessage};
 use palisade_core::ids::{MessageId, SessionId, TenantId, UserId};
 use palisade_core::ports::{ChatRepository, TenantRepository, UserRepository};
 use palisade_core::provider::Role;
@@ -23,15 +22,7 @@ fn server() -> Option<String> {
 
 async fn user_with_chat(s: &Store, tenant: TenantId, name: &str) -> (UserId, SessionId) {
     let u = s
-        .create_user(NewUser {
-            tenant_id: tenant,
-            username: name.into(),
-            email: None,
-            password_hash: "$argon2id$x".into(),
-            role: RoleName::user(),
-            must_change_password: false,
-            auth_source: "local".into(),
-        })
+        .create_user(palisade_store::testing::new_user(tenant, name))
         .await
         .unwrap();
     let session = ChatSession {

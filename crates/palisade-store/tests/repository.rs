@@ -22,17 +22,9 @@ async fn store() -> (tempfile::TempDir, Store) {
 }
 
 async fn user(s: &Store, name: &str) -> palisade_core::entities::User {
-    s.create_user(NewUser {
-        tenant_id: DEFAULT_TENANT,
-        username: name.into(),
-        email: None,
-        password_hash: "$argon2id$x".into(),
-        role: RoleName::user(),
-        must_change_password: false,
-        auth_source: "local".into(),
-    })
-    .await
-    .unwrap()
+    s.create_user(palisade_store::testing::new_user(DEFAULT_TENANT, name))
+        .await
+        .unwrap()
 }
 
 fn msg(session: SessionId, role: Role, content: &str, at: i64) -> StoredMessage {

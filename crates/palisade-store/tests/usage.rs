@@ -2,8 +2,6 @@
 //! requests finishing at once are group-committed, and every count arrives exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use palisade_core::access::RoleName;
-use palisade_core::entities::NewUser;
 use palisade_core::ids::DEFAULT_TENANT;
 use palisade_core::ports::UserRepository;
 use palisade_core::quota::{UsageQuery, UsageRepository, UsageRow};
@@ -17,15 +15,7 @@ async fn concurrent_rows_are_added_up_exactly() {
     let mut users = Vec::new();
     for name in ["ann", "bob"] {
         let u = store
-            .create_user(NewUser {
-                tenant_id: DEFAULT_TENANT,
-                username: name.into(),
-                email: None,
-                password_hash: "$argon2id$x".into(),
-                role: RoleName::user(),
-                must_change_password: false,
-                auth_source: "local".into(),
-            })
+            .create_user(palisade_store::testing::new_user(DEFAULT_TENANT, name))
             .await
             .unwrap();
         users.push(u.id.to_string());
