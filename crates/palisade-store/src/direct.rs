@@ -59,12 +59,7 @@ impl DirectWriter {
     /// Runs one statement (prepared once and cached) with `params`; the rows it changed.
     /// The caller holds the writers' turn.
     pub(crate) fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> CoreResult<usize> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| CoreError::Internal("the SQLite writer's lock was poisoned".into()))?;
-        let mut stmt = conn.prepare_cached(sql).map_err(err)?;
-        stmt.execute(params).map_err(err)
+        self.with_statement(sql, |stmt| stmt.execute(params))
     }
 
     /// The first row of a query (prepared once and cached), or `None`.
@@ -74,12 +69,21 @@ impl DirectWriter {
         F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     {
         use rusqlite::OptionalExtension;
+        self.with_statement(sql, |stmt| stmt.query_row(params, row).optional())
+    }
+
+    /// Runs `f` on the cached statement of `sql`.
+    fn with_statement<T>(
+        &self,
+        sql: &str,
+        f: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<T>,
+    ) -> CoreResult<T> {
         let conn = self
             .conn
             .lock()
             .map_err(|_| CoreError::Internal("the SQLite writer's lock was poisoned".into()))?;
         let mut stmt = conn.prepare_cached(sql).map_err(err)?;
-        stmt.query_row(params, row).optional().map_err(err)
+        f(&mut stmt).map_err(err)
     }
 }
 
