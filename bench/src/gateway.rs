@@ -182,6 +182,18 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Bytes a process has caused to be written to storage so far: `write_bytes` of
+/// `/proc/PID/io` (pages it dirtied in files, counted when dirtied, whichever thread of the
+/// kernel later writes them back). For Palisade on SQLite: the WAL and the checkpoints.
+pub fn disk_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
