@@ -472,18 +472,20 @@ async fn gateway_scenario(args: &Args) -> anyhow::Result<Value> {
     let pid = s.child.id();
     // ...and the bytes it wrote to disk per request (the audit records and usage rows in the
     // SQLite WAL, and the checkpoints copying them into the file).
-    let meter = || (gateway::cpu_seconds(pid), gateway::disk_bytes(pid));
-    let per_request = |(cpu0, disk0): (Option<f64>, Option<u64>), n: u64| {
-        let (cpu1, disk1) = meter();
-        let cpu = match (cpu0, cpu1) {
-            (Some(b), Some(a)) if n > 0 => (a - b) * 1e3 / n as f64,
+    let meter = || {
+        (
+            gateway::cpu_seconds(pid).map(|s| s * 1e3),
+            gateway::disk_bytes(pid).map(|b| b as f64 / 1e3),
+        )
+    };
+    // (ms of CPU, kB written) per request since `before`.
+    let per_request = |before: (Option<f64>, Option<f64>), n: u64| {
+        let after = meter();
+        let per = |b: Option<f64>, a: Option<f64>| match (b, a) {
+            (Some(b), Some(a)) if n > 0 => (a - b) / n as f64,
             _ => f64::NAN,
         };
-        let disk = match (disk0, disk1) {
-            (Some(b), Some(a)) if n > 0 => a.saturating_sub(b) as f64 / 1e3 / n as f64,
-            _ => f64::NAN,
-        };
-        (cpu, disk)
+        (per(before.0, after.0), per(before.1, after.1))
     };
     for c in [1usize, 16, 64, 0] {
         let mut d = Vec::new();
