@@ -9,7 +9,7 @@ use palisade_core::{CoreError, CoreResult};
 use sqlx::any::AnyRow;
 
 use crate::rows::{get, id};
-use crate::{db_err, Run, Scope, Store};
+use crate::{db_err, Run, RunScalar, Scope, Store};
 
 const KEY_COLS: &str = "id, tenant_id, user_id, name, prefix, key_hash, scopes, models, \
                         expires_at, last_used_at, created_at, revoked, store_conversations";
@@ -216,14 +216,46 @@ fn next(binds: &mut Vec<Bind>, b: Bind) -> String {
     format!("${}", binds.len())
 }
 
+/// Which rows an audit search statement reads.
+#[derive(Clone, Copy)]
+enum EventSource {
+    /// `security_events` with its own indexes (PostgreSQL).
+    Table,
+    /// SQLite: the events copied into `security_events_search` (positions up to this one), read
+    /// through that table's indexes.
+    Indexed(i64),
+    /// SQLite: the events after this position, not yet copied (a short stretch at the end).
+    Tail(i64),
+}
+
 /// The statement of an audit search and its parameters, in placeholder order. Only the
 /// filters given appear in it, so each can use its index.
-fn event_search_sql(q: &EventQuery) -> (String, Vec<Bind>) {
+fn event_search_sql(q: &EventQuery, source: EventSource) -> (String, Vec<Bind>) {
+    // The searchable columns are read where the indexes are: the search table on SQLite's
+    // indexed part (`s`), else the events themselves (`e`).
+    let (from, col) = match source {
+        EventSource::Indexed(_) => (
+            "security_events_search s JOIN security_events e ON e.seq = s.seq",
+            "s.",
+        ),
+        EventSource::Table | EventSource::Tail(_) => ("security_events e", "e."),
+    };
     let mut conds: Vec<String> = Vec::new();
     let mut binds: Vec<Bind> = Vec::new();
+    match source {
+        EventSource::Table => {}
+        EventSource::Indexed(upto) => {
+            let p = next(&mut binds, Bind::Int(upto));
+            conds.push(format!("s.seq <= {p}"));
+        }
+        EventSource::Tail(upto) => {
+            let p = next(&mut binds, Bind::Int(upto));
+            conds.push(format!("e.seq > {p}"));
+        }
+    }
     if let Some(t) = q.tenant {
         let p = next(&mut binds, Bind::Text(t.to_string()));
-        conds.push(format!("tenant_id = {p}"));
+        conds.push(format!("{col}tenant_id = {p}"));
     }
     if !q.kinds.is_empty() {
         let ps: Vec<String> = q
@@ -231,36 +263,36 @@ fn event_search_sql(q: &EventQuery) -> (String, Vec<Bind>) {
             .iter()
             .map(|k| next(&mut binds, Bind::Text(k.as_str().to_string())))
             .collect();
-        conds.push(format!("kind IN ({})", ps.join(", ")));
+        conds.push(format!("{col}kind IN ({})", ps.join(", ")));
     }
     if let Some(u) = q.user {
         let a = next(&mut binds, Bind::Text(u.to_string()));
         let b = next(&mut binds, Bind::Text(u.to_string()));
-        conds.push(format!("(user_id = {a} OR actor_id = {b})"));
+        conds.push(format!("({col}user_id = {a} OR {col}actor_id = {b})"));
     }
     if let Some(r) = &q.request_id {
         let p = next(&mut binds, Bind::Text(r.clone()));
-        conds.push(format!("request_id = {p}"));
+        conds.push(format!("{col}request_id = {p}"));
     }
     if let Some(ip) = &q.ip {
         let p = next(&mut binds, Bind::Text(ip.clone()));
-        conds.push(format!("ip = {p}"));
+        conds.push(format!("e.ip = {p}"));
     }
     if let Some(t) = q.since {
         let p = next(&mut binds, Bind::Int(t));
-        conds.push(format!("created_at >= {p}"));
+        conds.push(format!("{col}created_at >= {p}"));
     }
     if let Some(t) = q.until {
         let p = next(&mut binds, Bind::Int(t));
-        conds.push(format!("created_at < {p}"));
+        conds.push(format!("{col}created_at < {p}"));
     }
     if let Some(s) = q.before {
         let p = next(&mut binds, Bind::Int(s));
-        conds.push(format!("seq < {p}"));
+        conds.push(format!("{col}seq < {p}"));
     }
     if let Some(s) = q.after {
         let p = next(&mut binds, Bind::Int(s));
-        conds.push(format!("seq > {p}"));
+        conds.push(format!("{col}seq > {p}"));
     }
     let filter = if conds.is_empty() {
         String::new()
@@ -268,14 +300,20 @@ fn event_search_sql(q: &EventQuery) -> (String, Vec<Bind>) {
         format!("WHERE {}", conds.join(" AND "))
     };
     let order = if q.ascending() { "ASC" } else { "DESC" };
-    let limit = next(&mut binds, Bind::Int(i64::from(q.limit.clamp(1, 1000))));
+    let limit = next(&mut binds, Bind::Int(i64::from(search_limit(q))));
     (
         format!(
-            "SELECT seq, kind, tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, \
-             created_at, chain_seq, hash FROM security_events {filter} ORDER BY seq {order} LIMIT {limit}"
+            "SELECT e.seq, e.kind, e.tenant_id, e.user_id, e.actor_id, e.ip, e.user_agent, \
+             e.request_id, e.detail, e.created_at, e.chain_seq, e.hash FROM {from} {filter} \
+             ORDER BY {col}seq {order} LIMIT {limit}"
         ),
         binds,
     )
+}
+
+/// The most events one search returns.
+fn search_limit(q: &EventQuery) -> u32 {
+    q.limit.clamp(1, 1000)
 }
 
 /// Where the text of a model request (`detail.content`, recorded when the tenant's policy
@@ -361,7 +399,46 @@ impl SecurityEventSink for Store {
     async fn search_events(&self, q: &EventQuery) -> CoreResult<Vec<SecurityEvent>> {
         let _timed = crate::timed("search_events");
         let scope = q.tenant.map(Scope::Tenant).unwrap_or(Scope::System);
-        let (sql, binds) = event_search_sql(q);
+        let mut events = if self.backend() == crate::Backend::Sqlite {
+            // The copied events and the stretch after them (`audit_index.rs`). Every event up
+            // to `upto` is in the search table and stays there (the trail is append-only), so
+            // the two parts neither overlap nor miss one, whenever the copy runs meanwhile.
+            let upto: i64 = sqlx::query_scalar(crate::audit_index::INDEXED_UPTO)
+                .fetch_one_in(self, scope)
+                .await
+                .map_err(db_err)?;
+            let limit = usize::try_from(search_limit(q)).unwrap_or(usize::MAX);
+            // The part nearer the start of the answer first: the tail for newest first.
+            let (first, second) = if q.ascending() {
+                (EventSource::Indexed(upto), EventSource::Tail(upto))
+            } else {
+                (EventSource::Tail(upto), EventSource::Indexed(upto))
+            };
+            let mut events = self.search_part(q, first, scope).await?;
+            if events.len() < limit {
+                events.extend(self.search_part(q, second, scope).await?);
+                events.truncate(limit);
+            }
+            events
+        } else {
+            self.search_part(q, EventSource::Table, scope).await?
+        };
+        for e in &mut events {
+            self.open_event_content(e).await;
+        }
+        Ok(events)
+    }
+}
+
+impl Store {
+    /// The events of one part of an audit search, in the search's order.
+    async fn search_part(
+        &self,
+        q: &EventQuery,
+        source: EventSource,
+        scope: Scope,
+    ) -> CoreResult<Vec<SecurityEvent>> {
+        let (sql, binds) = event_search_sql(q, source);
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = match b {
@@ -370,14 +447,7 @@ impl SecurityEventSink for Store {
             };
         }
         let rows = query.fetch_all_in(self, scope).await.map_err(db_err)?;
-        let mut events = rows
-            .iter()
-            .map(event_from)
-            .collect::<CoreResult<Vec<_>>>()?;
-        for e in &mut events {
-            self.open_event_content(e).await;
-        }
-        Ok(events)
+        rows.iter().map(event_from).collect()
     }
 }
 

@@ -3,6 +3,7 @@
 //! embedded in the binary.
 
 mod audit;
+mod audit_index;
 mod batch;
 mod chat;
 mod copy;
@@ -142,13 +143,16 @@ impl Store {
         let mut store = Self::init(pool, Backend::Sqlite).await?;
         store.direct = Some(std::sync::Arc::new(direct::DirectWriter::open(path)?));
         db::spawn_sqlite_checkpointer(store.pool.clone());
+        audit_index::spawn_audit_indexer(store.clone());
         Ok(store)
     }
 
     /// A private in-memory database (for tests and `--embedded` runs).
     pub async fn open_in_memory() -> CoreResult<Store> {
         let pool = db::sqlite_memory().await?;
-        Self::init(pool, Backend::Sqlite).await
+        let store = Self::init(pool, Backend::Sqlite).await?;
+        audit_index::spawn_audit_indexer(store.clone());
+        Ok(store)
     }
 
     /// Connects to PostgreSQL (`postgres://...`), runs the migrations once (an advisory lock
