@@ -18,6 +18,7 @@ mod gateway;
 mod guard;
 mod history;
 mod history_scale;
+mod instructions;
 mod limits;
 mod login;
 
@@ -79,6 +80,9 @@ enum Scenario {
     Fanout,
     /// The chat-history read path on PostgreSQL + Redis: 1 replica vs 2 (not part of `all`).
     History,
+    /// Instructions per gateway request, the server under valgrind's callgrind: a count that
+    /// does not move with the machine's load (not part of `all`; needs valgrind).
+    GatewayInstructions,
 }
 
 const PASSWORD: &str = "Bench-Granite-Willow-8842";
@@ -95,7 +99,7 @@ const PROMPTS: &[&str] = &[
     "Write a long fairy tale about a princess who becomes an astronomer.",
 ];
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     base: String,
@@ -110,7 +114,7 @@ impl Drop for Server {
 }
 
 /// Signs in as the benchmark's administrator; the access token.
-async fn admin_token(s: &Server) -> anyhow::Result<String> {
+pub(crate) async fn admin_token(s: &Server) -> anyhow::Result<String> {
     let login: Value = s
         .client
         .post(format!("{}/api/auth/login", s.base))
@@ -136,7 +140,26 @@ fn start_in(
     dir: tempfile::TempDir,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
-    let mut cmd = Command::new(bin);
+    start_wrapped(&[], bin, streams, dir, env)
+}
+
+/// As [`start_in`], with the server run by `wrapper` (a program and its arguments, the
+/// server's command line after them: valgrind for the instruction counts); none when empty.
+pub(crate) fn start_wrapped(
+    wrapper: &[String],
+    bin: &PathBuf,
+    streams: usize,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("PALISADE_ADMIN_PASSWORD", PASSWORD)
@@ -381,6 +404,14 @@ async fn main() -> anyhow::Result<()> {
         );
         doc.insert("fanout".into(), fanout::run(&args.server, sse, ws).await?);
         lap("fanout");
+    }
+    // Needs valgrind and ~2 minutes: asked for by name.
+    if args.scenario == Scenario::GatewayInstructions {
+        doc.insert(
+            "gateway_instructions".into(),
+            instructions::run(&args.server, args.quick).await?,
+        );
+        lap("gateway-instructions");
     }
     // Needs PostgreSQL and Redis: asked for by name (`--scenario history`).
     if args.scenario == Scenario::History {

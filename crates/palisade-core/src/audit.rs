@@ -81,28 +81,46 @@ impl AuditKey {
 
     /// The hash of `link` (its `hash` field is ignored).
     pub fn link_hash(&self, link: &AuditLink) -> String {
-        // A JSON array: every field in a fixed order, unambiguously delimited.
-        let content = serde_json::json!([
-            link.chain,
+        // A JSON array: every field in a fixed order, unambiguously delimited (compact, as
+        // serde_json writes it), written straight into the MAC.
+        let content = (
+            &link.chain,
             link.chain_seq,
-            link.kind,
-            link.tenant_id,
-            link.user_id,
-            link.actor_id,
-            link.ip,
-            link.user_agent,
-            link.request_id,
-            link.detail,
+            &link.kind,
+            &link.tenant_id,
+            &link.user_id,
+            &link.actor_id,
+            &link.ip,
+            &link.user_agent,
+            &link.request_id,
+            &link.detail,
             link.created_at,
-            link.prev_hash,
-        ]);
+            &link.prev_hash,
+        );
         // `Hmac::new_from_slice` accepts keys of any length.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
             Ok(m) => m,
             Err(_) => return String::new(),
         };
-        mac.update(content.to_string().as_bytes());
+        if serde_json::to_writer(MacWriter(&mut mac), &content).is_err() {
+            // Writing into a MAC cannot fail; an empty hash never verifies.
+            return String::new();
+        }
         hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Feeds what is written into a MAC.
+struct MacWriter<'a>(&'a mut Hmac<Sha256>);
+
+impl std::io::Write for MacWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -228,6 +246,53 @@ mod tests {
             })
             .collect()
     }
+
+    /// The hash is the HMAC of the compact JSON array of the fields: the same bytes as the
+    /// first version (a `serde_json::Value` array turned into text), so chains written before
+    /// still verify. Pinned by a value computed outside Rust (Python's `hmac`, `json.dumps`
+    /// with `separators=(",", ":")`, `ensure_ascii=False`).
+    #[test]
+    fn link_hash_is_the_hmac_of_the_fields_json_array() {
+        let key = AuditKey::new([7u8; 32]);
+        let link = AuditLink {
+            chain: "t1".into(),
+            chain_seq: 42,
+            kind: "llm_request".into(),
+            tenant_id: Some("t1".into()),
+            user_id: Some("u\"1\\".into()),
+            actor_id: None,
+            ip: Some("2001:db8::1".into()),
+            user_agent: Some("Zoë/1.0 (Ünïcode) \n next".into()),
+            request_id: None,
+            detail: r#"{"model":"stub","n":3}"#.into(),
+            created_at: 1_765_000_000_123,
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        };
+        let old_way = {
+            let content = serde_json::json!([
+                link.chain,
+                link.chain_seq,
+                link.kind,
+                link.tenant_id,
+                link.user_id,
+                link.actor_id,
+                link.ip,
+                link.user_agent,
+                link.request_id,
+                link.detail,
+                link.created_at,
+                link.prev_hash,
+            ]);
+            let mut mac = Hmac::<Sha256>::new_from_slice(&[7u8; 32]).unwrap();
+            mac.update(content.to_string().as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        };
+        assert_eq!(key.link_hash(&link), old_way);
+        assert_eq!(key.link_hash(&link), PINNED);
+    }
+
+    const PINNED: &str = "627c79934047de6296a201589d01e867b4bb79c58f44defdd479c1cd4888871a";
 
     fn verify(key: &AuditKey, links: &[AuditLink]) -> Result<u64, Broken> {
         let mut v = ChainVerifier::new(key.clone());

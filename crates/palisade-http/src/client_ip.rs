@@ -5,13 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
-
-use crate::AppState;
 
 /// The client address of a request (in its extensions once [`resolve`] ran).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +79,15 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// Middleware: stores [`ClientIp`] in the request's extensions.
-pub async fn resolve(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Stores [`ClientIp`] in the request's extensions (a plain function of the request, layered
+/// with `tower::util::MapRequestLayer`: no async middleware, which would clone the service
+/// stack below it on every request).
+pub fn resolve(proxies: &TrustedProxies, mut req: Request) -> Request {
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        let ip = state.trusted_proxies.client_ip(peer.ip(), req.headers());
+        let ip = proxies.client_ip(peer.ip(), req.headers());
         req.extensions_mut().insert(ClientIp(ip));
     }
-    next.run(req).await
+    req
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
+mod headers;
 pub mod limits;
 pub mod openapi;
 pub mod routes;
@@ -22,7 +23,6 @@ use palisade_core::chat::ChatService;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -304,34 +304,6 @@ pub fn router(state: AppState) -> Router {
         api
     };
 
-    let headers = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CACHE_CONTROL, "no-store"),
-        (
-            header::STRICT_TRANSPORT_SECURITY,
-            "max-age=31536000; includeSubDomains",
-        ),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-        // The legacy XSS auditor is itself an attack surface: off, as OWASP advises.
-        (HeaderName::from_static("x-xss-protection"), "0"),
-        (
-            HeaderName::from_static("permissions-policy"),
-            "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()",
-        ),
-        (
-            HeaderName::from_static("cross-origin-opener-policy"),
-            "same-origin",
-        ),
-        (
-            HeaderName::from_static("cross-origin-resource-policy"),
-            "same-origin",
-        ),
-    ];
     // Layers run outside in: authentication first, then the audit of refusals, then the
     // limits (which need the caller).
     let mut app = api
@@ -347,10 +319,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_auth,
         ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            client_ip::resolve,
-        ))
+        .layer({
+            let proxies = state.trusted_proxies.clone();
+            tower::util::MapRequestLayer::new(move |req| client_ip::resolve(&proxies, req))
+        })
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
         // Outermost of the per-route layers: sees every answer, refusals included, and the
         // matched route pattern.
@@ -359,16 +331,13 @@ pub fn router(state: AppState) -> Router {
     if let Some(c) = cors(&state.cors_origins) {
         app = app.layer(c);
     }
-    for (name, value) in headers {
-        app = app.layer(SetResponseHeaderLayer::if_not_present(
-            name,
-            HeaderValue::from_static(value),
-        ));
-    }
-    app.layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+    app.layer(headers::SecurityHeadersLayer)
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuidV7))
-        .layer(middleware::map_request(sanitize_request_id))
+        // A plain function of the request: tower's map needs no copy of the stack inside it
+        // per request (axum's `map_request`, being async, clones it).
+        .layer(tower::util::MapRequestLayer::new(sanitize_request_id))
         .with_state(state)
 }
 
@@ -390,7 +359,7 @@ impl MakeRequestId for MakeRequestUuidV7 {
 /// A client's `X-Request-Id` is kept only when it is a plausible id (1 to 128 characters of
 /// letters, digits and `-_.:`); otherwise a fresh one is made, so logs and the audit trail
 /// never carry what a client smuggled in.
-async fn sanitize_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+fn sanitize_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
     let ok = req.headers().get("x-request-id").map(|v| {
         let b = v.as_bytes();
         !b.is_empty()
