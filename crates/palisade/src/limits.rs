@@ -336,19 +336,28 @@ struct Named {
     check: Check,
     /// The limit without its figures ("tokens per user").
     name: &'static str,
-    /// With them ("tokens per user: 1000 per 1 d"), for people.
-    label: String,
+    /// The rate of a rate limit (`None`: a number at a time), for [`Named::label`].
+    rate: Option<Rate>,
+}
+
+impl Named {
+    /// The limit with its figures ("tokens per user: 1000 per 1 d"), for people. Made only
+    /// when a refusal or the limits page needs it, not for every check of every request.
+    fn label(&self) -> String {
+        match self.rate {
+            Some(r) if self.check.dimension == Dimension::ComputeMs => format!(
+                "{}: {} compute-seconds per {} s",
+                self.name,
+                r.amount / 1000,
+                r.period.as_secs()
+            ),
+            Some(r) => format!("{}: {}", self.name, r.describe()),
+            None => format!("{}: {} at a time", self.name, self.check.amount),
+        }
+    }
 }
 
 fn rate_check(key: String, dimension: Dimension, r: Rate, cost: u64, label: &'static str) -> Named {
-    let what = match dimension {
-        Dimension::ComputeMs => format!(
-            "{label}: {} compute-seconds per {} s",
-            r.amount / 1000,
-            r.period.as_secs()
-        ),
-        _ => format!("{label}: {}", r.describe()),
-    };
     Named {
         check: Check {
             key: format!("{key}:{}:{}", dimension.as_str(), r.period.as_secs()),
@@ -358,7 +367,7 @@ fn rate_check(key: String, dimension: Dimension, r: Rate, cost: u64, label: &'st
             cost,
         },
         name: label,
-        label: what,
+        rate: Some(r),
     }
 }
 
@@ -372,7 +381,7 @@ fn stream_check(key: String, amount: u32, label: &'static str) -> Option<Named> 
             cost: 1,
         },
         name: label,
-        label: format!("{label}: {amount} at a time"),
+        rate: None,
     })
 }
 
@@ -488,7 +497,7 @@ impl RequestLimits for RouteLimits {
                 name: checks.get(index).map_or("limit", |n| n.name),
                 label: checks
                     .get(index)
-                    .map(|n| n.label.clone())
+                    .map(Named::label)
                     .unwrap_or_else(|| "limit".into()),
                 limit: amount,
                 retry_after_secs: wait_secs(retry_after),
@@ -646,7 +655,7 @@ impl Quotas for Budgets {
                 1
             };
             out.push(LimitState {
-                name: n.label,
+                name: n.label(),
                 limit: n.check.amount / scale,
                 remaining: remaining / scale,
                 reset_secs,
@@ -681,7 +690,7 @@ impl Quotas for Budgets {
             }) => {
                 let (dimension, label) = checks
                     .get(index)
-                    .map(|n| (n.check.dimension, n.label.clone()))
+                    .map(|n| (n.check.dimension, n.label()))
                     .unwrap_or((Dimension::Requests, "limit".into()));
                 let secs = wait_secs(retry_after);
                 tracing::info!(user_id = %who.user_id, limit = %label, "budget reached");
