@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -183,17 +183,8 @@ pub async fn run(server: &PathBuf, quick: bool) -> anyhow::Result<Value> {
         started.elapsed().as_secs_f64()
     );
     control("--instr=on", pid)?;
-    // Warm-up: connections, caches, the first batches.
+    // Warm-up: caches, the first batches.
     fixed_count(&s.client, &url, &key, &body, 4, 64).await?;
-    // The background tasks' rate while nothing arrives.
-    let idle_window = Duration::from_secs(3);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    control("--zero", pid)?;
-    tokio::time::sleep(idle_window).await;
-    control("--dump=idle", pid)?;
-    let (_, idle_total) = newest_total(dumps.path())?;
-    let idle_per_s = idle_total as f64 / idle_window.as_secs_f64();
-    println!("idle: {:.2} M instructions per second", idle_per_s / 1e6);
     println!("| load | requests | seconds | M instructions / request | of which background | request path |");
     println!("|---:|---:|---:|---:|---:|---:|");
     let loads: &[(usize, usize)] = if quick {
@@ -238,5 +229,5 @@ pub async fn run(server: &PathBuf, quick: bool) -> anyhow::Result<Value> {
     if keep.is_dir() {
         println!("(the dumps: bench/results/gateway.callgrind.c*; `callgrind_annotate --inclusive=yes FILE` shows where they went)");
     }
-    Ok(json!({"valgrind": version, "idle_instructions_per_s": idle_per_s, "rows": rows}))
+    Ok(json!({"valgrind": version, "rows": rows}))
 }

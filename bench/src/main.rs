@@ -99,7 +99,7 @@ const PROMPTS: &[&str] = &[
     "Write a long fairy tale about a princess who becomes an astronomer.",
 ];
 
-pub(crate) struct Server {
+struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     base: String,
@@ -114,7 +114,7 @@ impl Drop for Server {
 }
 
 /// Signs in as the benchmark's administrator; the access token.
-pub(crate) async fn admin_token(s: &Server) -> anyhow::Result<String> {
+async fn admin_token(s: &Server) -> anyhow::Result<String> {
     let login: Value = s
         .client
         .post(format!("{}/api/auth/login", s.base))
@@ -145,7 +145,7 @@ fn start_in(
 
 /// As [`start_in`], with the server run by `wrapper` (a program and its arguments, the
 /// server's command line after them: valgrind for the instruction counts); none when empty.
-pub(crate) fn start_wrapped(
+fn start_wrapped(
     wrapper: &[String],
     bin: &PathBuf,
     streams: usize,

@@ -72,11 +72,9 @@ const SQLITE_INSERT_JSON: &str = "INSERT INTO security_events (chain, chain_seq,
      value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
      value ->> 12 FROM json_each($1) ORDER BY key";
 
-/// The INSERT of one link on the SQLite file's own connection (`direct.rs`), its columns in
-/// the order of [`LINK_COLS`].
-const SQLITE_INSERT_ROW: &str = "INSERT INTO security_events (chain, chain_seq, kind, \
-     tenant_id, user_id, actor_id, ip, user_agent, request_id, detail, created_at, prev_hash, \
-     hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+/// The INSERT of one link on the SQLite file's own connection (`direct.rs`): [`insert_sql`] of
+/// one row, made once (SQLite numbers `$1` … `$13` in order, so they bind by position).
+static SQLITE_INSERT_ROW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
 
 /// The INSERT of `n` links (at most [`MAX_BATCH`]) in one statement: a statement is a round
 /// trip to the database (or its worker thread), and under load a batch holds dozens.
@@ -398,7 +396,7 @@ impl Store {
         // re-parse each event's JSON row once per column: ~140,000 instructions an event,
         // callgrind, `bench/run --scenario gateway-instructions`.)
         writer.in_transaction(|tx| {
-            let mut insert = tx.prepare_cached(SQLITE_INSERT_ROW)?;
+            let mut insert = tx.prepare_cached(&SQLITE_INSERT_ROW)?;
             for l in &links {
                 insert.execute(rusqlite::params![
                     l.chain,
