@@ -34,7 +34,7 @@ impl DirectWriter {
             "PRAGMA synchronous = NORMAL; \
              PRAGMA foreign_keys = ON; \
              PRAGMA secure_delete = ON; \
-             PRAGMA wal_autocheckpoint = 10000;",
+             PRAGMA wal_autocheckpoint = 40000;", // as the pool (db.rs: why 40,000)
         )
         .map_err(err)?;
         // A writer outside the process holding the lock (a CLI on the same file, a TRUNCATE
