@@ -96,16 +96,23 @@ fn install() {
 }
 
 /// A SQLite file database (created if missing), WAL, foreign keys on, secure delete.
-pub(crate) async fn sqlite_file(path: &Path) -> CoreResult<AnyPool> {
+/// Every connection attaches the audit search's file (`search`) as `search`.
+pub(crate) async fn sqlite_file(path: &Path, search: &Path) -> CoreResult<AnyPool> {
     install();
     let url = format!("sqlite://{}?mode=rwc", encode_path(&path.to_string_lossy()));
+    let search = search.to_string_lossy().into_owned();
     AnyPoolOptions::new()
         .max_connections(8)
         // A connection to a local file does not go stale: no ping (a round trip to the
         // connection's worker thread) before each use.
         .test_before_acquire(false)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
+            let search = search.clone();
             Box::pin(async move {
+                sqlx::query("ATTACH DATABASE $1 AS search")
+                    .bind(search)
+                    .execute(&mut *conn)
+                    .await?;
                 for pragma in [
                     "PRAGMA journal_mode = WAL",
                     "PRAGMA synchronous = NORMAL",

@@ -230,15 +230,15 @@ enum EventSource {
 
 /// The statement of an audit search and its parameters, in placeholder order. Only the
 /// filters given appear in it, so each can use its index.
-fn event_search_sql(q: &EventQuery, source: EventSource) -> (String, Vec<Bind>) {
+fn event_search_sql(q: &EventQuery, source: EventSource, table: &str) -> (String, Vec<Bind>) {
     // The searchable columns are read where the indexes are: the search table on SQLite's
     // indexed part (`s`), else the events themselves (`e`).
     let (from, col) = match source {
         EventSource::Indexed(_) => (
-            "security_events_search s JOIN security_events e ON e.seq = s.seq",
+            format!("{table} s JOIN security_events e ON e.seq = s.seq"),
             "s.",
         ),
-        EventSource::Table | EventSource::Tail(_) => ("security_events e", "e."),
+        EventSource::Table | EventSource::Tail(_) => ("security_events e".to_string(), "e."),
     };
     let mut conds: Vec<String> = Vec::new();
     let mut binds: Vec<Bind> = Vec::new();
@@ -403,7 +403,8 @@ impl SecurityEventSink for Store {
             // The copied events and the stretch after them (`audit_index.rs`). Every event up
             // to `upto` is in the search table and stays there (the trail is append-only), so
             // the two parts neither overlap nor miss one, whenever the copy runs meanwhile.
-            let upto: i64 = sqlx::query_scalar(crate::audit_index::INDEXED_UPTO)
+            let upto_sql = crate::audit_index::indexed_upto_sql(self.search_table());
+            let upto: i64 = sqlx::query_scalar(&upto_sql)
                 .fetch_one_in(self, scope)
                 .await
                 .map_err(db_err)?;
@@ -438,7 +439,7 @@ impl Store {
         source: EventSource,
         scope: Scope,
     ) -> CoreResult<Vec<SecurityEvent>> {
-        let (sql, binds) = event_search_sql(q, source);
+        let (sql, binds) = event_search_sql(q, source, self.search_table());
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = match b {

@@ -54,6 +54,9 @@ pub struct Store {
     /// The SQLite file's connection for the group-committed writes (`direct.rs`); `None` on
     /// PostgreSQL and in memory.
     direct: Option<std::sync::Arc<direct::DirectWriter>>,
+    /// The audit search's table in a file of its own (`audit_index.rs`); `None` on PostgreSQL
+    /// and in memory, where it is the database's `security_events_search`.
+    search: Option<std::sync::Arc<audit_index::SearchFile>>,
 }
 
 /// The audit chain's key, its copies outside the database, and the queue of events waiting
@@ -139,9 +142,14 @@ fn is_outage(e: &sqlx::Error) -> bool {
 impl Store {
     /// Opens (creating if needed) the SQLite database file and runs the migrations.
     pub async fn open_sqlite(path: &std::path::Path) -> CoreResult<Store> {
-        let pool = db::sqlite_file(path).await?;
+        // The search file exists, in WAL mode with its table, before the pool attaches it.
+        let search_path = audit_index::search_path(path);
+        let search = audit_index::SearchFile::create(&search_path)?;
+        let pool = db::sqlite_file(path, &search_path).await?;
         let mut store = Self::init(pool, Backend::Sqlite).await?;
         store.direct = Some(std::sync::Arc::new(direct::DirectWriter::open(path)?));
+        search.attach_events(path)?;
+        store.search = Some(std::sync::Arc::new(search));
         db::spawn_sqlite_checkpointer(store.pool.clone());
         audit_index::spawn_audit_indexer(store.clone());
         Ok(store)
@@ -193,9 +201,19 @@ impl Store {
             write_gate: db::WriteGate::default(),
             usage_queue: std::sync::Arc::new(usage::UsageQueue::new(usage::MAX_BATCH)),
             direct: None,
+            search: None,
         };
         store.ensure_default_tenant().await?;
         Ok(store)
+    }
+
+    /// The audit search's table, as the pool's connections name it.
+    pub(crate) fn search_table(&self) -> &'static str {
+        if self.search.is_some() {
+            "search.security_events_search"
+        } else {
+            "security_events_search"
+        }
     }
 
     /// Chains audit events under `key` (the server's audit key).

@@ -134,3 +134,55 @@ async fn searches_read_both_sides_of_the_index_copy() {
     s.index_audit_events().await.unwrap();
     check(&s, &written, a).await;
 }
+
+/// On a SQLite file the search table lives in a file of its own beside the database, written
+/// without the database's write lock; it holds only copies, so a lost one is refilled from the
+/// trail at the next start and the searches answer as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_file_is_its_own_and_refilled_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let search = dir.path().join("t-search.db");
+    let user = UserId::new();
+    let s = Store::open_sqlite(&db).await.unwrap();
+    for i in 0..20 {
+        s.record(
+            SecurityEvent::new(SecurityEventKind::LoginSuccess)
+                .user(DEFAULT_TENANT, user)
+                .request(Some(format!("req-{i:02}")), None),
+        )
+        .await
+        .unwrap();
+    }
+    while s.index_audit_events().await.unwrap() > 0 {}
+    assert!(search.exists(), "the search table has a file of its own");
+    // The copies are in that file, not in the database's own table.
+    let copied = |path: &std::path::Path| {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.query_row("SELECT COUNT(*) FROM security_events_search", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(copied(&search), 20);
+    assert_eq!(copied(&db), 0);
+    s.close().await;
+    drop(s);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = search.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let s = Store::open_sqlite(&db).await.unwrap();
+    let q = EventQuery {
+        user: Some(user),
+        limit: 100,
+        ..EventQuery::default()
+    };
+    let newest_first: Vec<String> = (0..20).rev().map(|i| format!("req-{i:02}")).collect();
+    // Before the copy (read from the trail) and after it (through the refilled file).
+    assert_eq!(ids(&s, q.clone()).await, newest_first);
+    while s.index_audit_events().await.unwrap() > 0 {}
+    assert_eq!(copied(&search), 20);
+    assert_eq!(ids(&s, q).await, newest_first);
+}
