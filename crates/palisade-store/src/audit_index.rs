@@ -32,12 +32,21 @@ use crate::{db_err, Backend, Store};
 /// at most this many, take a fraction of that. A longer backlog is copied in several turns.
 const INDEX_BATCH: usize = 256;
 
-/// Copies the events after the newest one copied (at most [`INDEX_BATCH`]): one statement, so
-/// it is all or none, and a second process doing the same at once finds the rows copied.
-const INDEX_EVENTS: &str = "INSERT OR IGNORE INTO security_events_search \
-    (seq, kind, tenant_id, user_id, actor_id, request_id, created_at) \
-    SELECT seq, kind, tenant_id, user_id, actor_id, request_id, created_at FROM security_events \
-    WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM security_events_search) ORDER BY seq LIMIT $1";
+/// Copies the events of `events` after the newest one in `search` (at most `$1`): one
+/// statement, so it is all or none, and a second process doing the same at once finds the rows
+/// copied.
+fn index_events_sql(search: &str, events: &str) -> String {
+    format!(
+        "INSERT OR IGNORE INTO {search} \
+         (seq, kind, tenant_id, user_id, actor_id, request_id, created_at) \
+         SELECT seq, kind, tenant_id, user_id, actor_id, request_id, created_at FROM {events} \
+         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM {search}) ORDER BY seq LIMIT $1"
+    )
+}
+
+/// The copy in the database's own file (in memory; a store without the search file).
+static INDEX_EVENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| index_events_sql("security_events_search", "security_events"));
 
 /// The search table's columns and indexes (migration 0017's), for the file of its own.
 const SEARCH_SCHEMA: &str = "PRAGMA journal_mode = WAL; \
@@ -51,12 +60,11 @@ const SEARCH_SCHEMA: &str = "PRAGMA journal_mode = WAL; \
     CREATE INDEX IF NOT EXISTS idx_security_events_search_request ON security_events_search(request_id) WHERE request_id IS NOT NULL; \
     CREATE INDEX IF NOT EXISTS idx_security_events_search_created ON security_events_search(created_at);";
 
-/// [`INDEX_EVENTS`] on the search file's own connection: the table is `main`'s there and the
-/// events come from the attached database (`ev`).
-const INDEX_EVENTS_FILE: &str = "INSERT OR IGNORE INTO main.security_events_search \
-    (seq, kind, tenant_id, user_id, actor_id, request_id, created_at) \
-    SELECT seq, kind, tenant_id, user_id, actor_id, request_id, created_at FROM ev.security_events \
-    WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM main.security_events_search) ORDER BY seq LIMIT ?1";
+/// The copy on the search file's own connection: the table is `main`'s there and the events
+/// come from the attached database (`ev`).
+static INDEX_EVENTS_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    index_events_sql("main.security_events_search", "ev.security_events")
+});
 
 /// The search file beside the SQLite database at `db`.
 pub(crate) fn search_path(db: &std::path::Path) -> std::path::PathBuf {
@@ -104,10 +112,12 @@ impl SearchFile {
             .map_err(|_| CoreError::Internal("the search file's lock was poisoned".into()))
     }
 
-    /// One copy (see [`INDEX_EVENTS`]): how many events it took.
+    /// One copy (see [`index_events_sql`]): how many events it took.
     fn copy(&self) -> CoreResult<usize> {
         let conn = self.lock()?;
-        let mut stmt = conn.prepare_cached(INDEX_EVENTS_FILE).map_err(search_err)?;
+        let mut stmt = conn
+            .prepare_cached(&INDEX_EVENTS_FILE)
+            .map_err(search_err)?;
         stmt.execute([INDEX_BATCH as i64]).map_err(search_err)
     }
 }
@@ -146,9 +156,9 @@ impl Store {
         let _turn = self.write_gate.lock().await;
         let _timed = crate::timed("audit_index");
         if let Some(writer) = self.direct.as_deref() {
-            return writer.execute(INDEX_EVENTS, [INDEX_BATCH as i64]);
+            return writer.execute(&INDEX_EVENTS, [INDEX_BATCH as i64]);
         }
-        let done = sqlx::query(INDEX_EVENTS)
+        let done = sqlx::query(&INDEX_EVENTS)
             .bind(INDEX_BATCH as i64)
             .execute(&self.pool)
             .await
