@@ -15,14 +15,15 @@ use serde_json::{json, Value};
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
-use crate::upstream::{http_client, post_json, Upstream, UpstreamRequest};
+use crate::upstream::{http_client, post_json, Endpoint, Upstream, UpstreamRequest};
 
 /// The longest NDJSON line accepted from Ollama.
 const MAX_LINE: usize = 1 << 20;
 
 pub struct OllamaUpstream {
     http: reqwest::Client,
-    url: String,
+    /// `…/api/chat`.
+    url: Endpoint,
     api_key: Option<String>,
 }
 
@@ -44,7 +45,7 @@ impl OllamaUpstream {
     pub fn with_client(base_url: &str, api_key: Option<String>, http: reqwest::Client) -> Self {
         Self {
             http,
-            url: format!("{}/api/chat", base_url.trim_end_matches('/')),
+            url: Endpoint::new(format!("{}/api/chat", base_url.trim_end_matches('/'))),
             api_key,
         }
     }

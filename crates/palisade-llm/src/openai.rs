@@ -11,16 +11,18 @@ use futures::StreamExt;
 use palisade_core::provider::{
     FinishReason, GenerationEvent, GenerationStream, ProviderError, Usage,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::upstream::{http_client, post_json, transport_error, Upstream, UpstreamRequest};
+use crate::upstream::{
+    http_client, post_json, transport_error, Endpoint, Upstream, UpstreamRequest,
+};
 
 /// A client for one OpenAI-compatible server.
 pub struct OpenAiUpstream {
     http: reqwest::Client,
     /// `…/v1/chat/completions`.
-    url: String,
+    url: Endpoint,
     api_key: Option<String>,
     /// Ask for a streamed answer (the router always does; plain answers are for clients that
     /// want one JSON document).
@@ -45,7 +47,10 @@ impl OpenAiUpstream {
     pub fn with_client(base_url: &str, api_key: Option<String>, http: reqwest::Client) -> Self {
         Self {
             http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url: Endpoint::new(format!(
+                "{}/chat/completions",
+                base_url.trim_end_matches('/')
+            )),
             api_key,
             stream: true,
         }
@@ -57,32 +62,59 @@ impl OpenAiUpstream {
         self
     }
 
-    fn body(&self, req: &UpstreamRequest) -> Value {
-        let messages: Vec<Value> = req
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-            .collect();
+    /// The request body, borrowing the request's text (nothing is copied before it is
+    /// serialised).
+    fn body<'a>(&self, req: &'a UpstreamRequest) -> WireRequest<'a> {
         let p = &req.params;
-        let mut body = json!({
-            "model": req.model,
-            "messages": messages,
-            "max_tokens": p.max_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "stream": self.stream,
-        });
-        if self.stream {
-            body["stream_options"] = json!({"include_usage": true});
+        WireRequest {
+            model: &req.model,
+            messages: req
+                .messages
+                .iter()
+                .map(|m| WireTurn {
+                    role: m.role.as_str(),
+                    content: &m.content,
+                })
+                .collect(),
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            stream: self.stream,
+            stream_options: self.stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            seed: p.seed,
+            stop: &p.stop,
         }
-        if let Some(seed) = p.seed {
-            body["seed"] = json!(seed);
-        }
-        if !p.stop.is_empty() {
-            body["stop"] = json!(p.stop);
-        }
-        body
     }
+}
+
+/// A chat-completions request as it goes upstream.
+#[derive(Debug, Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireTurn<'a>>,
+    max_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct WireTurn<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -18,6 +18,26 @@ pub struct UpstreamRequest {
     pub request_id: String,
 }
 
+/// An upstream's address, parsed once: each request clones the parsed URL instead of parsing
+/// the text again (reqwest parses a `&str` on every call, host name processing included).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    text: String,
+    /// `None` when the text is no URL: the request then fails as reqwest reports it.
+    parsed: Option<reqwest::Url>,
+}
+
+impl Endpoint {
+    pub fn new(text: String) -> Self {
+        let parsed = reqwest::Url::parse(&text).ok();
+        Self { text, parsed }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// A remote model server.
 #[async_trait::async_trait]
 pub trait Upstream: Send + Sync + 'static {
@@ -158,13 +178,13 @@ pub fn status_error(
 
 /// POSTs a JSON request with the request id and the bearer key; an error status becomes a
 /// typed error (see [`status_error`]).
-pub async fn post_json(
+pub async fn post_json<B: serde::Serialize + ?Sized>(
     http: &reqwest::Client,
     what: &str,
-    url: &str,
+    url: &Endpoint,
     api_key: Option<&str>,
     request_id: &str,
-    body: &serde_json::Value,
+    body: &B,
 ) -> Result<reqwest::Response, ProviderError> {
     let span = tracing::debug_span!(
         "upstream.request",
@@ -173,7 +193,11 @@ pub async fn post_json(
         http.request.method = "POST",
         http.response.status_code = tracing::field::Empty,
     );
-    let mut call = http.post(url).header("x-request-id", request_id).json(body);
+    let call = match &url.parsed {
+        Some(u) => http.post(u.clone()),
+        None => http.post(url.as_str()),
+    };
+    let mut call = call.header("x-request-id", request_id).json(body);
     // The trace goes on to the upstream (another Palisade node, a gateway) when traces are
     // exported: the headers name this request's span.
     for (name, value) in span.in_scope(palisade_core::trace::outgoing) {

@@ -454,6 +454,9 @@ async fn openai_stream_with_usage_request_id_and_credentials() {
     assert_eq!(body["stop"][0], "END");
     assert_eq!(body["messages"][0]["role"], "system");
     assert_eq!(body["messages"][1]["content"], "hello");
+    // Sampling values go out as written (0.7, not 0.699999988079071 from a widened f32).
+    assert_eq!(body["temperature"], serde_json::json!(0.7));
+    assert_eq!(body["top_p"], serde_json::json!(0.95));
     assert_eq!(
         stub.header("ok", "x-request-id").as_deref(),
         Some("req-123")
@@ -467,7 +470,7 @@ async fn openai_stream_with_usage_request_id_and_credentials() {
 #[tokio::test]
 async fn openai_plain_answers_are_understood() {
     use palisade_llm::Upstream;
-    let (base, _stub) = start_stub().await;
+    let (base, stub) = start_stub().await;
     let up = palisade_llm::openai::OpenAiUpstream::new(
         &format!("{base}/ok/v1"),
         None,
@@ -499,6 +502,14 @@ async fn openai_plain_answers_are_understood() {
         }
         other => panic!("{other:?}"),
     }
+    // A plain request asks for no stream options, and unset parameters are left out.
+    let body = stub.body("ok");
+    assert_eq!(body["stream"], false);
+    let sent = body.as_object().unwrap();
+    for absent in ["stream_options", "seed", "stop"] {
+        assert!(!sent.contains_key(absent), "{absent} sent: {body}");
+    }
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test]
