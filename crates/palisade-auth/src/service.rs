@@ -92,7 +92,7 @@ pub struct AuthRepos {
 
 /// SHA-256 of a secret (refresh token, API key, recovery code), hex; only this is stored.
 pub fn hash_secret(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    palisade_core::hex_lower(&Sha256::digest(token.as_bytes()))
 }
 
 /// Kept for callers of the first version.

@@ -106,7 +106,7 @@ impl AuditKey {
             // Writing into a MAC cannot fail; an empty hash never verifies.
             return String::new();
         }
-        hex::encode(mac.finalize().into_bytes())
+        crate::hex_lower(&mac.finalize().into_bytes())
     }
 }
 

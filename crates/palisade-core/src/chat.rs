@@ -233,7 +233,7 @@ struct Entry {
 /// SHA-256 (hex) of `bytes`.
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
+    crate::hex_lower(&sha2::Sha256::digest(bytes))
 }
 
 /// The audit trail's digest of the turns a client sent: SHA-256 of their compact JSON array,
