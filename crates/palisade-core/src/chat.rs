@@ -250,7 +250,9 @@ pub fn prompt_json(turns: &[(Role, &str)]) -> String {
         .iter()
         .map(|(role, content)| serde_json::json!({ "role": role.as_str(), "content": content }))
         .collect();
-    serde_json::Value::Array(arr).to_string()
+    let arr = serde_json::Value::Array(arr);
+    // The same compact text as `Display`, written straight into bytes.
+    serde_json::to_string(&arr).unwrap_or_else(|_| arr.to_string())
 }
 
 /// The audit trail's digest of an answer: SHA-256 of its text as the client received it.
@@ -2088,6 +2090,24 @@ impl Pump {
 #[cfg(test)]
 mod tests {
     use super::title_from;
+
+    #[test]
+    fn the_prompt_json_is_the_compact_text_of_its_turns() {
+        use crate::provider::Role;
+        // Quotes, escapes, control characters and non-ASCII text, as `Display` writes them.
+        let tricky = "say \"hi\"\n\t\u{1}\u{7f} é€😀 </script>";
+        let turns = [(Role::System, "be brief"), (Role::User, tricky)];
+        let expected = serde_json::json!([
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": tricky},
+        ])
+        .to_string();
+        assert_eq!(super::prompt_json(&turns), expected);
+        assert_eq!(
+            super::prompt_digest(&turns),
+            super::sha256_hex(expected.as_bytes())
+        );
+    }
 
     #[test]
     fn titles() {

@@ -461,7 +461,9 @@ impl Store {
                 ip: e.ip.clone(),
                 user_agent: e.user_agent.clone(),
                 request_id: e.request_id.clone(),
-                detail: e.detail.to_string(),
+                // Straight into bytes: `Value`'s `Display` writes the same text through the
+                // formatting machinery, at about twice the instructions.
+                detail: serde_json::to_string(&e.detail).unwrap_or_else(|_| e.detail.to_string()),
                 created_at: e.created_at,
                 prev_hash,
                 hash: String::new(),
