@@ -246,13 +246,21 @@ pub fn prompt_digest(turns: &[(Role, &str)]) -> String {
 /// The compact JSON array of `turns` whose SHA-256 is [`prompt_digest`] (also what a tenant
 /// whose policy records content keeps, sealed, in the trail).
 pub fn prompt_json(turns: &[(Role, &str)]) -> String {
-    let arr: Vec<serde_json::Value> = turns
+    /// One turn as the digest reads it: fields in sorted order, as a JSON object's keys are.
+    #[derive(serde::Serialize)]
+    struct Turn<'a> {
+        content: &'a str,
+        role: &'a str,
+    }
+    let turns: Vec<Turn<'_>> = turns
         .iter()
-        .map(|(role, content)| serde_json::json!({ "role": role.as_str(), "content": content }))
+        .map(|(role, content)| Turn {
+            content,
+            role: role.as_str(),
+        })
         .collect();
-    let arr = serde_json::Value::Array(arr);
-    // The same compact text as `Display`, written straight into bytes.
-    serde_json::to_string(&arr).unwrap_or_else(|_| arr.to_string())
+    // Strings into memory: serialising cannot fail.
+    serde_json::to_string(&turns).unwrap_or_default()
 }
 
 /// The audit trail's digest of an answer: SHA-256 of its text as the client received it.
