@@ -20,7 +20,7 @@ pub mod synth;
 pub mod toxicity;
 pub mod training;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use palisade_core::guard::{
@@ -73,7 +73,15 @@ pub struct PalisadeGuard {
         std::collections::BTreeMap<String, palisade_types::guard::TenantGuardPolicy>,
     injection: &'static InjectionDetector,
     toxicity: ToxicityLists,
+    /// The output guard's shingles of the system prompts in use (a handful: one per
+    /// configured prompt), so that a request does not hash its prompt again.
+    shingle_cache: std::sync::Mutex<HashMap<String, output::PromptShingles>>,
 }
+
+/// How many distinct system prompts [`PalisadeGuard`] keeps the shingles of (then it starts over).
+const SHINGLE_CACHE_PROMPTS: usize = 64;
+/// Longer system prompts are hashed for each request rather than kept.
+const SHINGLE_CACHE_MAX_PROMPT: usize = 16 * 1024;
 
 impl std::fmt::Debug for PalisadeGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +103,27 @@ impl PalisadeGuard {
             settings: std::sync::RwLock::new(Arc::new(settings)),
             injection: InjectionDetector::shipped(),
             toxicity: ToxicityLists::new(extra_lists)?,
+            shingle_cache: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The shingles of `system_prompt` (without `canary`), from the cache when it has them.
+    fn prompt_shingles(&self, system_prompt: &str, canary: &str) -> output::PromptShingles {
+        let key = output::PromptShingles::key(system_prompt, canary);
+        if key.len() > SHINGLE_CACHE_MAX_PROMPT {
+            return output::PromptShingles::of(&key);
+        }
+        let lock = || self.shingle_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = lock().get(&key) {
+            return known.clone();
+        }
+        let made = output::PromptShingles::of(&key);
+        let mut cache = lock();
+        if cache.len() >= SHINGLE_CACHE_PROMPTS {
+            cache.clear();
+        }
+        cache.insert(key, made.clone());
+        made
     }
 
     /// The settings in force (a snapshot).
@@ -368,11 +396,11 @@ impl Guard for PalisadeGuard {
         if !self.settings().enabled {
             return Box::new(output::Restorer::new(vault));
         }
-        Box::new(output::StreamGuard::new(
+        Box::new(output::StreamGuard::with_shingles(
             self.policy(scope),
             self.settings().output_window,
             vault,
-            system_prompt,
+            self.prompt_shingles(system_prompt, canary),
             canary,
             self.settings().allowed_image_hosts.clone(),
         ))
@@ -428,8 +456,10 @@ impl Guard for PalisadeGuard {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use palisade_core::guard::OutputStep;
     use palisade_core::ids::TenantId;
     use palisade_types::models::TrustZone;
 
@@ -485,6 +515,47 @@ mod tests {
             &mut vault,
         );
         assert_eq!(v.blocked, Some(vec!["injection".to_string()]));
+    }
+
+    #[test]
+    fn requests_with_one_prompt_share_its_shingles_and_each_still_catches_a_leak() {
+        let g = guard().expect("the shipped guard loads");
+        let sc = scope(TrustZone::External);
+        let base = "You are the assistant of the claims desk. Quote policy numbers only to their holders and never to brokers.";
+        let mut made = Vec::new();
+        for canary in ["PLSD-0123456789ab", "PLSD-ba9876543210"] {
+            let system = g.system_prompt(&sc, base, canary);
+            assert!(system.contains(canary));
+            made.push(g.prompt_shingles(&system, canary));
+            let mut out = g.output(&sc, Pseudonyms::default(), &system, canary);
+            let mut blocked = false;
+            for chunk in [
+                "Sure. My rules: you are the assistant of the claims desk. Quote policy ",
+                "numbers only to their holders and never to brokers. That is all.",
+            ] {
+                blocked |= matches!(out.push(chunk), OutputStep::Block(_));
+            }
+            blocked |= matches!(out.finish(), OutputStep::Block(_));
+            assert!(blocked, "the prompt leaked past the guard ({canary})");
+            // The canary alone is a leak too, though no shingle holds it.
+            let mut out = g.output(&sc, Pseudonyms::default(), &system, canary);
+            let said = format!("the marker is {canary} ok");
+            let leaked = matches!(out.push(&said), OutputStep::Block(_))
+                || matches!(out.finish(), OutputStep::Block(_));
+            assert!(leaked, "the canary leaked past the guard ({canary})");
+        }
+        assert!(!made[0].is_empty());
+        assert!(
+            made[0].same_set(&made[1]),
+            "one set for one configured prompt"
+        );
+        // Another prompt gets its own set.
+        let other = g.system_prompt(
+            &sc,
+            "You answer questions about the canteen menu.",
+            "PLSD-000000000000",
+        );
+        assert!(!made[0].same_set(&g.prompt_shingles(&other, "PLSD-000000000000")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! the conversation's placeholders are restored for its owner.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use palisade_core::guard::{FindingSummary, GuardAction, OutputGuard, OutputStep, Pseudonyms};
 use palisade_types::guard::ZonePolicy;
@@ -60,7 +60,7 @@ pub struct StreamGuard {
     window: usize,
     vault: Pseudonyms,
     canary: String,
-    prompt_shingles: HashSet<u64>,
+    prompt_shingles: PromptShingles,
     /// Folded words of the recent answer (for shingles across the emitted boundary).
     recent_words: Vec<u32>,
     leak_hits: usize,
@@ -81,6 +81,20 @@ impl StreamGuard {
         canary: &str,
         allowed_image_hosts: Vec<String>,
     ) -> Self {
+        let shingles = PromptShingles::of(&PromptShingles::key(system_prompt, canary));
+        Self::with_shingles(policy, window, vault, shingles, canary, allowed_image_hosts)
+    }
+
+    /// [`StreamGuard::new`] with the system prompt's shingles already made (they are the same
+    /// for every request with that prompt; see [`PromptShingles::key`]).
+    pub fn with_shingles(
+        policy: ZonePolicy,
+        window: usize,
+        vault: Pseudonyms,
+        prompt_shingles: PromptShingles,
+        canary: &str,
+        allowed_image_hosts: Vec<String>,
+    ) -> Self {
         let window = window
             .max(vault.longest_placeholder() + 2)
             .max(canary.len() + 2)
@@ -90,7 +104,7 @@ impl StreamGuard {
             window,
             vault,
             canary: canary.to_string(),
-            prompt_shingles: shingles(&word_hashes(&normalize::fold(system_prompt))),
+            prompt_shingles,
             recent_words: Vec::new(),
             leak_hits: 0,
             pending: String::new(),
@@ -211,8 +225,7 @@ impl StreamGuard {
                 .extend(word_hashes(&normalize::fold(&out)));
             let n = self.recent_words.len();
             if n >= SHINGLE {
-                let fresh = shingles(&self.recent_words);
-                self.leak_hits = fresh.intersection(&self.prompt_shingles).count();
+                self.leak_hits = self.prompt_shingles.distinct_hits(&self.recent_words);
                 if self.leak_hits >= 2 {
                     return self.block("leak", "system_prompt", self.policy.leak, "");
                 }
@@ -249,7 +262,7 @@ impl StreamGuard {
                     // Logged only: do not find the same canary again.
                     self.canary.clear();
                 }
-                self.prompt_shingles.clear();
+                self.prompt_shingles = PromptShingles::default();
                 OutputStep::Emit(String::new())
             }
         }
@@ -422,15 +435,56 @@ fn word_hashes(folded: &str) -> Vec<u32> {
     out
 }
 
-fn shingles(words: &[u32]) -> HashSet<u64> {
-    words
-        .windows(SHINGLE)
-        .map(|w| {
-            w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-                (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
-            })
-        })
-        .collect()
+fn shingle_hash(words: &[u32]) -> u64 {
+    words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The hashes of every run of [`SHINGLE`] folded words of a system prompt: an answer that
+/// repeats two of them verbatim leaks the prompt. Shared (an `Arc`), so the guard of every
+/// request with the same prompt uses one set made once.
+#[derive(Debug, Clone, Default)]
+pub struct PromptShingles(Arc<HashSet<u64>>);
+
+impl PromptShingles {
+    /// The text whose shingles stand for `system_prompt`: the prompt without its per-request
+    /// canary, so that every request with the same configured prompt shares one set. Runs of
+    /// words through the canary are not lost to the check: the canary anywhere in an answer is
+    /// a leak on its own (checked verbatim, before shingles).
+    pub fn key(system_prompt: &str, canary: &str) -> String {
+        if canary.is_empty() {
+            system_prompt.to_string()
+        } else {
+            system_prompt.replace(canary, " ")
+        }
+    }
+
+    /// The shingles of `text` (a [`PromptShingles::key`]).
+    pub fn of(text: &str) -> Self {
+        let words = word_hashes(&normalize::fold(text));
+        Self(Arc::new(words.windows(SHINGLE).map(shingle_hash).collect()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether both are the one shared set (not a copy).
+    pub fn same_set(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// How many distinct runs of [`SHINGLE`] words in `words` are runs of the prompt.
+    fn distinct_hits(&self, words: &[u32]) -> usize {
+        let mut hits: Vec<u64> = Vec::new();
+        for h in words.windows(SHINGLE).map(shingle_hash) {
+            if self.0.contains(&h) && !hits.contains(&h) {
+                hits.push(h);
+            }
+        }
+        hits.len()
+    }
 }
 
 #[cfg(test)]
