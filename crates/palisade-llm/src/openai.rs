@@ -227,21 +227,70 @@ impl Upstream for OpenAiUpstream {
     }
 }
 
+/// The most bytes one upstream event may hold. An OpenAI chunk is a token or a few; a stream
+/// that sends a line longer than this is broken or hostile, and is ended with an error rather
+/// than buffered without bound.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
 /// Decodes an OpenAI-compatible SSE answer body (`data:` chunks, usage, `[DONE]`) into
 /// generation events. Any byte sequence, cut anywhere, gives events or one typed error and
-/// then ends: never a panic (fuzzed by `fuzz/fuzz_targets/upstream_streams.rs`).
+/// then ends: never a panic (fuzzed by `fuzz/fuzz_targets/upstream_streams.rs`). Lines are
+/// split by `sse_parse` (the WHATWG event-stream rules; invalid UTF-8 becomes U+FFFD), and no
+/// event may exceed [`MAX_EVENT_BYTES`].
 pub fn decode_stream<S, B, E>(body: S) -> GenerationStream
 where
     S: futures::Stream<Item = Result<B, E>> + Send + Unpin + 'static,
     B: AsRef<[u8]> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let mut events = eventsource_stream::Eventsource::eventsource(body);
+    let mut body = body;
     Box::pin(async_stream::stream! {
+        let mut parser = sse_parse::SseParser::new().max_buffer(MAX_EVENT_BYTES);
         let mut reason: Option<String> = None;
         let mut usage = Usage::default();
-        loop {
-            let Some(next) = events.next().await else {
+        let mut ended = false;
+        'read: loop {
+            while let Some(ev) = parser.next_event() {
+                let data = ev.data.trim();
+                if data.is_empty() {
+                    continue;
+                }
+                if data == "[DONE]" {
+                    yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
+                    break 'read;
+                }
+                let chunk: WireChunk = match serde_json::from_str(data) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        yield Err(ProviderError::Internal("openai: the upstream sent an invalid event".into()));
+                        break 'read;
+                    }
+                };
+                if chunk.error.is_some() {
+                    yield Err(ProviderError::Unavailable("openai: the upstream reported an error mid-stream".into()));
+                    break 'read;
+                }
+                if let Some(u) = chunk.usage {
+                    usage = u.into();
+                }
+                for c in chunk.choices {
+                    if let Some(text) = c.delta.and_then(|d| d.content) {
+                        if !text.is_empty() {
+                            yield Ok(GenerationEvent::Text(text));
+                        }
+                    }
+                    if c.finish_reason.is_some() {
+                        reason = c.finish_reason;
+                    }
+                }
+            }
+            if parser.overflows() > 0 {
+                yield Err(ProviderError::Internal(format!(
+                    "openai: the upstream sent an event over {} MiB", MAX_EVENT_BYTES >> 20
+                )));
+                break;
+            }
+            if ended {
                 // Some servers close without `[DONE]` after the final chunk.
                 if reason.is_some() {
                     yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
@@ -249,46 +298,143 @@ where
                     yield Err(ProviderError::Unavailable("openai: the upstream closed the stream early".into()));
                 }
                 break;
-            };
-            let ev = match next {
-                Ok(ev) => ev,
-                Err(e) => {
+            }
+            match body.next().await {
+                Some(Ok(bytes)) => parser.feed(bytes.as_ref()),
+                Some(Err(e)) => {
                     yield Err(ProviderError::Unavailable(format!("openai: stream broken ({e})")));
                     break;
                 }
-            };
-            let data = ev.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            if data == "[DONE]" {
-                yield Ok(GenerationEvent::Done { finish_reason: finish(reason.as_deref()), usage, truncated_turns: 0 });
-                break;
-            }
-            let chunk: WireChunk = match serde_json::from_str(data) {
-                Ok(c) => c,
-                Err(_) => {
-                    yield Err(ProviderError::Internal("openai: the upstream sent an invalid event".into()));
-                    break;
-                }
-            };
-            if chunk.error.is_some() {
-                yield Err(ProviderError::Unavailable("openai: the upstream reported an error mid-stream".into()));
-                break;
-            }
-            if let Some(u) = chunk.usage {
-                usage = u.into();
-            }
-            for c in chunk.choices {
-                if let Some(text) = c.delta.and_then(|d| d.content) {
-                    if !text.is_empty() {
-                        yield Ok(GenerationEvent::Text(text));
-                    }
-                }
-                if c.finish_reason.is_some() {
-                    reason = c.finish_reason;
+                None => {
+                    parser.finish();
+                    ended = true;
                 }
             }
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    type Chunk = Result<bytes::Bytes, std::io::Error>;
+
+    /// What a stream gave: the text, then how it ended (finish reason and usage, or the error).
+    fn run(chunks: Vec<Chunk>) -> (String, Result<(FinishReason, u32, u32), ProviderError>) {
+        let events: Vec<_> =
+            futures::executor::block_on(decode_stream(futures::stream::iter(chunks)).collect());
+        let mut text = String::new();
+        let mut end = None;
+        for e in events {
+            assert!(end.is_none(), "an event after the end");
+            match e {
+                Ok(GenerationEvent::Text(t)) => text.push_str(&t),
+                Ok(GenerationEvent::Done {
+                    finish_reason,
+                    usage,
+                    ..
+                }) => {
+                    end = Some(Ok((
+                        finish_reason,
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                    )))
+                }
+                Err(e) => end = Some(Err(e)),
+            }
+        }
+        (text, end.expect("the stream ended with an event"))
+    }
+
+    fn cut(body: &[u8], size: usize) -> Vec<Chunk> {
+        body.chunks(size)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    /// A recorded OpenAI stream, with the line endings, comments and field spellings the event
+    /// stream format allows (CRLF, CR, `data:` without its space, a keep-alive comment).
+    const BODY: &str = concat!(
+        ": keep-alive\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Gr\\u00fc\"},\"finish_reason\":null}]}\r\n\r\n",
+        "data:{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ezi \u{1F600}\"},\"finish_reason\":null}]}\n\n",
+        "event: message\rdata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\r\r",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn every_cut_of_a_stream_gives_the_same_answer() {
+        for size in 1..=BODY.len() {
+            let (text, end) = run(cut(BODY.as_bytes(), size));
+            assert_eq!(text, "Grüezi \u{1F600}", "chunks of {size}");
+            assert_eq!(
+                end.ok(),
+                Some((FinishReason::Length, 12, 3)),
+                "chunks of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_after_the_finish_ends_the_answer_and_one_before_it_is_an_error() {
+        let finished =
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let (text, end) = run(cut(finished.as_bytes(), 7));
+        assert_eq!(text, "Hi");
+        assert_eq!(end.ok(), Some((FinishReason::Stop, 0, 0)));
+
+        // An event without its closing blank line is not an event (the format's rule).
+        let unfinished =
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+                          data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n";
+        let (text, end) = run(cut(unfinished.as_bytes(), 5));
+        assert_eq!(text, "Hi");
+        assert!(matches!(end, Err(ProviderError::Unavailable(_))), "{end:?}");
+
+        let mut broken = cut(unfinished.as_bytes(), 64);
+        broken.push(Err(std::io::Error::other("connection reset")));
+        let (_, end) = run(broken);
+        assert!(
+            matches!(&end, Err(ProviderError::Unavailable(m)) if m.contains("connection reset")),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn an_endless_event_is_refused_not_buffered() {
+        // An upstream that streams one line and never ends it: the decoder stops at the cap
+        // with a typed error instead of holding the line (here 3 MiB; it could be endless).
+        let mut chunks = cut(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"ok\"},\"finish_reason\":null}]}\n\ndata: \"",
+            16,
+        );
+        let filler = bytes::Bytes::from(vec![b'a'; 64 * 1024]);
+        chunks.extend((0..48).map(|_| Ok(filler.clone())));
+        let (text, end) = run(chunks);
+        assert_eq!(text, "ok");
+        assert!(
+            matches!(&end, Err(ProviderError::Internal(m)) if m.contains("MiB")),
+            "{end:?}"
+        );
+        // Just under the cap is still an event.
+        let mut body = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_EVENT_BYTES - 200));
+        body.extend_from_slice(b"\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+        let (text, end) = run(cut(&body, 4096));
+        assert_eq!(text.len(), MAX_EVENT_BYTES - 200);
+        assert_eq!(end.ok(), Some((FinishReason::Stop, 0, 0)));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_chunk_does_not_break_the_stream() {
+        let mut body = b"data: {\"choices\":[{\"delta\":{\"content\":\"a".to_vec();
+        body.push(0xFF);
+        body.extend_from_slice(b"b\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+        let (text, end) = run(cut(&body, 3));
+        assert_eq!(text, "a\u{FFFD}b");
+        assert!(end.is_ok(), "{end:?}");
+    }
 }
