@@ -573,15 +573,37 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> CoreResult<Vec<(i64, AuditLink)>> {
-        let rows = sqlx::query(&format!(
-            "SELECT seq, {LINK_COLS} FROM security_events \
-             WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        ))
-        .bind(since_ms)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all_in(self, Scope::System)
-        .await
+        let rows = if self.backend == crate::Backend::Sqlite {
+            // No `created_at` index on the appended table (migration 0018): the search table's
+            // finds the first copied event at or after `since` (or, when none is, the first
+            // event not copied yet), and the rows from there on are read in order. The search
+            // table holds every event up to its newest, so no event at or after `since` lies
+            // before that start, whatever order the clock gave their times.
+            let search = self.search_table();
+            sqlx::query(&format!(
+                "SELECT seq, {LINK_COLS} FROM security_events \
+                 WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 \
+                 AND seq >= COALESCE((SELECT MIN(seq) FROM {search} WHERE created_at >= $3), \
+                                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM {search})) \
+                 ORDER BY seq LIMIT $4"
+            ))
+            .bind(since_ms)
+            .bind(after)
+            .bind(since_ms)
+            .bind(i64::from(limit))
+            .fetch_all_in(self, Scope::System)
+            .await
+        } else {
+            sqlx::query(&format!(
+                "SELECT seq, {LINK_COLS} FROM security_events \
+                 WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .bind(since_ms)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all_in(self, Scope::System)
+            .await
+        }
         .map_err(db_err)?;
         rows.iter()
             .map(|r| Ok((r.try_get("seq").map_err(db_err)?, link_from(r)?)))

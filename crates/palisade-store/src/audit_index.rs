@@ -4,8 +4,9 @@
 //! event with the search's six indexes wrote ~10 pages (40 kB), and a model request appends two.
 //! The searchable columns are therefore copied, a batch at a time, into a table of their own that
 //! carries the search indexes: a batch of a few hundred events touches a handful of leaves per
-//! index instead of one each. An appended event now writes its row, its chain's index entry and
-//! its `created_at` entry.
+//! index instead of one each. An appended event now writes its row and its chain's index entry
+//! (since migration 0018, which dropped the `created_at` index and AUTOINCREMENT's
+//! `sqlite_sequence` row: the export's `--since` starts from this table's time index).
 //!
 //! The copy follows `seq`: SQLite has one writer at a time, so events are committed in `seq`
 //! order and everything up to the newest copied position is in the table. A search reads the
