@@ -293,12 +293,26 @@ struct RequestAudit {
 
 impl RequestAudit {
     fn event(&self, kind: SecurityEventKind, extra: serde_json::Value) -> SecurityEvent {
-        let mut detail = self.base.clone();
+        Self::with_base(&self.who, self.base.clone(), kind, extra)
+    }
+
+    /// [`RequestAudit::event`] for the request's last record: the facts move into it instead
+    /// of being copied.
+    fn last_event(&mut self, kind: SecurityEventKind, extra: serde_json::Value) -> SecurityEvent {
+        Self::with_base(&self.who, std::mem::take(&mut self.base), kind, extra)
+    }
+
+    fn with_base(
+        who: &Principal,
+        mut detail: serde_json::Map<String, serde_json::Value>,
+        kind: SecurityEventKind,
+        extra: serde_json::Value,
+    ) -> SecurityEvent {
         if let serde_json::Value::Object(m) = extra {
             detail.extend(m);
         }
         SecurityEvent::new(kind)
-            .caller(&self.who)
+            .caller(who)
             .detail(serde_json::Value::Object(detail))
     }
 }
@@ -360,14 +374,12 @@ impl Accounting {
             audit,
         } = self;
         let record = async {
-            if let Some(a) = &audit {
+            if let Some(mut a) = audit {
                 if let (Some(_), Some(text)) = (&a.prompt, answer) {
                     extra["content"] = serde_json::json!({ "answer": text });
                 }
-                let _ = a
-                    .hook
-                    .record(a.event(SecurityEventKind::LlmResult, extra))
-                    .await;
+                let event = a.last_event(SecurityEventKind::LlmResult, extra);
+                let _ = a.hook.record(event).await;
             }
         };
         let settle = Self::settle(
