@@ -284,12 +284,6 @@ where
                     }
                 }
             }
-            if parser.overflows() > 0 {
-                yield Err(ProviderError::Internal(format!(
-                    "openai: the upstream sent an event over {} MiB", MAX_EVENT_BYTES >> 20
-                )));
-                break;
-            }
             if ended {
                 // Some servers close without `[DONE]` after the final chunk.
                 if reason.is_some() {
@@ -300,7 +294,18 @@ where
                 break;
             }
             match body.next().await {
-                Some(Ok(bytes)) => parser.feed(bytes.as_ref()),
+                Some(Ok(bytes)) => {
+                    parser.feed(bytes.as_ref());
+                    // Checked before any event of this chunk is given out: the parser drops an
+                    // oversized block and goes on, and what follows it must not reach the
+                    // client as if nothing were missing.
+                    if parser.overflows() > 0 {
+                        yield Err(ProviderError::Internal(format!(
+                            "openai: the upstream sent an event over {} MiB", MAX_EVENT_BYTES >> 20
+                        )));
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     yield Err(ProviderError::Unavailable(format!("openai: stream broken ({e})")));
                     break;
@@ -419,6 +424,17 @@ mod tests {
             matches!(&end, Err(ProviderError::Internal(m)) if m.contains("MiB")),
             "{end:?}"
         );
+        // An oversized event followed, in the same chunk, by a good one: nothing after the
+        // dropped event is given out.
+        let mut body = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_EVENT_BYTES + 10));
+        body.extend_from_slice(b"\"},\"finish_reason\":null}]}\n\n");
+        body.extend_from_slice(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"after\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        );
+        let (text, end) = run(vec![Ok(bytes::Bytes::from(body))]);
+        assert_eq!(text, "");
+        assert!(matches!(end, Err(ProviderError::Internal(_))), "{end:?}");
         // Just under the cap is still an event.
         let mut body = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
         body.extend(std::iter::repeat_n(b'x', MAX_EVENT_BYTES - 200));
