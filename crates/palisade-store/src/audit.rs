@@ -180,15 +180,12 @@ impl Store {
     /// transaction (group commit): under load one commit serves many requests. The write runs
     /// in a task of its own, so a caller that stops waiting (a client gone) never leaves a
     /// batch half done.
-    pub(crate) async fn append_event(&self, e: &SecurityEvent) -> CoreResult<AuditLink> {
+    pub(crate) async fn append_event(&self, e: SecurityEvent) -> CoreResult<AuditLink> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let start = self
             .audit
             .queue
-            .push(Pending {
-                event: e.clone(),
-                done,
-            })
+            .push(Pending { event: e, done })
             .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?;
         if start && !self.flush_audit_here() {
             let store = self.clone();

@@ -393,7 +393,7 @@ impl Store {
 impl SecurityEventSink for Store {
     async fn record(&self, mut e: SecurityEvent) -> CoreResult<()> {
         self.seal_event_content(&mut e).await?;
-        self.append_event(&e).await.map(|_| ())
+        self.append_event(e).await.map(|_| ())
     }
 
     async fn search_events(&self, q: &EventQuery) -> CoreResult<Vec<SecurityEvent>> {
