@@ -237,13 +237,12 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// then ends: never a panic (fuzzed by `fuzz/fuzz_targets/upstream_streams.rs`). Lines are
 /// split by `sse_parse` (the WHATWG event-stream rules; invalid UTF-8 becomes U+FFFD), and no
 /// event may exceed [`MAX_EVENT_BYTES`].
-pub fn decode_stream<S, B, E>(body: S) -> GenerationStream
+pub fn decode_stream<S, B, E>(mut body: S) -> GenerationStream
 where
     S: futures::Stream<Item = Result<B, E>> + Send + Unpin + 'static,
     B: AsRef<[u8]> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let mut body = body;
     Box::pin(async_stream::stream! {
         let mut parser = sse_parse::SseParser::new().max_buffer(MAX_EVENT_BYTES);
         let mut reason: Option<String> = None;

@@ -570,41 +570,41 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> CoreResult<Vec<(i64, AuditLink)>> {
-        let rows = if self.backend == crate::Backend::Sqlite {
-            // No `created_at` index on the appended table (migration 0018): the search table's
-            // finds the first copied event at or after `since` (or, when none is, the first
-            // event not copied yet), and the rows from there on are read in order. The search
-            // table holds every event up to its newest, so no event at or after `since` lies
-            // before that start, whatever order the clock gave their times.
-            let search = self.search_table();
-            sqlx::query(&format!(
-                "SELECT seq, {LINK_COLS} FROM security_events \
-                 WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 \
-                 AND seq >= COALESCE((SELECT MIN(seq) FROM {search} WHERE created_at >= $3), \
-                                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM {search})) \
-                 ORDER BY seq LIMIT $4"
-            ))
-            .bind(since_ms)
-            .bind(after)
-            .bind(since_ms)
-            .bind(i64::from(limit))
-            .fetch_all_in(self, Scope::System)
-            .await
+        let after = if self.backend == crate::Backend::Sqlite {
+            after.max(self.audit_export_start(since_ms).await? - 1)
         } else {
-            sqlx::query(&format!(
-                "SELECT seq, {LINK_COLS} FROM security_events \
-                 WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3"
-            ))
-            .bind(since_ms)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all_in(self, Scope::System)
-            .await
-        }
+            after
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT seq, {LINK_COLS} FROM security_events \
+             WHERE chain IS NOT NULL AND created_at >= $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(since_ms)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all_in(self, Scope::System)
+        .await
         .map_err(db_err)?;
         rows.iter()
             .map(|r| Ok((r.try_get("seq").map_err(db_err)?, link_from(r)?)))
             .collect()
+    }
+
+    /// SQLite: the first position an export `since_ms` can start from. The appended table has
+    /// no `created_at` index (migration 0018); the search table's time index gives the first
+    /// copied event at or after `since_ms` or, when none is, the first event not copied yet.
+    /// The search table holds every event up to its newest, so no event at or after `since_ms`
+    /// lies before that position, whatever order the clock gave their times.
+    async fn audit_export_start(&self, since_ms: i64) -> CoreResult<i64> {
+        let search = self.search_table();
+        sqlx::query_scalar(&format!(
+            "SELECT COALESCE((SELECT MIN(seq) FROM {search} WHERE created_at >= $1), \
+                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM {search}))"
+        ))
+        .bind(since_ms)
+        .fetch_one_in(self, Scope::System)
+        .await
+        .map_err(db_err)
     }
 }
 
