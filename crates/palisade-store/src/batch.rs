@@ -20,6 +20,8 @@ struct Gathered<T> {
     items: Vec<T>,
     /// A flusher is running (or about to start) and will take what is queued.
     flushing: bool,
+    /// The size of the last batch taken: more than one item means callers meet in the queue.
+    last_batch: usize,
 }
 
 impl<T> Batcher<T> {
@@ -29,6 +31,7 @@ impl<T> Batcher<T> {
             state: Mutex::new(Gathered {
                 items: Vec::new(),
                 flushing: false,
+                last_batch: 0,
             }),
             max_batch: max_batch.max(1),
         }
@@ -46,6 +49,12 @@ impl<T> Batcher<T> {
         let mut g = self.state.lock().map_err(|_| Poisoned)?;
         g.items.push(item);
         Ok(!std::mem::replace(&mut g.flushing, true))
+    }
+
+    /// The last batch held more than one item: callers are meeting in the queue, and a flusher
+    /// that waits a moment gathers more of them into its commit.
+    pub(crate) fn busy(&self) -> bool {
+        self.state.lock().map(|g| g.last_batch > 1).unwrap_or(false)
     }
 
     /// The flusher: hands what has gathered to `flush`, batch after batch, until the queue runs
@@ -99,8 +108,10 @@ impl<T> Turn<'_, T> {
             return None;
         }
         if g.items.len() <= max {
+            g.last_batch = g.items.len();
             return Some(std::mem::take(&mut g.items));
         }
+        g.last_batch = max;
         Some(g.items.drain(..max).collect())
     }
 }
@@ -156,6 +167,32 @@ mod tests {
         drop(turn);
         assert!(b.push(3).is_ok_and(|start| start));
         assert_eq!(b.turn().next_batch(), Some(vec![2, 3]));
+    }
+
+    #[test]
+    fn the_queue_is_busy_while_batches_gather_more_than_one_item() {
+        let b = Batcher::new(100);
+        assert!(!b.busy(), "nothing written yet");
+        assert!(b.push(1).is_ok());
+        assert_eq!(b.turn().next_batch(), Some(vec![1]));
+        assert!(!b.busy(), "one caller a batch: low load");
+        assert!(b.push(2).is_ok());
+        assert!(b.push(3).is_ok());
+        let mut turn = b.turn();
+        assert_eq!(turn.next_batch(), Some(vec![2, 3]));
+        assert!(b.busy(), "two callers met in the queue");
+        assert_eq!(turn.next_batch(), None);
+        assert!(b.busy(), "an empty queue keeps the last batch's size");
+        drop(turn);
+        assert!(b.push(4).is_ok());
+        assert_eq!(b.turn().next_batch(), Some(vec![4]));
+        assert!(!b.busy(), "alone again");
+        let small = Batcher::new(2);
+        for i in 1..=3 {
+            assert!(small.push(i).is_ok());
+        }
+        assert_eq!(small.turn().next_batch(), Some(vec![1, 2]));
+        assert!(small.busy(), "a full batch");
     }
 
     #[test]
