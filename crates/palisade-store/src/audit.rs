@@ -149,11 +149,11 @@ pub struct AuditReport {
     pub broken: Option<Broken>,
 }
 
-/// How often a flusher started while the queue is busy steps back behind the ready tasks
-/// before it drains (`Store::append_event`). Each step lets the tasks woken meanwhile queue
-/// their events too; measured side by side at c=64 (bench/README.md, session 32): one step 2.6–2.7
-/// events a commit, two 3.0–3.1 and +3% req/s, low load unchanged.
-const BUSY_YIELDS: usize = 2;
+/// How often the flusher of a busy queue steps back behind the ready tasks before it drains
+/// (`batch::Batcher::yielding_when_busy`). Each step lets the tasks woken meanwhile queue
+/// their events too; measured side by side at c=64 (bench/README.md, session 32): one step
+/// 2.6–2.7 events a commit, two 3.0–3.1 and +3% req/s, low load unchanged.
+pub(crate) const BUSY_YIELDS: usize = 2;
 
 /// An event waiting for the writer, and who waits for its link.
 pub(crate) struct Pending {
@@ -193,23 +193,13 @@ impl Store {
             .queue
             .push(Pending { event: e, done })
             .map_err(|_| CoreError::AuditUnavailable("audit queue poisoned".into()))?;
-        if start {
-            // Under load (the last batch gathered more than one caller) the flusher first
-            // lets the tasks that are ready to run go ahead, and the requests among them about
-            // to record join its commit: ~3 events a commit at concurrency 64 instead of ~1.8
-            // (bench/README.md). At low load the caller writes at once, in its own task.
-            let busy = self.audit.queue.busy();
-            if busy || !self.flush_audit_here() {
-                let store = self.clone();
-                tokio::spawn(async move {
-                    if busy {
-                        for _ in 0..BUSY_YIELDS {
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                    store.flush_audit().await
-                });
-            }
+        // Under load (the last batch gathered more than one caller) a flusher task writes,
+        // after letting the tasks ready to run queue their events (`BUSY_YIELDS`): ~3 events
+        // a commit at concurrency 64 instead of ~1.8 (bench/README.md). At low load the caller
+        // writes at once, in its own task.
+        if start && (self.audit.queue.busy() || !self.flush_audit_here()) {
+            let store = self.clone();
+            tokio::spawn(async move { store.flush_audit().await });
         }
         wait.await
             .map_err(|_| CoreError::AuditUnavailable("the audit writer stopped".into()))?

@@ -14,6 +14,10 @@ pub(crate) struct Batcher<T> {
     /// The most items one batch holds (what one statement can carry); the rest wait for the
     /// next batch.
     max_batch: usize,
+    /// How often a flusher task of a busy queue ([`Batcher::busy`]) steps back behind the
+    /// tasks ready to run before it drains, so that those about to queue an item join its
+    /// batch ([`Batcher::yielding_when_busy`]; 0: never).
+    busy_yields: usize,
 }
 
 struct Gathered<T> {
@@ -34,7 +38,15 @@ impl<T> Batcher<T> {
                 last_batch: 0,
             }),
             max_batch: max_batch.max(1),
+            busy_yields: 0,
         }
+    }
+
+    /// A flusher task of this queue first yields `times` times while the queue is busy (its
+    /// last batch held more than one item). At low load it drains at once.
+    pub(crate) fn yielding_when_busy(mut self, times: usize) -> Self {
+        self.busy_yields = times;
+        self
     }
 }
 
@@ -58,12 +70,19 @@ impl<T> Batcher<T> {
     }
 
     /// The flusher: hands what has gathered to `flush`, batch after batch, until the queue runs
-    /// dry. Run by the task that [`Batcher::push`] told to start one.
+    /// dry. Run by the task that [`Batcher::push`] told to start one. While the queue is busy
+    /// it first yields as often as [`Batcher::yielding_when_busy`] says, so the callers ready
+    /// to run queue their items first and share its batch.
     pub(crate) async fn drain<F, Fut>(&self, mut flush: F)
     where
         F: FnMut(Vec<T>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        if self.busy_yields > 0 && self.busy() {
+            for _ in 0..self.busy_yields {
+                tokio::task::yield_now().await;
+            }
+        }
         let mut turn = self.turn();
         while let Some(batch) = turn.next_batch() {
             flush(batch).await;
@@ -127,6 +146,7 @@ impl<T> Drop for Turn<'_, T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -193,6 +213,37 @@ mod tests {
         }
         assert_eq!(small.turn().next_batch(), Some(vec![1, 2]));
         assert!(small.busy(), "a full batch");
+    }
+
+    /// A flusher task of a busy queue lets the tasks ready to run queue their items first; a
+    /// queue that does not yield takes only what was there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_queues_flusher_waits_for_the_tasks_ready_to_run() {
+        for (yields, want) in [(1, vec![vec![3, 4]]), (0, vec![vec![3]])] {
+            let b = std::sync::Arc::new(Batcher::new(100).yielding_when_busy(yields));
+            assert!(b.push(1).is_ok() && b.push(2).is_ok());
+            assert_eq!(b.turn().next_batch(), Some(vec![1, 2]));
+            assert!(b.busy());
+            assert!(b.push(3).is_ok_and(|start| start));
+            let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let (q, s) = (b.clone(), seen.clone());
+            let flusher = tokio::spawn(async move {
+                q.drain(|batch| {
+                    if let Ok(mut s) = s.lock() {
+                        s.push(batch);
+                    }
+                    async {}
+                })
+                .await
+            });
+            // Ready to run behind the flusher (this runtime runs tasks in the order woken).
+            let q = b.clone();
+            let late = tokio::spawn(async move { q.push(4).is_ok_and(|start| start) });
+            flusher.await.unwrap();
+            let started_another = late.await.unwrap();
+            assert_eq!(*seen.lock().unwrap(), want, "{yields} yields");
+            assert_eq!(started_another, yields == 0, "{yields} yields");
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl AuditState {
         std::sync::Arc::new(AuditState {
             key,
             mirror: std::sync::OnceLock::new(),
-            queue: batch::Batcher::new(audit::MAX_BATCH),
+            queue: batch::Batcher::new(audit::MAX_BATCH).yielding_when_busy(audit::BUSY_YIELDS),
             heads: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -199,7 +199,9 @@ impl Store {
             cipher: None,
             hot: std::sync::Arc::new(hot::HotReads::new(hot::HOT_TTL)),
             write_gate: db::WriteGate::default(),
-            usage_queue: std::sync::Arc::new(usage::UsageQueue::new(usage::MAX_BATCH)),
+            usage_queue: std::sync::Arc::new(
+                usage::UsageQueue::new(usage::MAX_BATCH).yielding_when_busy(usage::BUSY_YIELDS),
+            ),
             direct: None,
             search: None,
         };
