@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::access::{Grant, ModelsManage};
@@ -143,7 +142,7 @@ pub struct ChatRun {
     pub cached: bool,
     /// False for a completion that is not kept in the history.
     pub stored: bool,
-    pub events: mpsc::Receiver<ChatEvent>,
+    pub events: ChatEvents,
 }
 
 /// What a model test returned (admin "test connection").
@@ -1107,7 +1106,6 @@ impl ChatService {
             }
         }
 
-        let (tx, rx) = mpsc::channel(64);
         let pump = Pump {
             repo: stored.then(|| self.repo.clone()),
             tenant: who.tenant_id,
@@ -1121,9 +1119,9 @@ impl ChatService {
             input_findings: findings,
             acct,
         };
-        // The answer is pumped in a task of its own, inside the request's model span (closed
-        // when the answer ends: the span measures the whole generation).
-        tokio::spawn(pump.run(routed.stream, tx).instrument(span));
+        // The answer is driven by whoever reads its events (the route's response body), inside
+        // the request's model span; see `ChatEvents`.
+        let events = ChatEvents::new(pump, routed.stream, span);
 
         Ok(ChatRun {
             session_id,
@@ -1132,7 +1130,7 @@ impl ChatService {
             fallback_from: routed.fallback_from,
             cached: routed.cached,
             stored,
-            events: rx,
+            events,
         })
     }
 
@@ -1889,90 +1887,246 @@ struct Pump {
     acct: Accounting,
 }
 
-impl Pump {
-    async fn run(
-        mut self,
-        mut stream: crate::provider::GenerationStream,
-        tx: mpsc::Sender<ChatEvent>,
-    ) {
-        let mut content = String::new();
-        let mut meta = GenerationMeta {
-            model: self.model.clone(),
-            fallback_from: self.fallback_from.clone(),
-            cached: self.cached,
+/// The events of a running chat, made as they are read.
+///
+/// The generation is driven inside the reader's own task (the route's response body or
+/// WebSocket loop): each read polls the model's stream, passes what it says through the output
+/// guard and hands back the next event. No task and no channel sit between the model and the
+/// client, so an answer costs no spawn and no wake-up of another thread (a pump task per
+/// answer woke the other runtime worker for most requests; bench/README.md, session 33).
+///
+/// Dropping it before the end (a client gone) cancels the generation, and the rest (the audit
+/// record, usage, the partial answer stored, marked cancelled) runs to its end in a task of its
+/// own. Reading is cancel-safe: everything in flight lives here, not in the read's future.
+pub struct ChatEvents {
+    state: PumpState,
+    /// Events made and not yet read (at most the last token and the final event).
+    ready: std::collections::VecDeque<ChatEvent>,
+    /// The request's model span, entered while the generation is polled and closed when the
+    /// answer ends.
+    span: tracing::Span,
+}
+
+type Finishing = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<ChatEvent>> + Send>>;
+
+enum PumpState {
+    /// Tokens are flowing.
+    Streaming(Box<Streaming>),
+    /// The answer is over: stored, audited and accounted before its last event.
+    Finishing(Finishing),
+    /// The last event was made.
+    Done,
+}
+
+/// What a streaming answer holds.
+struct Streaming {
+    pump: Pump,
+    stream: crate::provider::GenerationStream,
+    content: String,
+    meta: GenerationMeta,
+}
+
+/// How the model's stream ended.
+struct Ended {
+    failure: Option<ProviderError>,
+    blocked: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ChatEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            PumpState::Streaming(_) => "streaming",
+            PumpState::Finishing(_) => "finishing",
+            PumpState::Done => "done",
+        };
+        f.debug_struct("ChatEvents")
+            .field("state", &state)
+            .field("ready", &self.ready.len())
+            .finish()
+    }
+}
+
+impl ChatEvents {
+    fn new(pump: Pump, stream: crate::provider::GenerationStream, span: tracing::Span) -> Self {
+        let meta = GenerationMeta {
+            model: pump.model.clone(),
+            fallback_from: pump.fallback_from.clone(),
+            cached: pump.cached,
             ..GenerationMeta::default()
         };
-        let mut failure: Option<ProviderError> = None;
-        let mut blocked: Option<Vec<String>> = None;
-        let mut client_gone = false;
-        loop {
-            let next = tokio::select! {
-                ev = stream.next() => ev,
-                _ = tx.closed() => { client_gone = true; break; }
-            };
-            match next {
-                Some(Ok(GenerationEvent::Text(t))) => {
-                    meta.completion_tokens += 1;
-                    match self.output.push(&t) {
-                        OutputStep::Emit(shown) => {
-                            if shown.is_empty() {
-                                continue;
-                            }
-                            content.push_str(&shown);
-                            if tx.send(ChatEvent::Token(shown)).await.is_err() {
-                                client_gone = true;
-                                break;
-                            }
-                        }
-                        OutputStep::Block(categories) => {
-                            blocked = Some(categories);
-                            break;
-                        }
-                    }
-                }
-                Some(Ok(GenerationEvent::Done {
-                    finish_reason,
-                    usage,
-                    truncated_turns,
-                })) => {
-                    meta.finish_reason = finish_reason.as_str().into();
-                    meta.prompt_tokens = usage.prompt_tokens;
-                    meta.completion_tokens = usage.completion_tokens;
-                    meta.truncated_turns = truncated_turns;
-                    match self.output.finish() {
-                        OutputStep::Emit(shown) => {
-                            if !shown.is_empty() {
-                                content.push_str(&shown);
-                                if tx.send(ChatEvent::Token(shown)).await.is_err() {
-                                    client_gone = true;
-                                }
-                            }
-                        }
-                        OutputStep::Block(categories) => blocked = Some(categories),
-                    }
-                    break;
-                }
-                Some(Err(e)) => {
-                    failure = Some(e);
-                    break;
-                }
-                None => {
-                    failure = Some(ProviderError::Internal(
-                        "stream ended without result".into(),
-                    ));
-                    break;
-                }
-            }
+        ChatEvents {
+            state: PumpState::Streaming(Box::new(Streaming {
+                pump,
+                stream,
+                content: String::new(),
+                meta,
+            })),
+            ready: std::collections::VecDeque::new(),
+            span,
         }
-        // Dropping the stream cancels the generation in the provider.
-        drop(stream);
-        // The end (audit, accounting, storage) awaits large futures of its own: boxed, they
-        // are allocated once the answer is over instead of sizing this task's future, which
-        // every open stream holds (3.7 kB before, measured with heaptrack at 3,000 streams).
-        Box::pin(self.finish(content, meta, failure, blocked, client_gone, tx)).await;
     }
 
-    /// Stores and audits the answer once generation is over, and sends the last event.
+    /// The next event; `None` after the last one (`Finished`, `Failed` or `Blocked`).
+    pub async fn recv(&mut self) -> Option<ChatEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next event, driving the generation and then its end.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ChatEvent>> {
+        use std::task::Poll;
+        let ChatEvents { state, ready, span } = self;
+        let _entered = span.enter();
+        loop {
+            if let Some(event) = ready.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            match state {
+                PumpState::Done => return Poll::Ready(None),
+                PumpState::Streaming(s) => {
+                    let next = match s.stream.poll_next_unpin(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(next) => next,
+                    };
+                    let Some(ended) = s.step(next, ready) else {
+                        continue;
+                    };
+                    if let PumpState::Streaming(s) = std::mem::replace(state, PumpState::Done) {
+                        let Streaming {
+                            pump,
+                            stream,
+                            content,
+                            meta,
+                        } = *s;
+                        // Dropping the stream ends the generation in the provider.
+                        drop(stream);
+                        *state = PumpState::Finishing(Box::pin(pump.finish(
+                            content,
+                            meta,
+                            ended.failure,
+                            ended.blocked,
+                            false,
+                        )));
+                    }
+                }
+                PumpState::Finishing(f) => match f.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(events) => {
+                        ready.extend(events);
+                        *state = PumpState::Done;
+                    }
+                },
+            }
+            if matches!(state, PumpState::Done) && ready.is_empty() {
+                return Poll::Ready(None);
+            }
+        }
+    }
+}
+
+impl Drop for ChatEvents {
+    /// A reader that stops before the end: the generation is cancelled (its stream dropped)
+    /// and the answer's end is written in a task of its own.
+    fn drop(&mut self) {
+        let rest: Finishing = match std::mem::replace(&mut self.state, PumpState::Done) {
+            PumpState::Done => return,
+            PumpState::Streaming(s) => {
+                let Streaming {
+                    pump,
+                    stream,
+                    content,
+                    meta,
+                } = *s;
+                drop(stream);
+                Box::pin(pump.finish(content, meta, None, None, true))
+            }
+            PumpState::Finishing(f) => f,
+        };
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(
+                    async move {
+                        rest.await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                tracing::error!("a chat was dropped outside the runtime: its end is not recorded");
+            }
+        }
+    }
+}
+
+impl Streaming {
+    /// Takes one item of the model's stream: a token shown (queued in `ready`), held back by
+    /// the output guard, or the end of the stream.
+    fn step(
+        &mut self,
+        next: Option<Result<GenerationEvent, ProviderError>>,
+        ready: &mut std::collections::VecDeque<ChatEvent>,
+    ) -> Option<Ended> {
+        let mut shown_now = |shown: String, content: &mut String| {
+            if !shown.is_empty() {
+                content.push_str(&shown);
+                ready.push_back(ChatEvent::Token(shown));
+            }
+        };
+        match next {
+            Some(Ok(GenerationEvent::Text(t))) => {
+                self.meta.completion_tokens += 1;
+                match self.pump.output.push(&t) {
+                    OutputStep::Emit(shown) => {
+                        shown_now(shown, &mut self.content);
+                        None
+                    }
+                    OutputStep::Block(categories) => Some(Ended {
+                        failure: None,
+                        blocked: Some(categories),
+                    }),
+                }
+            }
+            Some(Ok(GenerationEvent::Done {
+                finish_reason,
+                usage,
+                truncated_turns,
+            })) => {
+                self.meta.finish_reason = finish_reason.as_str().into();
+                self.meta.prompt_tokens = usage.prompt_tokens;
+                self.meta.completion_tokens = usage.completion_tokens;
+                self.meta.truncated_turns = truncated_turns;
+                let blocked = match self.pump.output.finish() {
+                    OutputStep::Emit(shown) => {
+                        shown_now(shown, &mut self.content);
+                        None
+                    }
+                    OutputStep::Block(categories) => Some(categories),
+                };
+                Some(Ended {
+                    failure: None,
+                    blocked,
+                })
+            }
+            Some(Err(e)) => Some(Ended {
+                failure: Some(e),
+                blocked: None,
+            }),
+            None => Some(Ended {
+                failure: Some(ProviderError::Internal(
+                    "stream ended without result".into(),
+                )),
+                blocked: None,
+            }),
+        }
+    }
+}
+
+impl Pump {
+    /// Stores and audits the answer once generation is over; returns the events left to
+    /// show (the held-back text of a failed answer, then the last event).
     async fn finish(
         mut self,
         mut content: String,
@@ -1980,8 +2134,8 @@ impl Pump {
         failure: Option<ProviderError>,
         mut blocked: Option<Vec<String>>,
         client_gone: bool,
-        tx: mpsc::Sender<ChatEvent>,
-    ) {
+    ) -> Vec<ChatEvent> {
+        let mut events = Vec::with_capacity(2);
         // A failed generation still shows what it produced: the held-back window is checked
         // in full and released.
         if failure.is_some() && blocked.is_none() && !client_gone {
@@ -1989,7 +2143,7 @@ impl Pump {
                 OutputStep::Emit(shown) => {
                     if !shown.is_empty() {
                         content.push_str(&shown);
-                        let _ = tx.send(ChatEvent::Token(shown)).await;
+                        events.push(ChatEvent::Token(shown));
                     }
                 }
                 OutputStep::Block(categories) => blocked = Some(categories),
@@ -2103,7 +2257,8 @@ impl Pump {
                 stored: None,
             },
         };
-        let _ = tx.send(event).await;
+        events.push(event);
+        events
     }
 }
 

@@ -264,6 +264,11 @@ async fn chat_over_websocket() {
     let evs = until(&mut ws, &["token"]).await;
     assert_eq!(evs[0]["type"], "start", "{evs:?}");
     let stall_session = evs[0]["session_id"].as_str().unwrap().to_string();
+    let shown: String = evs[1..]
+        .iter()
+        .filter_map(|e| e["content"].as_str())
+        .collect();
+    assert!(shown.starts_with("partial answer"), "{evs:?}");
     send(
         &mut ws,
         json!({"type": "message", "content": "and another"}),
@@ -291,8 +296,11 @@ async fn chat_over_websocket() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(stored["content"], "partial", "{stored}");
+    // What the client was shown is what is stored: the text still held back for checking
+    // when it stopped is dropped with the generation.
+    assert_eq!(stored["content"], shown.as_str(), "{stored}");
     assert_eq!(stored["metadata"]["partial"], true, "{stored}");
+    assert_eq!(stored["metadata"]["finish_reason"], "cancelled", "{stored}");
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong");
 

@@ -33,6 +33,11 @@ impl Upstream {
     }
 }
 
+/// What `stall-after` says before it goes quiet: longer than the output guard's window (96
+/// characters by default), so its start is shown at once rather than held back to the end.
+pub const STALL_AFTER: &str = "partial answer: the upstream has started and will now go quiet \
+    for good, long enough that the output guard releases the first part of it to the client.";
+
 fn chunk(content: &str, finish: Option<&str>) -> Bytes {
     let delta = if finish.is_some() {
         json!({})
@@ -142,7 +147,7 @@ async fn handle(
                 .unwrap()
         }
         "stall" => sse(vec![], true),
-        "stall-after" => sse(vec![chunk("partial", None)], true),
+        "stall-after" => sse(vec![chunk(STALL_AFTER, None)], true),
         _ => Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)
             .body(Body::from(
