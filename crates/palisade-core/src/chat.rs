@@ -1994,21 +1994,7 @@ impl ChatEvents {
                         continue;
                     };
                     if let PumpState::Streaming(s) = std::mem::replace(state, PumpState::Done) {
-                        let Streaming {
-                            pump,
-                            stream,
-                            content,
-                            meta,
-                        } = *s;
-                        // Dropping the stream ends the generation in the provider.
-                        drop(stream);
-                        *state = PumpState::Finishing(Box::pin(pump.finish(
-                            content,
-                            meta,
-                            ended.failure,
-                            ended.blocked,
-                            false,
-                        )));
+                        *state = PumpState::Finishing(s.end(ended, false));
                     }
                 }
                 PumpState::Finishing(f) => match f.as_mut().poll(cx) {
@@ -2032,16 +2018,13 @@ impl Drop for ChatEvents {
     fn drop(&mut self) {
         let rest: Finishing = match std::mem::replace(&mut self.state, PumpState::Done) {
             PumpState::Done => return,
-            PumpState::Streaming(s) => {
-                let Streaming {
-                    pump,
-                    stream,
-                    content,
-                    meta,
-                } = *s;
-                drop(stream);
-                Box::pin(pump.finish(content, meta, None, None, true))
-            }
+            PumpState::Streaming(s) => s.end(
+                Ended {
+                    failure: None,
+                    blocked: None,
+                },
+                true,
+            ),
             PumpState::Finishing(f) => f,
         };
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
@@ -2062,6 +2045,19 @@ impl Drop for ChatEvents {
 }
 
 impl Streaming {
+    /// Ends the generation (dropping its stream cancels it in the provider) and returns the
+    /// answer's end: stored, audited and accounted, then its last events.
+    fn end(self: Box<Self>, ended: Ended, client_gone: bool) -> Finishing {
+        let Streaming {
+            pump,
+            stream,
+            content,
+            meta,
+        } = *self;
+        drop(stream);
+        Box::pin(pump.finish(content, meta, ended.failure, ended.blocked, client_gone))
+    }
+
     /// Takes one item of the model's stream: a token shown (queued in `ready`), held back by
     /// the output guard, or the end of the stream.
     fn step(

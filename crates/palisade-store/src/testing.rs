@@ -119,6 +119,51 @@ pub fn new_user(
     }
 }
 
+/// A user of the default tenant called `name`, created in `store`, and the principal it chats
+/// as (role `user`, `chat:send` and every model), for tests of the chat service.
+pub async fn chat_user(
+    store: &Store,
+    name: &str,
+) -> CoreResult<palisade_core::entities::Principal> {
+    use palisade_core::ports::UserRepository;
+    let tenant = palisade_core::ids::DEFAULT_TENANT;
+    let user = store.create_user(new_user(tenant, name)).await?;
+    Ok(palisade_core::entities::Principal {
+        user_id: user.id,
+        tenant_id: tenant,
+        username: name.into(),
+        role: palisade_core::access::RoleName::user(),
+        permissions: palisade_core::access::PermissionSet::of([
+            palisade_core::access::CHAT_SEND,
+            "model:*:use",
+        ]),
+        credential: palisade_core::entities::Credential::Session { session: None },
+        token_id: "t".into(),
+        must_change_password: false,
+        needs_2fa_enrolment: false,
+        client: palisade_core::auth_api::ClientInfo::default(),
+    })
+}
+
+/// A model registry of one model called `name` (the default), usable by role `user`.
+pub async fn one_model(
+    store: &Store,
+    name: &str,
+) -> CoreResult<std::sync::Arc<palisade_core::models::ModelRegistry>> {
+    let spec = palisade_types::models::ModelSpec {
+        name: name.into(),
+        ..palisade_types::models::ModelSpec::default()
+    };
+    let registry = palisade_core::models::ModelRegistry::load(
+        vec![spec],
+        name.into(),
+        vec!["user".into()],
+        std::sync::Arc::new(store.clone()),
+    )
+    .await?;
+    Ok(std::sync::Arc::new(registry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,20 +9,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use palisade_core::access::{PermissionSet, RoleName, CHAT_SEND};
-use palisade_core::auth_api::ClientInfo;
 use palisade_core::chat::{ChatEvent, ChatInput, ChatPolicy, ChatService};
-use palisade_core::entities::{Credential, Principal};
+use palisade_core::entities::Principal;
 use palisade_core::ids::DEFAULT_TENANT;
-use palisade_core::models::ModelRegistry;
-use palisade_core::ports::{ChatRepository, UserRepository};
+use palisade_core::ports::ChatRepository;
 use palisade_core::provider::{
     ChatProvider, FinishReason, GenerationEvent, GenerationRequest, GenerationStream, ModelInfo,
     ProviderError, Role as MessageRole, Usage,
 };
 use palisade_core::quota::{UsageQuery, UsageRepository};
 use palisade_store::Store;
-use palisade_types::models::ModelSpec;
 
 /// Sets its flag when dropped: the provider's stream was let go (the generation cancelled).
 struct Dropped(Arc<AtomicBool>);
@@ -81,24 +77,12 @@ async fn service(
     let store = palisade_store::testing::store_at(&dir.join("t.db"))
         .await
         .unwrap();
-    let user = store
-        .create_user(palisade_store::testing::new_user(DEFAULT_TENANT, "dora"))
+    let who = palisade_store::testing::chat_user(&store, "dora")
         .await
         .unwrap();
-    let spec = ModelSpec {
-        name: "m".into(),
-        ..ModelSpec::default()
-    };
-    let registry = Arc::new(
-        ModelRegistry::load(
-            vec![spec],
-            "m".into(),
-            vec!["user".into()],
-            Arc::new(store.clone()),
-        )
+    let registry = palisade_store::testing::one_model(&store, "m")
         .await
-        .unwrap(),
-    );
+        .unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let chat = Arc::new(
         ChatService::new(
@@ -113,18 +97,6 @@ async fn service(
         .with_audit(Arc::new(store.clone()), true)
         .with_usage(Arc::new(store.clone())),
     );
-    let who = Principal {
-        user_id: user.id,
-        tenant_id: DEFAULT_TENANT,
-        username: "dora".into(),
-        role: RoleName::user(),
-        permissions: PermissionSet::of([CHAT_SEND, "model:*:use"]),
-        credential: Credential::Session { session: None },
-        token_id: "t".into(),
-        must_change_password: false,
-        needs_2fa_enrolment: false,
-        client: ClientInfo::default(),
-    };
     (store, chat, who, dropped)
 }
 

@@ -7,21 +7,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use palisade_core::access::{PermissionSet, RoleName, CHAT_SEND};
-use palisade_core::auth_api::ClientInfo;
 use palisade_core::chat::{ChatEvent, ChatInput, ChatPolicy, ChatService, TitleJob};
-use palisade_core::entities::{Credential, Millis, Principal};
+use palisade_core::entities::Millis;
 use palisade_core::ids::{SessionId, TenantId, DEFAULT_TENANT};
 use palisade_core::jobs::{Job, JobRepository, JobRunner, JobState, NewJob};
-use palisade_core::models::ModelRegistry;
-use palisade_core::ports::{ChatRepository, UserRepository};
+use palisade_core::ports::ChatRepository;
 use palisade_core::provider::{
     ChatProvider, FinishReason, GenerationEvent, GenerationRequest, GenerationStream, ModelInfo,
     ProviderError, Role, Usage,
 };
 use palisade_core::CoreResult;
 use palisade_store::Store;
-use palisade_types::models::ModelSpec;
 
 /// A model that answers a title request with a title and anything else with "Sure.".
 struct Titler;
@@ -122,24 +118,12 @@ async fn a_title_job_claimed_at_once_still_titles_the_conversation() {
     let store = palisade_store::testing::store_at(&dir.path().join("t.db"))
         .await
         .unwrap();
-    let user = store
-        .create_user(palisade_store::testing::new_user(DEFAULT_TENANT, "dora"))
+    let who = palisade_store::testing::chat_user(&store, "dora")
         .await
         .unwrap();
-    let spec = ModelSpec {
-        name: "m".into(),
-        ..ModelSpec::default()
-    };
-    let registry = Arc::new(
-        ModelRegistry::load(
-            vec![spec],
-            "m".into(),
-            vec!["user".into()],
-            Arc::new(store.clone()),
-        )
+    let registry = palisade_store::testing::one_model(&store, "m")
         .await
-        .unwrap(),
-    );
+        .unwrap();
     let queue = Arc::new(EagerQueue {
         store: store.clone(),
         runner: OnceLock::new(),
@@ -158,18 +142,6 @@ async fn a_title_job_claimed_at_once_still_titles_the_conversation() {
         .handle(Arc::new(TitleJob(chat.clone())));
     assert!(queue.runner.set(runner).is_ok());
 
-    let who = Principal {
-        user_id: user.id,
-        tenant_id: DEFAULT_TENANT,
-        username: "dora".into(),
-        role: RoleName::user(),
-        permissions: PermissionSet::of([CHAT_SEND, "model:*:use"]),
-        credential: Credential::Session { session: None },
-        token_id: "t".into(),
-        must_change_password: false,
-        needs_2fa_enrolment: false,
-        client: ClientInfo::default(),
-    };
     let mut run = chat
         .start(
             &who,
@@ -190,7 +162,7 @@ async fn a_title_job_claimed_at_once_still_titles_the_conversation() {
     // The job saw the first message, and the title is the model's.
     assert_eq!(*queue.messages_at_enqueue.lock().unwrap(), vec![1]);
     let session = store
-        .get_session(DEFAULT_TENANT, user.id, run.session_id)
+        .get_session(DEFAULT_TENANT, who.user_id, run.session_id)
         .await
         .unwrap()
         .unwrap();
