@@ -1902,8 +1902,8 @@ pub struct ChatEvents {
     state: PumpState,
     /// Events made and not yet read (at most the last token and the final event).
     ready: std::collections::VecDeque<ChatEvent>,
-    /// The request's model span, entered while the generation is polled and closed when the
-    /// answer ends.
+    /// The request's model span, entered while the generation is polled and closed with this
+    /// (or with the task that finishes an abandoned answer).
     span: tracing::Span,
 }
 
@@ -2005,9 +2005,6 @@ impl ChatEvents {
                     }
                 },
             }
-            if matches!(state, PumpState::Done) && ready.is_empty() {
-                return Poll::Ready(None);
-            }
         }
     }
 }
@@ -2030,12 +2027,7 @@ impl Drop for ChatEvents {
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(
-                    async move {
-                        rest.await;
-                    }
-                    .instrument(span),
-                );
+                rt.spawn(rest.instrument(span));
             }
             Err(_) => {
                 tracing::error!("a chat was dropped outside the runtime: its end is not recorded");
